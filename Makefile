@@ -1,0 +1,43 @@
+# MysteryBox. `make run` starts a one-node dev region; `make test` runs every test.
+GO        ?= go
+BIN       := bin
+PROTO_SRC := api/mysteryboxv1/mysterybox.proto fsm/fsmpb/fsm.proto
+
+.PHONY: all build run test lint proto proto-check clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/mysteryboxd ./cmd/mysteryboxd
+	$(GO) build -o $(BIN)/mbox ./cmd/mbox
+
+run: build
+	./scripts/dev.sh
+
+test: build
+	$(GO) test -race -timeout 9m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+proto:
+	$(GO) build -o $(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o $(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	protoc --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc \
+	  -I api/mysteryboxv1 -I fsm/fsmpb \
+	  --go_out=paths=source_relative:api/mysteryboxv1 --go-grpc_out=paths=source_relative:api/mysteryboxv1 \
+	  api/mysteryboxv1/mysterybox.proto
+	protoc --plugin=protoc-gen-go=$(BIN)/protoc-gen-go \
+	  -I api/mysteryboxv1 -I fsm/fsmpb \
+	  --go_out=paths=source_relative,Mmysterybox.proto=github.com/mysterybox/mysterybox/api/mysteryboxv1:fsm/fsmpb \
+	  fsm/fsmpb/fsm.proto
+
+# Fails when the committed generated code does not match the .proto files.
+proto-check: proto
+	@git diff --exit-code -- api/mysteryboxv1 fsm/fsmpb || { echo "generated code is stale: run make proto"; exit 1; }
+
+clean:
+	rm -rf $(BIN)
