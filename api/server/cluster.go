@@ -1,0 +1,219 @@
+package server
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+type clusterService struct {
+	pb.UnimplementedClusterServiceServer
+	s *Server
+}
+
+// Status describes this node; it is always answered locally.
+func (x *clusterService) Status(ctx context.Context, _ *pb.ClusterStatusRequest) (*pb.ClusterStatusResponse, error) {
+	s := x.s
+	stats := s.raft.Stats()
+	leaderID, _ := s.raft.Leader()
+	out := &pb.ClusterStatusResponse{
+		Region:       s.cfg.Region,
+		NodeId:       s.cfg.NodeID,
+		RaftState:    lower(stats["state"]),
+		LeaderId:     leaderID,
+		Term:         parseUint(stats["term"]),
+		CommitIndex:  parseUint(stats["commit_index"]),
+		AppliedIndex: s.raft.AppliedIndex(),
+		LastLogIndex: parseUint(stats["last_log_index"]),
+	}
+	if leaderID != "" {
+		_ = s.store.Read(func(v *store.View) error {
+			if n, err := v.Node(leaderID); err == nil {
+				out.LeaderGrpcAddress = n.GetGrpcAddress()
+			}
+			return nil
+		})
+	}
+	if servers, err := s.raft.Servers(); err == nil {
+		for _, sv := range servers {
+			if sv.Voter {
+				out.Voters++
+			}
+		}
+	}
+	return out, nil
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+func parseUint(s string) uint64 {
+	n, _ := strconv.ParseUint(s, 10, 64)
+	return n
+}
+
+// Members lists the region's Raft configuration with each node's addresses
+// and, where the node answers within a second, its applied index.
+func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest) (*pb.ListMembersResponse, error) {
+	s := x.s
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	nodes := map[string]*fsmpb.NodeRecord{}
+	_ = s.store.Read(func(v *store.View) error {
+		recs, err := v.Nodes()
+		for _, n := range recs {
+			nodes[n.GetNodeId()] = n
+		}
+		return err
+	})
+	out := &pb.ListMembersResponse{}
+	var wg sync.WaitGroup
+	for _, sv := range servers {
+		m := &pb.Member{NodeId: sv.ID, Region: s.cfg.Region, RaftAddress: sv.Address, Health: "unknown"}
+		switch {
+		case sv.Leader:
+			m.RaftRole = "leader"
+		case sv.Voter:
+			m.RaftRole = "follower"
+		default:
+			m.RaftRole = "nonvoter"
+		}
+		if n, ok := nodes[sv.ID]; ok {
+			m.GrpcAddress = n.GetGrpcAddress()
+		}
+		out.Members = append(out.Members, m)
+		if sv.ID == s.cfg.NodeID {
+			m.AppliedIndex = s.raft.AppliedIndex()
+			continue
+		}
+		if m.GrpcAddress == "" {
+			continue
+		}
+		wg.Add(1)
+		go func(m *pb.Member) {
+			defer wg.Done()
+			m.AppliedIndex = peerAppliedIndex(ctx, m.GrpcAddress)
+		}(m)
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// peerAppliedIndex asks a peer for its status; 0 when it does not answer.
+func peerAppliedIndex(ctx context.Context, addr string) uint64 {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0
+	}
+	defer conn.Close()
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if auth := md.Get(mdAuth); len(auth) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, mdAuth, auth[0])
+		}
+	}
+	st, err := pb.NewClusterServiceClient(conn).Status(ctx, &pb.ClusterStatusRequest{})
+	if err != nil {
+		return 0
+	}
+	return st.GetAppliedIndex()
+}
+
+// Join adds a node to the region as a voter and records its addresses.
+func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
+	if err := validateID("node_id", req.GetNodeId()); err != nil {
+		return nil, err
+	}
+	if req.GetRaftAddress() == "" {
+		return nil, invalid("raft_address", "is required")
+	}
+	if req.GetGrpcAddress() == "" {
+		return nil, invalid("grpc_address", "is required")
+	}
+	s := x.s
+	if !s.raft.AcceptsWrites() {
+		out := &pb.JoinResponse{}
+		return out, s.fwd.forward(ctx, req, out)
+	}
+	if err := s.raft.AddVoter(req.GetNodeId(), req.GetRaftAddress()); err != nil {
+		return nil, toStatus(err)
+	}
+	node := &fsmpb.NodeRecord{NodeId: req.GetNodeId(), RaftAddress: req.GetRaftAddress(), GrpcAddress: req.GetGrpcAddress()}
+	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: node}}}); err != nil {
+		return nil, err
+	}
+	s.logger.Info("node joined", "node_id", req.GetNodeId(), "raft_address", req.GetRaftAddress(), "grpc_address", req.GetGrpcAddress())
+	members, err := x.Members(ctx, &pb.ListMembersRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.JoinResponse{Members: members.GetMembers()}, nil
+}
+
+// RemoveNode removes a node from the region's Raft configuration.
+func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeRequest) (*pb.RemoveNodeResponse, error) {
+	if err := validateID("node_id", req.GetNodeId()); err != nil {
+		return nil, err
+	}
+	s := x.s
+	if !s.raft.AcceptsWrites() {
+		out := &pb.RemoveNodeResponse{}
+		return out, s.fwd.forward(ctx, req, out)
+	}
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	found := false
+	for _, sv := range servers {
+		found = found || sv.ID == req.GetNodeId()
+	}
+	if !found {
+		return nil, status.Errorf(codes.NotFound, "node %s is not a member of region %s", req.GetNodeId(), s.cfg.Region)
+	}
+	if err := s.raft.RemoveServer(req.GetNodeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId()}}}); err != nil {
+		return nil, err
+	}
+	return &pb.RemoveNodeResponse{}, nil
+}
+
+// TransferLeadership hands leadership to another voter.
+func (x *clusterService) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
+	s := x.s
+	if !s.raft.AcceptsWrites() {
+		out := &pb.TransferLeadershipResponse{}
+		return out, s.fwd.forward(ctx, req, out)
+	}
+	if req.GetNodeId() == s.cfg.NodeID {
+		return nil, invalid("node_id", "%s is already the leader", req.GetNodeId())
+	}
+	if err := s.raft.TransferLeadership(req.GetNodeId()); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "leadership transfer failed: %v", err)
+	}
+	id, _ := s.raft.Leader()
+	return &pb.TransferLeadershipResponse{LeaderId: id}, nil
+}

@@ -1,0 +1,31 @@
+package server
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"strings"
+	"time"
+)
+
+// ID prefixes of the resource types.
+const (
+	prefixProject = "project-"
+	prefixSecret  = "mbsec-"
+	prefixVersion = "mbsecver-"
+)
+
+var idEncoding = base32.HexEncoding.WithPadding(base32.NoPadding)
+
+// newID returns prefix + 21 chars: 48 bits of milliseconds then 56 random
+// bits, in an order-preserving base32, so ids sort by creation time (as
+// lists show them) and are never reused.
+func newID(prefix string) string {
+	var b [13]byte
+	ms := uint64(time.Now().UnixMilli())
+	binary.BigEndian.PutUint64(b[:8], ms<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return prefix + strings.ToLower(idEncoding.EncodeToString(b[:]))
+}

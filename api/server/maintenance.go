@@ -1,0 +1,99 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// maxPerCommand bounds how much one purge or prune command carries, so a
+// backlog becomes several small Raft entries instead of one huge one.
+const maxPerCommand = 500
+
+// RunLeaderTasks runs while this node leads: it registers the node's own
+// addresses, then periodically proposes purges of resources whose purge time
+// has passed and pruning of expired idempotency keys. Time decisions are the
+// leader's; the FSM re-checks each against the command's time, so every
+// replica agrees.
+func (s *Server) RunLeaderTasks(ctx context.Context) {
+	s.registerSelf(ctx)
+	t := time.NewTicker(s.cfg.MaintenanceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.registerSelf(ctx)
+			s.purgeDue(ctx)
+			s.pruneIdempotency(ctx)
+		}
+	}
+}
+
+// registerSelf makes sure the replicated node registry has this node's
+// current addresses, so followers can forward to it.
+func (s *Server) registerSelf(ctx context.Context) {
+	want := &fsmpb.NodeRecord{NodeId: s.cfg.NodeID, RaftAddress: s.cfg.RaftAddress, GrpcAddress: s.cfg.GRPCAddress}
+	var have *fsmpb.NodeRecord
+	_ = s.store.Read(func(v *store.View) error {
+		have, _ = v.Node(s.cfg.NodeID)
+		return nil
+	})
+	if have != nil && proto.Equal(have, want) {
+		return
+	}
+	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
+}
+
+func (s *Server) purgeDue(ctx context.Context) {
+	var ids []string
+	_ = s.store.Read(func(v *store.View) error {
+		var err error
+		ids, err = v.DuePurges(time.Now().UnixNano(), maxPerCommand)
+		return err
+	})
+	if len(ids) == 0 {
+		return
+	}
+	op := &fsmpb.Purge{}
+	for _, id := range ids {
+		if strings.HasPrefix(id, prefixVersion) {
+			op.VersionIds = append(op.VersionIds, id)
+		} else {
+			op.SecretIds = append(op.SecretIds, id)
+		}
+	}
+	if s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: op}}) {
+		s.logger.Info("purged resources scheduled for deletion", "secrets", len(op.SecretIds), "versions", len(op.VersionIds))
+	}
+}
+
+func (s *Server) pruneIdempotency(ctx context.Context) {
+	var keys []string
+	_ = s.store.Read(func(v *store.View) error {
+		var err error
+		keys, err = v.ExpiredIdempotency(time.Now().UnixNano(), maxPerCommand)
+		return err
+	})
+	if len(keys) > 0 {
+		s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_PruneIdempotency{PruneIdempotency: &fsmpb.PruneIdempotency{Keys: keys}}})
+	}
+}
+
+func (s *Server) proposeMaintenance(ctx context.Context, cmd *fsmpb.Command) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.propose(ctx, nil, cmd); err != nil {
+		if ctx.Err() == nil {
+			s.logger.Warn("maintenance command failed", "error", err)
+		}
+		return false
+	}
+	return true
+}

@@ -1,0 +1,59 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+const maxIdempotencyKeyLen = 128
+
+// idempotencyKey returns the call's x-idempotency-key, if any.
+func idempotencyKey(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(mdIdempotency)
+	if len(vals) == 0 {
+		return "", nil
+	}
+	if len(vals) > 1 {
+		return "", status.Error(codes.InvalidArgument, "x-idempotency-key: given more than once")
+	}
+	k := vals[0]
+	if k == "" || len(k) > maxIdempotencyKeyLen {
+		return "", status.Errorf(codes.InvalidArgument, "x-idempotency-key: must be 1-%d characters", maxIdempotencyKeyLen)
+	}
+	for _, c := range []byte(k) {
+		if c < 0x21 || c > 0x7e {
+			return "", status.Error(codes.InvalidArgument, "x-idempotency-key: must be printable ASCII without spaces")
+		}
+	}
+	return k, nil
+}
+
+// requestHash identifies a request for idempotency: the method and the
+// request's deterministic encoding.
+func requestHash(ctx context.Context, req proto.Message) []byte {
+	method, _ := grpc.Method(ctx)
+	raw, _ := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	h := sha256.New()
+	h.Write([]byte(method))
+	h.Write([]byte{0})
+	h.Write(raw)
+	return h.Sum(nil)
+}
+
+// isStale reports whether the call asked for x-consistency: stale.
+func isStale(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get(mdConsistency) {
+		if v == "stale" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,201 @@
+// Package server implements MysteryBox's gRPC API on one node: request
+// validation, forwarding of writes and linearizable reads to the leader,
+// stamping and proposing commands, reading the store, and the one table that
+// maps domain errors to gRPC codes.
+//
+// Every endpoint follows the same shape: validate fully on the receiving
+// node; if this node cannot serve the call, forward it unchanged to the
+// leader (one hop); otherwise propose a command (writes) or pass the read
+// barrier and read Pebble (reads).
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/cluster"
+	"github.com/mysterybox/mysterybox/fsm"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/region"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// Raft is what the API needs from the replication layer.
+type Raft interface {
+	ID() string
+	// AcceptsWrites: this node is the Raft leader and may propose.
+	AcceptsWrites() bool
+	// IsLeader: leader whose post-election barrier has returned (may serve
+	// linearizable reads after ReadBarrier).
+	IsLeader() bool
+	Leader() (id, raftAddr string)
+	Apply(ctx context.Context, data []byte) (interface{}, error)
+	ReadBarrier(ctx context.Context) error
+	Servers() ([]cluster.ServerInfo, error)
+	AddVoter(id, addr string) error
+	RemoveServer(id string) error
+	TransferLeadership(id string) error
+	Stats() map[string]string
+	AppliedIndex() uint64
+}
+
+// Config configures the API of one node.
+type Config struct {
+	Region      string
+	NodeID      string
+	GRPCAddress string // advertised to peers for forwarding
+	RaftAddress string
+	// PurgeAfter is how long soft-deleted secrets and versions wait before
+	// the leader purges them.
+	PurgeAfter time.Duration
+	// MaintenanceInterval is how often the leader looks for due purges and
+	// expired idempotency keys (default 1s).
+	MaintenanceInterval time.Duration
+}
+
+// Server is the gRPC API of one node.
+type Server struct {
+	cfg     Config
+	raft    Raft
+	store   *store.Store
+	keyring *region.Keyring
+	logger  hclog.Logger
+	fwd     *forwarder
+	health  *health.Server
+}
+
+// New builds the API over a node's Raft, store and keyring.
+func New(cfg Config, r Raft, st *store.Store, kr *region.Keyring, logger hclog.Logger) (*Server, error) {
+	if cfg.Region == "" || cfg.NodeID == "" {
+		return nil, errors.New("server: region and node id are required")
+	}
+	if cfg.PurgeAfter <= 0 {
+		cfg.PurgeAfter = 720 * time.Hour
+	}
+	if cfg.MaintenanceInterval <= 0 {
+		cfg.MaintenanceInterval = time.Second
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	s := &Server{cfg: cfg, raft: r, store: st, keyring: kr, logger: logger, health: health.NewServer()}
+	s.fwd = newForwarder(s, logger.Named("forward"))
+	return s, nil
+}
+
+// Register adds every MysteryBox service, health and reflection to g.
+func (s *Server) Register(g *grpc.Server) {
+	pb.RegisterSecretServiceServer(g, &secretService{s: s})
+	pb.RegisterSecretVersionServiceServer(g, &versionService{s: s})
+	pb.RegisterPayloadServiceServer(g, &payloadService{s: s})
+	pb.RegisterIdentityServiceServer(g, &identityService{s: s})
+	pb.RegisterClusterServiceServer(g, &clusterService{s: s})
+	healthpb.RegisterHealthServer(g, s.health)
+	reflection.Register(g)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+}
+
+// Close releases forwarding connections and marks the node not serving.
+func (s *Server) Close() {
+	s.health.Shutdown()
+	s.fwd.close()
+}
+
+// propose stamps cmd with the leader's time and the call's idempotency key,
+// replicates it, and returns the FSM's response.
+func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Command) (proto.Message, error) {
+	cmd.TimeUnixNano = time.Now().UnixNano()
+	key, err := idempotencyKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if key != "" {
+		cmd.IdempotencyKey = key
+		cmd.RequestHash = requestHash(ctx, req)
+	}
+	data, err := fsm.EncodeCommand(cmd)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("encode command: %w", err))
+	}
+	res, err := s.raft.Apply(ctx, data)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	r, ok := res.(*fsm.Result)
+	if !ok {
+		return nil, toStatus(fmt.Errorf("unexpected apply response %T", res))
+	}
+	if r.Err != nil {
+		return nil, toStatus(r.Err)
+	}
+	return r.Response, nil
+}
+
+// mutate runs a write: forward it when this node is not the leader,
+// otherwise build the command and propose it.
+func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, build func() (*fsmpb.Command, error)) (T, error) {
+	var zero T
+	if !s.raft.AcceptsWrites() {
+		out := newMessage[T]()
+		if err := s.fwd.forward(ctx, req, out); err != nil {
+			return zero, err
+		}
+		return out, nil
+	}
+	cmd, err := build()
+	if err != nil {
+		return zero, toStatus(err)
+	}
+	resp, err := s.propose(ctx, req, cmd)
+	if err != nil {
+		return zero, err
+	}
+	out, ok := resp.(T)
+	if !ok {
+		return zero, toStatus(fmt.Errorf("unexpected response type %T", resp))
+	}
+	return out, nil
+}
+
+// query runs a read: stale reads answer from the local store; linearizable
+// ones are served by the leader after a read barrier, forwarded otherwise.
+func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, read func(v *store.View) (T, error)) (T, error) {
+	var zero T
+	if !isStale(ctx) {
+		if !s.raft.IsLeader() {
+			out := newMessage[T]()
+			if err := s.fwd.forward(ctx, req, out); err != nil {
+				return zero, err
+			}
+			return out, nil
+		}
+		if err := s.raft.ReadBarrier(ctx); err != nil {
+			return zero, toStatus(err)
+		}
+	}
+	var out T
+	err := s.store.Read(func(v *store.View) error {
+		var err error
+		out, err = read(v)
+		return err
+	})
+	if err != nil {
+		return zero, toStatus(err)
+	}
+	return out, nil
+}
+
+func newMessage[T proto.Message]() T {
+	var zero T
+	return zero.ProtoReflect().Type().New().Interface().(T)
+}

@@ -1,0 +1,454 @@
+// Package cluster runs one node's Raft: the raft-boltdb log and stable
+// store, file snapshots, the TCP transport, bootstrap and membership changes,
+// leader tracking that never blocks Raft, and the linearizable-read barrier.
+//
+// It knows nothing of secrets: it replicates opaque commands into a raft.FSM.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+)
+
+// Errors of the cluster layer.
+var (
+	// ErrNotLeader: this node cannot serve the call; nothing was proposed.
+	ErrNotLeader = errors.New("not the leader")
+	// ErrUnknownOutcome: the command was proposed but leadership was lost
+	// before it committed here; it may or may not have been applied. Retry
+	// only with an idempotency key.
+	ErrUnknownOutcome = errors.New("leadership lost while committing; outcome unknown")
+	// ErrTimeout: the call's deadline passed while waiting for Raft.
+	ErrTimeout = errors.New("timed out waiting for raft")
+)
+
+// Config configures one Raft node.
+type Config struct {
+	NodeID string
+	// RaftBind is the TCP address to listen on ("127.0.0.1:0" picks a port).
+	RaftBind string
+	// RaftAdvertise is the address peers dial; empty means the bound address,
+	// which must then be a concrete host.
+	RaftAdvertise string
+	// DataDir holds raft.db and the snapshots folder.
+	DataDir string
+	// Bootstrap makes this node the first voter of a new cluster when it has
+	// no Raft state yet.
+	Bootstrap bool
+
+	// Tuning; zero values take production defaults.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+}
+
+// Node is a running Raft node.
+type Node struct {
+	cfg       Config
+	logger    hclog.Logger
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	logStore  *raftboltdb.BoltStore
+	snapshots *raft.FileSnapshotStore
+
+	readyTerm atomic.Uint64 // term whose post-election barrier has returned
+	reads     readBarrier
+
+	mu         sync.Mutex
+	onLeader   []func(ctx context.Context)
+	leaderStop context.CancelFunc
+	notifyCh   chan bool
+	closed     chan struct{}
+	watchDone  chan struct{}
+}
+
+// New opens the node's stores and starts Raft with fsm.
+func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if cfg.NodeID == "" {
+		return nil, errors.New("cluster: node id is required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	n := &Node{cfg: cfg, logger: logger, notifyCh: make(chan bool, 16), closed: make(chan struct{}), watchDone: make(chan struct{})}
+	n.reads.node = n
+
+	var err error
+	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: open raft log: %w", err)
+	}
+	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, logger.Named("snapshots"))
+	if err != nil {
+		n.logStore.Close()
+		return nil, fmt.Errorf("cluster: open snapshot store: %w", err)
+	}
+	var advertise net.Addr
+	if cfg.RaftAdvertise != "" {
+		advertise, err = net.ResolveTCPAddr("tcp", cfg.RaftAdvertise)
+		if err != nil {
+			n.logStore.Close()
+			return nil, fmt.Errorf("cluster: raft advertise address %q: %w", cfg.RaftAdvertise, err)
+		}
+	}
+	n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, advertise, 3, 10*time.Second, logger.Named("transport"))
+	if err != nil {
+		n.logStore.Close()
+		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftBind, err)
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = logger.Named("raft")
+	rc.NotifyCh = n.notifyCh
+	// The FSM keeps its own applied index in Pebble, so a restart replays only
+	// the log after it instead of reloading a whole snapshot.
+	rc.NoSnapshotRestoreOnStart = true
+	setDuration(&rc.HeartbeatTimeout, cfg.HeartbeatTimeout)
+	setDuration(&rc.ElectionTimeout, cfg.ElectionTimeout)
+	setDuration(&rc.LeaderLeaseTimeout, cfg.LeaderLeaseTimeout)
+	setDuration(&rc.CommitTimeout, cfg.CommitTimeout)
+	setDuration(&rc.SnapshotInterval, cfg.SnapshotInterval)
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
+	if rc.LeaderLeaseTimeout > rc.HeartbeatTimeout {
+		rc.LeaderLeaseTimeout = rc.HeartbeatTimeout
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(n.logStore, n.logStore, n.snapshots)
+		if err != nil {
+			n.closeStores()
+			return nil, fmt.Errorf("cluster: inspect raft state: %w", err)
+		}
+		if !has {
+			conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.transport.LocalAddr(), Suffrage: raft.Voter}}}
+			if err := raft.BootstrapCluster(rc, n.logStore, n.logStore, n.snapshots, n.transport, conf); err != nil {
+				n.closeStores()
+				return nil, fmt.Errorf("cluster: bootstrap: %w", err)
+			}
+			logger.Info("bootstrapped a new cluster", "node_id", cfg.NodeID)
+		}
+	}
+	n.raft, err = raft.NewRaft(rc, fsm, n.logStore, n.logStore, n.snapshots, n.transport)
+	if err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	go n.watchLeadership()
+	return n, nil
+}
+
+func setDuration(dst *time.Duration, v time.Duration) {
+	if v > 0 {
+		*dst = v
+	}
+}
+
+func (n *Node) closeStores() {
+	if n.transport != nil {
+		n.transport.Close()
+	}
+	n.logStore.Close()
+}
+
+// Close stops Raft and closes its stores.
+func (n *Node) Close() error {
+	select {
+	case <-n.closed:
+		return nil
+	default:
+	}
+	close(n.closed)
+	err := n.raft.Shutdown().Error()
+	<-n.watchDone
+	n.mu.Lock()
+	if n.leaderStop != nil {
+		n.leaderStop()
+	}
+	n.mu.Unlock()
+	if cerr := n.transport.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := n.logStore.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// ID is this node's id.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// RaftAddr is the address peers reach this node's Raft at.
+func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
+
+// Raft exposes the raft instance for status reporting.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// OnLeader registers fn to run, in its own goroutine, each time this node
+// becomes leader and its post-election barrier has returned; its context is
+// cancelled when leadership is lost.
+func (n *Node) OnLeader(fn func(ctx context.Context)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onLeader = append(n.onLeader, fn)
+}
+
+// watchLeadership drains Raft's notify channel without ever blocking Raft:
+// the barrier and leader tasks run in their own goroutines.
+func (n *Node) watchLeadership() {
+	defer close(n.watchDone)
+	for {
+		select {
+		case <-n.closed:
+			return
+		case isLeader := <-n.notifyCh:
+			n.mu.Lock()
+			if n.leaderStop != nil {
+				n.leaderStop()
+				n.leaderStop = nil
+			}
+			n.readyTerm.Store(0)
+			if isLeader {
+				ctx, cancel := context.WithCancel(context.Background())
+				n.leaderStop = cancel
+				go n.establishLeadership(ctx, append([]func(context.Context){}, n.onLeader...))
+			}
+			n.mu.Unlock()
+		}
+	}
+}
+
+// establishLeadership waits until every entry of earlier terms is applied
+// to the FSM (a barrier in the new term), then marks the term ready for
+// linearizable reads and starts the leader tasks.
+func (n *Node) establishLeadership(ctx context.Context, tasks []func(context.Context)) {
+	for ctx.Err() == nil {
+		term := n.raft.CurrentTerm()
+		err := n.raft.Barrier(0).Error()
+		if err == nil {
+			if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term {
+				return
+			}
+			n.readyTerm.Store(term)
+			n.logger.Info("leadership established", "term", term)
+			for _, fn := range tasks {
+				go fn(ctx)
+			}
+			return
+		}
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+			return
+		}
+		n.logger.Warn("post-election barrier failed; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// IsLeader reports whether this node is the leader and may serve
+// linearizable reads (its post-election barrier has returned).
+func (n *Node) IsLeader() bool {
+	return n.raft.State() == raft.Leader && n.readyTerm.Load() == n.raft.CurrentTerm()
+}
+
+// AcceptsWrites reports whether this node is the Raft leader and may
+// propose commands.
+func (n *Node) AcceptsWrites() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the current leader's id and Raft address, if known.
+func (n *Node) Leader() (id, addr string) {
+	a, i := n.raft.LeaderWithID()
+	return string(i), string(a)
+}
+
+// Apply proposes data and returns the FSM's response once this leader has
+// applied it. The context's deadline bounds the wait.
+func (n *Node) Apply(ctx context.Context, data []byte) (interface{}, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, ErrNotLeader
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return nil, ErrTimeout
+		}
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader):
+			return nil, ErrNotLeader
+		case errors.Is(err, raft.ErrEnqueueTimeout):
+			return nil, fmt.Errorf("%w: %v", ErrTimeout, err)
+		case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrRaftShutdown):
+			if errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+				return nil, ErrNotLeader // rejected before being appended
+			}
+			return nil, fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+		default:
+			return nil, err
+		}
+	}
+	return f.Response(), nil
+}
+
+// ServerInfo is one member of the Raft configuration.
+type ServerInfo struct {
+	ID      string
+	Address string
+	Voter   bool
+	Leader  bool
+}
+
+// Servers returns the latest Raft configuration.
+func (n *Node) Servers() ([]ServerInfo, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	leaderID, _ := n.Leader()
+	var out []ServerInfo
+	for _, s := range f.Configuration().Servers {
+		out = append(out, ServerInfo{ID: string(s.ID), Address: string(s.Address), Voter: s.Suffrage == raft.Voter, Leader: string(s.ID) == leaderID})
+	}
+	return out, nil
+}
+
+// AddVoter adds (or keeps) a voter; the leader only.
+func (n *Node) AddVoter(id, addr string) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	return n.mapMembershipErr(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error())
+}
+
+// RemoveServer removes a node from the configuration; the leader only.
+func (n *Node) RemoveServer(id string) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	return n.mapMembershipErr(n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error())
+}
+
+// TransferLeadership hands leadership to id, or to the most up-to-date
+// follower when id is empty.
+func (n *Node) TransferLeadership(id string) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	if id == "" {
+		return n.mapMembershipErr(n.raft.LeadershipTransfer().Error())
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if s.ID == id {
+			return n.mapMembershipErr(n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(s.Address)).Error())
+		}
+	}
+	return fmt.Errorf("cluster: node %q is not in the raft configuration", id)
+}
+
+func (n *Node) mapMembershipErr(err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	}
+	return err
+}
+
+// Snapshot forces a Raft snapshot now.
+func (n *Node) Snapshot() error {
+	return n.raft.Snapshot().Error()
+}
+
+// ReadBarrier returns once this node has confirmed, by a VerifyLeader round
+// that started after the call, that it is still the leader whose FSM has
+// every acknowledged write; then a read of the local store is linearizable.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	return n.reads.wait(ctx)
+}
+
+// readBarrier batches concurrent linearizable reads into shared
+// VerifyLeader rounds. A read never joins a round already in flight: it
+// waits for the next one, which starts after it arrived.
+type readBarrier struct {
+	node     *Node
+	mu       sync.Mutex
+	waiting  []chan error
+	inFlight bool
+}
+
+func (rb *readBarrier) wait(ctx context.Context) error {
+	ch := make(chan error, 1)
+	rb.mu.Lock()
+	rb.waiting = append(rb.waiting, ch)
+	if !rb.inFlight {
+		rb.inFlight = true
+		go rb.run()
+	}
+	rb.mu.Unlock()
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrTimeout, ctx.Err())
+	}
+}
+
+func (rb *readBarrier) run() {
+	for {
+		rb.mu.Lock()
+		batch := rb.waiting
+		rb.waiting = nil
+		if len(batch) == 0 {
+			rb.inFlight = false
+			rb.mu.Unlock()
+			return
+		}
+		rb.mu.Unlock()
+		term := rb.node.raft.CurrentTerm()
+		err := rb.node.raft.VerifyLeader().Error()
+		if err != nil {
+			err = fmt.Errorf("%w: leadership not confirmed: %v", ErrNotLeader, err)
+		} else if !rb.node.IsLeader() || rb.node.raft.CurrentTerm() != term {
+			err = fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+		}
+		for _, ch := range batch {
+			ch <- err
+		}
+	}
+}
+
+// Stats returns Raft's counters (term, indexes, last contact, ...).
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }

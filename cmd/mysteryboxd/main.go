@@ -1,0 +1,300 @@
+// Command mysteryboxd runs one MysteryBox node: flags and environment to a
+// node.Config, signals, and the dev-mode conveniences. Everything else lives
+// in the packages it wires.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/mysterybox/mysterybox/node"
+	"github.com/mysterybox/mysterybox/region"
+)
+
+type options struct {
+	dev             bool
+	region          string
+	nodeID          string
+	dataDir         string
+	grpcAddr        string
+	grpcAdvertise   string
+	raftAddr        string
+	raftAdvertise   string
+	bootstrap       bool
+	joinRaft        []string
+	masterKeyFile   string
+	purgeAfter      time.Duration
+	logLevel        string
+	shutdownTimeout time.Duration
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	o := &options{}
+	cmd := &cobra.Command{
+		Use:           "mysteryboxd",
+		Short:         "MysteryBox server: one node of a region's Raft cluster",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return serve(cmd, o) },
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.dev, "dev", false, "one-node dev region local1: data in ./mysterybox-data, bootstraps itself, generates a keyring beside the data")
+	f.StringVar(&o.region, "region", "", "region this node belongs to")
+	f.StringVar(&o.nodeID, "node-id", "", "unique, stable id of this node")
+	f.StringVar(&o.dataDir, "data-dir", "", "where the Raft log, snapshots and the store live")
+	f.StringVar(&o.grpcAddr, "grpc-addr", "127.0.0.1:7700", "gRPC listen address")
+	f.StringVar(&o.grpcAdvertise, "grpc-advertise", "", "gRPC address peers dial (default: --grpc-addr)")
+	f.StringVar(&o.raftAddr, "raft-addr", ":7701", "Raft listen address")
+	f.StringVar(&o.raftAdvertise, "raft-advertise", "", "Raft address peers dial (default: --raft-addr, with the gRPC host if none)")
+	f.BoolVar(&o.bootstrap, "bootstrap", false, "start a new region with this node as its first voter (only when it has no Raft state)")
+	f.StringSliceVar(&o.joinRaft, "join-raft", nil, "gRPC addresses (host:port,...) of members of the region to join through")
+	f.StringVar(&o.masterKeyFile, "master-key-file", "", "the region's keyring (JSON; see docs/operations.md)")
+	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
+	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight calls")
+	cmd.AddCommand(keygenCommand())
+	cmd.SetArgs(args)
+	if err := applyEnv(cmd, args); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 2
+	}
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		var ue usageError
+		if errors.As(err, &ue) || strings.Contains(err.Error(), "flag") {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ error }
+
+// applyEnv fills every flag the command line leaves unset from
+// MYSTERYBOX_<FLAG> (dashes become underscores).
+func applyEnv(cmd *cobra.Command, args []string) error {
+	if err := cmd.ParseFlags(args); err != nil {
+		return nil // cobra reports it
+	}
+	var firstErr error
+	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed || fl.Name == "help" {
+			return
+		}
+		env := "MYSTERYBOX_" + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := cmd.Flags().Set(fl.Name, v); err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("%s=%q: %v", env, v, err)
+			}
+		}
+	})
+	return firstErr
+}
+
+func keygenCommand() *cobra.Command {
+	id := ""
+	c := &cobra.Command{
+		Use:   "keygen",
+		Short: "print a new keyring with one random 256-bit key (redirect it to a file of mode 0600)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if id == "" {
+				id = "k" + time.Now().UTC().Format("20060102150405")
+			}
+			out, err := region.GenerateKeyringFile(id)
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(out)
+			return err
+		},
+	}
+	c.Flags().StringVar(&id, "key-id", "", "id of the key (default: k<UTC timestamp>)")
+	return c
+}
+
+func serve(cmd *cobra.Command, o *options) error {
+	logger := hclog.New(&hclog.LoggerOptions{Name: "mysteryboxd", Level: hclog.LevelFromString(o.logLevel), Output: os.Stderr})
+	cfg := node.Config{
+		Region:        o.region,
+		NodeID:        o.nodeID,
+		DataDir:       o.dataDir,
+		GRPCAddr:      o.grpcAddr,
+		GRPCAdvertise: o.grpcAdvertise,
+		RaftAddr:      o.raftAddr,
+		RaftAdvertise: o.raftAdvertise,
+		Bootstrap:     o.bootstrap,
+		JoinAddrs:     o.joinRaft,
+		PurgeAfter:    o.purgeAfter,
+	}
+	if o.dev {
+		if err := devDefaults(cmd, &cfg, logger); err != nil {
+			return err
+		}
+	} else {
+		if cfg.Region == "" || cfg.NodeID == "" || cfg.DataDir == "" {
+			return usageError{errors.New("--region, --node-id and --data-dir are required (or --dev)")}
+		}
+		if o.masterKeyFile == "" {
+			return usageError{errors.New("--master-key-file is required (create one with `mysteryboxd keygen`), or use --dev")}
+		}
+		kr, err := region.LoadKeyring(o.masterKeyFile)
+		if err != nil {
+			return err
+		}
+		cfg.Keyring = kr
+	}
+	if o.purgeAfter <= 0 {
+		return usageError{errors.New("--purge-after must be positive")}
+	}
+	if err := advertiseDefaults(&cfg); err != nil {
+		return usageError{err}
+	}
+
+	logger.Warn("authentication is not enforced yet: every call is served unauthenticated (tokens and roles arrive with the identity work)")
+	n, err := node.Start(cfg, logger)
+	if err != nil {
+		return err
+	}
+	if o.dev {
+		printDevBanner(n.GRPCAddr(), cfg.DataDir)
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-sigs
+	logger.Info("shutting down", "signal", sig.String())
+	if err := n.Shutdown(o.shutdownTimeout); err != nil {
+		logger.Error("shutdown", "error", err)
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func devDefaults(cmd *cobra.Command, cfg *node.Config, logger hclog.Logger) error {
+	if cfg.Region == "" {
+		cfg.Region = "local1"
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "dev1"
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = "./mysterybox-data"
+	}
+	if !cmd.Flags().Changed("raft-addr") && os.Getenv("MYSTERYBOX_RAFT_ADDR") == "" {
+		cfg.RaftAddr = "127.0.0.1:7701"
+	}
+	cfg.Bootstrap = true
+	for _, a := range []string{cfg.GRPCAddr, cfg.RaftAddr} {
+		if !isLoopback(a) {
+			return usageError{fmt.Errorf("--dev serves plaintext and listens on loopback only; %q is not a loopback address", a)}
+		}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	path := filepath.Join(cfg.DataDir, "dev-keyring.json")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		raw, err := region.GenerateKeyringFile("dev1")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, raw, 0o600); err != nil {
+			return err
+		}
+	}
+	kr, err := region.LoadKeyring(path)
+	if err != nil {
+		return err
+	}
+	logger.Warn("DEV MODE: the keyring sits beside the data it protects; never use --dev for real secrets", "keyring", path)
+	cfg.Keyring = kr
+	return nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// advertiseDefaults fills advertised addresses: a bound address with a
+// concrete host advertises itself; Raft on an unspecified host borrows the
+// gRPC host.
+func advertiseDefaults(cfg *node.Config) error {
+	if cfg.GRPCAdvertise == "" {
+		host, _, err := net.SplitHostPort(cfg.GRPCAddr)
+		if err != nil {
+			return fmt.Errorf("--grpc-addr %q: %v", cfg.GRPCAddr, err)
+		}
+		if unspecified(host) {
+			return fmt.Errorf("--grpc-addr %q has no concrete host: set --grpc-advertise", cfg.GRPCAddr)
+		}
+	}
+	if cfg.RaftAdvertise == "" {
+		host, port, err := net.SplitHostPort(cfg.RaftAddr)
+		if err != nil {
+			return fmt.Errorf("--raft-addr %q: %v", cfg.RaftAddr, err)
+		}
+		if unspecified(host) {
+			ghost, _, _ := net.SplitHostPort(firstNonEmpty(cfg.GRPCAdvertise, cfg.GRPCAddr))
+			if unspecified(ghost) {
+				return fmt.Errorf("--raft-addr %q has no concrete host: set --raft-advertise", cfg.RaftAddr)
+			}
+			cfg.RaftAdvertise = net.JoinHostPort(ghost, port)
+		}
+	}
+	return nil
+}
+
+func unspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func printDevBanner(grpcAddr, dataDir string) {
+	fmt.Printf(`MysteryBox dev region "local1" is serving on %s (data in %s).
+
+In another shell:
+  export MYSTERYBOX_ENDPOINTS=%s
+  bin/mbox project create --name demo
+  bin/mbox secret create --parent-id <project-id> --name db --payload password=s3cret
+  bin/mbox payload get-by-key --secret-id <secret-id> --key password
+
+Stop with Ctrl-C; data survives a restart.
+`, grpcAddr, dataDir, grpcAddr)
+}

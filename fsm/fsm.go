@@ -1,0 +1,296 @@
+// Package fsm is MysteryBox's Raft state machine: it decodes replicated
+// commands and applies them to the store, deterministically, one Pebble batch
+// per Raft batch, together with the applied index.
+//
+// Rules (see docs/architecture.md): no clock but the command's, no
+// randomness, no map iteration order; preconditions that fail are results,
+// identical on every replica; an entry that cannot be decoded panics, because
+// diverging silently is worse than stopping.
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// CommandFormat is the command format this FSM applies. A command with
+// another format stops the node rather than be misread.
+const CommandFormat = 1
+
+// IdempotencyTTL is how long a mutation's result is remembered under its
+// idempotency key.
+const IdempotencyTTL = 24 * time.Hour
+
+// Domain errors returned in a Result. store.ErrNotFound is used for missing
+// resources.
+var (
+	ErrAlreadyExists      = errors.New("already exists")
+	ErrConflict           = errors.New("resource_version mismatch")
+	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrInvalidArgument    = errors.New("invalid argument")
+)
+
+// Result is what Apply returns for a command: the response message or a
+// domain error.
+type Result struct {
+	Response proto.Message
+	Err      error
+}
+
+// FSM applies commands to a store.
+type FSM struct {
+	store   *store.Store
+	logger  hclog.Logger
+	applied atomic.Uint64 // index of the last entry applied (or skipped)
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// New returns an FSM over st, resuming after the store's applied index.
+func New(st *store.Store, logger hclog.Logger) (*FSM, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	idx, _, err := st.AppliedIndex()
+	if err != nil {
+		return nil, err
+	}
+	f := &FSM{store: st, logger: logger}
+	f.applied.Store(idx)
+	return f, nil
+}
+
+// AppliedIndex is the index of the last Raft entry in the store.
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// Apply applies one entry.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies a batch of entries as one Pebble batch. Entries at or
+// below the applied index were applied before a restart and are skipped.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+	b := f.store.NewBatch()
+	defer b.Close()
+	var last *raft.Log
+	for i, l := range logs {
+		if l.Index <= f.applied.Load() {
+			continue
+		}
+		last = l
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		out[i] = f.applyCommand(b, l)
+	}
+	if last == nil {
+		return out
+	}
+	if err := b.SetAppliedIndex(last.Index, last.Term); err != nil {
+		panic(fmt.Sprintf("fsm: record applied index %d: %v", last.Index, err))
+	}
+	if err := b.Commit(); err != nil {
+		panic(fmt.Sprintf("fsm: commit batch ending at index %d: %v", last.Index, err))
+	}
+	f.applied.Store(last.Index)
+	return out
+}
+
+// DecodeCommand decodes a log entry's data. It panics on an entry that is
+// not a command this FSM knows.
+func DecodeCommand(data []byte) *fsmpb.Command {
+	cmd := &fsmpb.Command{}
+	if err := proto.Unmarshal(data, cmd); err != nil {
+		panic(fmt.Sprintf("fsm: undecodable log entry: %v", err))
+	}
+	if cmd.GetFormat() != CommandFormat {
+		panic(fmt.Sprintf("fsm: command format %d, this build applies %d: upgrade this node", cmd.GetFormat(), CommandFormat))
+	}
+	if cmd.GetOp() == nil {
+		panic("fsm: command with an unknown operation (written by a newer version?): upgrade this node")
+	}
+	return cmd
+}
+
+// EncodeCommand serializes a command for Raft.
+func EncodeCommand(cmd *fsmpb.Command) ([]byte, error) {
+	cmd.Format = CommandFormat
+	return proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
+}
+
+func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
+	cmd := DecodeCommand(l.Data)
+	a := &applier{b: b, now: cmd.GetTimeUnixNano()}
+	key := cmd.GetIdempotencyKey()
+	if key != "" {
+		if res, done := a.replay(key, cmd.GetRequestHash()); done {
+			return res
+		}
+	}
+	res := a.dispatch(cmd)
+	if res.Err != nil && !isDomainError(res.Err) {
+		// A storage failure half-way through a command would leave this
+		// replica different from the others.
+		panic(fmt.Sprintf("fsm: applying index %d: %v", l.Index, res.Err))
+	}
+	if key != "" {
+		a.remember(key, cmd.GetRequestHash(), res)
+	}
+	return res
+}
+
+func isDomainError(err error) bool {
+	for _, e := range []error{store.ErrNotFound, ErrAlreadyExists, ErrConflict, ErrFailedPrecondition, ErrInvalidArgument} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Error kinds stored in idempotency records, so a replayed error keeps its
+// meaning.
+var errorKinds = map[string]error{
+	"not_found":           store.ErrNotFound,
+	"already_exists":      ErrAlreadyExists,
+	"aborted":             ErrConflict,
+	"failed_precondition": ErrFailedPrecondition,
+	"invalid_argument":    ErrInvalidArgument,
+}
+
+func errorKind(err error) string {
+	for _, kind := range []string{"not_found", "already_exists", "aborted", "failed_precondition", "invalid_argument"} {
+		if errors.Is(err, errorKinds[kind]) {
+			return kind
+		}
+	}
+	return "invalid_argument"
+}
+
+// domainError is a precondition failure: its message is for the user, and
+// errors.Is matches its kind (one of the sentinels above).
+type domainError struct {
+	kind error
+	msg  string
+}
+
+func (e *domainError) Error() string { return e.msg }
+func (e *domainError) Unwrap() error { return e.kind }
+
+func errorf(kind error, format string, args ...any) error {
+	return &domainError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+func (a *applier) replay(key string, hash []byte) (*Result, bool) {
+	rec, err := a.b.Idempotency(key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, false
+	}
+	if err != nil {
+		panic(fmt.Sprintf("fsm: read idempotency key: %v", err))
+	}
+	if rec.GetExpiresUnixNano() <= a.now {
+		if err := a.b.DeleteIdempotency(key, rec); err != nil {
+			panic(fmt.Sprintf("fsm: delete idempotency key: %v", err))
+		}
+		return nil, false
+	}
+	if !bytes.Equal(rec.GetRequestHash(), hash) {
+		return &Result{Err: errorf(ErrInvalidArgument, "x-idempotency-key was already used with a different request")}, true
+	}
+	if rec.GetErrorKind() != "" {
+		return &Result{Err: &domainError{kind: errorKinds[rec.GetErrorKind()], msg: rec.GetErrorMessage()}}, true
+	}
+	if len(rec.GetResponse()) == 0 {
+		return &Result{}, true
+	}
+	anyMsg := &anypb.Any{}
+	if err := proto.Unmarshal(rec.GetResponse(), anyMsg); err != nil {
+		panic(fmt.Sprintf("fsm: corrupt idempotency record: %v", err))
+	}
+	msg, err := anyMsg.UnmarshalNew()
+	if err != nil {
+		panic(fmt.Sprintf("fsm: corrupt idempotency record: %v", err))
+	}
+	return &Result{Response: msg}, true
+}
+
+func (a *applier) remember(key string, hash []byte, res *Result) {
+	rec := &fsmpb.IdempotencyRecord{RequestHash: hash, ExpiresUnixNano: a.now + int64(IdempotencyTTL)}
+	if res.Err != nil {
+		rec.ErrorKind, rec.ErrorMessage = errorKind(res.Err), res.Err.Error()
+	} else if res.Response != nil {
+		anyMsg, err := anypb.New(res.Response)
+		if err != nil {
+			panic(fmt.Sprintf("fsm: wrap response: %v", err))
+		}
+		raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(anyMsg)
+		if err != nil {
+			panic(fmt.Sprintf("fsm: marshal response: %v", err))
+		}
+		rec.Response = raw
+	}
+	if err := a.b.PutIdempotency(key, rec); err != nil {
+		panic(fmt.Sprintf("fsm: store idempotency record: %v", err))
+	}
+}
+
+// Snapshot captures the store at the current applied index. It first makes
+// the store durable up to here, because Raft may truncate its log up to the
+// snapshot's index once the snapshot is persisted.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.store.Sync(); err != nil {
+		return nil, fmt.Errorf("fsm: sync store before snapshot: %w", err)
+	}
+	snap, err := f.store.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{snap: snap}, nil
+}
+
+// Restore replaces the store with a snapshot's content.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	if err := f.store.Restore(rc); err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
+	}
+	idx, _, err := f.store.AppliedIndex()
+	if err != nil {
+		return err
+	}
+	f.applied.Store(idx)
+	f.logger.Info("restored from snapshot", "applied_index", idx)
+	return nil
+}
+
+type fsmSnapshot struct {
+	snap *store.Snapshot
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.snap.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("fsm: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() { s.snap.Release() }

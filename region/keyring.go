@@ -1,0 +1,229 @@
+// Package region holds what is specific to one region: its identity and its
+// keyring, the key-encryption keys (KEKs) that wrap every version's data key.
+//
+// Sealing happens on the leader before a version enters the Raft log, so the
+// log, snapshots and Pebble only ever hold ciphertext; opening happens only
+// when a payload is read.
+package region
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+)
+
+// Errors of the keyring. ErrUnknownKey means the data was wrapped by a KEK
+// this node's keyring does not hold; ErrTampered means authentication failed.
+var (
+	ErrUnknownKey = errors.New("key-encryption key not in keyring")
+	ErrTampered   = errors.New("ciphertext failed authentication")
+)
+
+const keySize = 32
+
+var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+
+// Keyring is a set of 256-bit KEKs by id, one of them active (used to wrap
+// new data keys). It is immutable once loaded.
+type Keyring struct {
+	active string
+	keys   map[string]cipher.AEAD
+}
+
+// keyringFile is the on-disk format of --master-key-file:
+//
+//	{"active": "k1", "keys": [{"id": "k1", "key": "<base64 of 32 bytes>"}]}
+type keyringFile struct {
+	Active string `json:"active"`
+	Keys   []struct {
+		ID  string `json:"id"`
+		Key string `json:"key"`
+	} `json:"keys"`
+}
+
+// LoadKeyring reads a keyring file.
+func LoadKeyring(path string) (*Keyring, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	kr, err := ParseKeyring(raw)
+	if err != nil {
+		return nil, fmt.Errorf("keyring %s: %w", path, err)
+	}
+	return kr, nil
+}
+
+// ParseKeyring parses the JSON keyring format.
+func ParseKeyring(raw []byte) (*Keyring, error) {
+	var f keyringFile
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %w", err)
+	}
+	if len(f.Keys) == 0 {
+		return nil, errors.New("no keys")
+	}
+	kr := &Keyring{active: f.Active, keys: map[string]cipher.AEAD{}}
+	for i, k := range f.Keys {
+		if !keyIDPattern.MatchString(k.ID) {
+			return nil, fmt.Errorf("keys[%d].id %q must be 1-64 chars of [A-Za-z0-9_.-]", i, k.ID)
+		}
+		if _, dup := kr.keys[k.ID]; dup {
+			return nil, fmt.Errorf("keys[%d].id %q appears twice", i, k.ID)
+		}
+		key, err := base64.StdEncoding.DecodeString(k.Key)
+		if err != nil || len(key) != keySize {
+			return nil, fmt.Errorf("keys[%d].key (id %q) must be base64 of exactly %d bytes", i, k.ID, keySize)
+		}
+		aead, err := newAEAD(key)
+		if err != nil {
+			return nil, err
+		}
+		kr.keys[k.ID] = aead
+	}
+	if _, ok := kr.keys[f.Active]; !ok {
+		return nil, fmt.Errorf("active key %q is not among the keys", f.Active)
+	}
+	return kr, nil
+}
+
+// GenerateKeyringFile returns a new keyring file with one random key, id.
+func GenerateKeyringFile(id string) ([]byte, error) {
+	key := make([]byte, keySize)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	f := map[string]any{
+		"active": id,
+		"keys":   []map[string]string{{"id": id, "key": base64.StdEncoding.EncodeToString(key)}},
+	}
+	out, err := json.MarshalIndent(f, "", "  ")
+	return append(out, '\n'), err
+}
+
+// ActiveKeyID is the id of the KEK that wraps new data keys.
+func (k *Keyring) ActiveKeyID() string { return k.active }
+
+// KeyIDs lists the ids of every key in the keyring, sorted.
+func (k *Keyring) KeyIDs() []string {
+	ids := make([]string, 0, len(k.keys))
+	for id := range k.keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// Seal encrypts a payload for a version: a fresh data key, each entry
+// sealed under it with the (secret, version, entry key) as additional data,
+// the data key wrapped by the active KEK.
+func (k *Keyring) Seal(secretID, versionID string, entries []*pb.PayloadEntry) (*fsmpb.SealedPayload, error) {
+	dek := make([]byte, keySize)
+	if _, err := rand.Read(dek); err != nil {
+		return nil, fmt.Errorf("keyring: random data key: %w", err)
+	}
+	defer clear(dek)
+	dekAEAD, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	out := &fsmpb.SealedPayload{KekId: k.active}
+	for _, e := range entries {
+		var plain []byte
+		binary := false
+		switch v := e.GetValue().(type) {
+		case *pb.PayloadEntry_StringValue:
+			plain = []byte(v.StringValue)
+		case *pb.PayloadEntry_BinaryValue:
+			plain, binary = v.BinaryValue, true
+		}
+		nonce, ct, err := seal(dekAEAD, plain, entryAD(secretID, versionID, e.GetKey(), binary))
+		if err != nil {
+			return nil, err
+		}
+		out.Entries = append(out.Entries, &fsmpb.SealedEntry{Key: e.GetKey(), Binary: binary, Nonce: nonce, Ciphertext: ct})
+	}
+	nonce, wrapped, err := seal(k.keys[k.active], dek, dekAD(secretID, versionID, k.active))
+	if err != nil {
+		return nil, err
+	}
+	out.WrappedDek = append(nonce, wrapped...)
+	return out, nil
+}
+
+// Open decrypts sealed entries of a version whose data key was wrapped by
+// kekID.
+func (k *Keyring) Open(secretID, versionID, kekID string, wrappedDEK []byte, sealed []*fsmpb.SealedEntry) ([]*pb.PayloadEntry, error) {
+	kek, ok := k.keys[kekID]
+	if !ok {
+		return nil, fmt.Errorf("%w: version %s needs key id %q (keyring has %v)", ErrUnknownKey, versionID, kekID, k.KeyIDs())
+	}
+	ns := kek.NonceSize()
+	if len(wrappedDEK) < ns {
+		return nil, fmt.Errorf("%w: wrapped data key of version %s is truncated", ErrTampered, versionID)
+	}
+	dek, err := kek.Open(nil, wrappedDEK[:ns], wrappedDEK[ns:], dekAD(secretID, versionID, kekID))
+	if err != nil {
+		return nil, fmt.Errorf("%w: data key of version %s", ErrTampered, versionID)
+	}
+	defer clear(dek)
+	dekAEAD, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*pb.PayloadEntry, 0, len(sealed))
+	for _, s := range sealed {
+		plain, err := dekAEAD.Open(nil, s.GetNonce(), s.GetCiphertext(), entryAD(secretID, versionID, s.GetKey(), s.GetBinary()))
+		if err != nil {
+			return nil, fmt.Errorf("%w: entry %q of version %s", ErrTampered, s.GetKey(), versionID)
+		}
+		e := &pb.PayloadEntry{Key: s.GetKey()}
+		if s.GetBinary() {
+			e.Value = &pb.PayloadEntry_BinaryValue{BinaryValue: plain}
+		} else {
+			e.Value = &pb.PayloadEntry_StringValue{StringValue: string(plain)}
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func seal(aead cipher.AEAD, plain, ad []byte) (nonce, ct []byte, err error) {
+	nonce = make([]byte, aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, nil, fmt.Errorf("keyring: random nonce: %w", err)
+	}
+	return nonce, aead.Seal(nil, nonce, plain, ad), nil
+}
+
+// Additional data binds ciphertext to where it belongs, so an entry or a
+// data key copied to another version, secret or entry fails to open.
+func entryAD(secretID, versionID, key string, binary bool) []byte {
+	kind := "s"
+	if binary {
+		kind = "b"
+	}
+	return []byte("mysterybox/entry/v1\x00" + secretID + "\x00" + versionID + "\x00" + key + "\x00" + kind)
+}
+
+func dekAD(secretID, versionID, kekID string) []byte {
+	return []byte("mysterybox/dek/v1\x00" + secretID + "\x00" + versionID + "\x00" + kekID)
+}

@@ -1,0 +1,290 @@
+// Package store keeps MysteryBox's replicated state in Pebble: the key layout,
+// typed reads with stable paging, atomic write batches that carry the Raft
+// applied index, and whole-store snapshots for Raft.
+//
+// Only the FSM writes; everyone else reads. Writes go through a Batch so that
+// one Raft batch becomes one Pebble batch, together with the applied index.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/hashicorp/go-hclog"
+)
+
+// ErrNotFound is returned by typed reads when the key is absent.
+var ErrNotFound = errors.New("not found")
+
+// Key layout. Every key starts with a short prefix naming its table; ids and
+// names never contain '/', so '/' separates the parts of a composite key.
+const (
+	keyApplied         = "m/applied"          // -> index(8) term(8)
+	prefixProject      = "p/"                 // p/<projectID> -> mysteryboxv1.Project
+	prefixProjectName  = "pn/"                // pn/<name> -> projectID
+	prefixSecret       = "s/"                 // s/<secretID> -> fsmpb.SecretRecord
+	prefixSecretName   = "sn/"                // sn/<projectID>/<name> -> secretID (live secrets only)
+	prefixProjSecrets  = "ps/"                // ps/<projectID>/<secretID> -> ""
+	prefixVersion      = "v/"                 // v/<versionID> -> fsmpb.VersionRecord
+	prefixSecretVers   = "sv/"                // sv/<secretID>/<number BE8> -> versionID
+	prefixEntry        = "e/"                 // e/<versionID>/<entryKey> -> fsmpb.SealedEntry
+	prefixIdem         = "i/"                 // i/<key> -> fsmpb.IdempotencyRecord
+	prefixIdemExpiry   = "ie/"                // ie/<expiry BE8><key> -> ""
+	prefixPurgeQueue   = "d/"                 // d/<purgeAt BE8><id> -> ""
+	prefixNode         = "n/"                 // n/<nodeID> -> fsmpb.NodeRecord
+	currentFile        = "CURRENT"            // names the live Pebble directory
+	dbDirPrefix        = "db-"                // Pebble directories: db-000001, ...
+	restoreDirSuffix   = ".restoring"         // a restore in progress
+	maxRestoreDBNumber = 1<<31 - 1            // sanity bound when parsing CURRENT
+)
+
+// Store is the Pebble-backed state of one node. Reads may run concurrently
+// with each other and with the FSM's batches; Restore swaps the database
+// under an exclusive lock.
+type Store struct {
+	dir    string
+	logger hclog.Logger
+
+	mu   sync.RWMutex // guards db and dbNum against Restore's swap
+	db   *pebble.DB
+	dbNo int
+}
+
+// Open opens (or creates) the store in dir. A restore that crashed half-way
+// is discarded: CURRENT names the last complete database.
+func Open(dir string, logger hclog.Logger) (*Store, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store: create %s: %w", dir, err)
+	}
+	s := &Store{dir: dir, logger: logger}
+	no, err := s.readCurrent()
+	if err != nil {
+		return nil, err
+	}
+	if no == 0 {
+		no = 1
+		if err := s.writeCurrent(no); err != nil {
+			return nil, err
+		}
+	}
+	s.removeStaleDirs(no)
+	db, err := s.openDB(no)
+	if err != nil {
+		return nil, err
+	}
+	s.db, s.dbNo = db, no
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.db == nil {
+		return nil
+	}
+	err := s.db.Close()
+	s.db = nil
+	return err
+}
+
+func (s *Store) dbDir(no int) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%s%06d", dbDirPrefix, no))
+}
+
+func (s *Store) openDB(no int) (*pebble.DB, error) {
+	opts := &pebble.Options{Logger: pebbleLogger{s.logger.Named("pebble")}}
+	db, err := pebble.Open(s.dbDir(no), opts)
+	if err != nil {
+		return nil, fmt.Errorf("store: open pebble: %w", err)
+	}
+	return db, nil
+}
+
+func (s *Store) readCurrent() (int, error) {
+	b, err := os.ReadFile(filepath.Join(s.dir, currentFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: read CURRENT: %w", err)
+	}
+	var no int
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), dbDirPrefix+"%d", &no); err != nil || no <= 0 || no > maxRestoreDBNumber {
+		return 0, fmt.Errorf("store: CURRENT file is corrupt: %q", b)
+	}
+	return no, nil
+}
+
+// writeCurrent atomically points CURRENT at database no.
+func (s *Store) writeCurrent(no int) error {
+	tmp := filepath.Join(s.dir, currentFile+".tmp")
+	content := fmt.Sprintf("%s%06d\n", dbDirPrefix, no)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("store: write CURRENT: %w", err)
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return fmt.Errorf("store: write CURRENT: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("store: sync CURRENT: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("store: write CURRENT: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, currentFile)); err != nil {
+		return fmt.Errorf("store: install CURRENT: %w", err)
+	}
+	return syncDir(s.dir)
+}
+
+// removeStaleDirs deletes databases other than the live one: leftovers of a
+// restore that crashed before or after the CURRENT switch.
+func (s *Store) removeStaleDirs(live int) {
+	entries, _ := os.ReadDir(s.dir)
+	keep := filepath.Base(s.dbDir(live))
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), dbDirPrefix) && e.Name() != keep {
+			if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+				s.logger.Warn("cannot remove stale database", "dir", e.Name(), "error", err)
+			}
+		}
+	}
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Read runs fn on a consistent point-in-time view of the store.
+func (s *Store) Read(fn func(v *View) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return errors.New("store: closed")
+	}
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	return fn(&View{r: snap})
+}
+
+// AppliedIndex returns the Raft index and term of the last entry applied.
+func (s *Store) AppliedIndex() (index, term uint64, err error) {
+	err = s.Read(func(v *View) error {
+		index, term, err = v.AppliedIndex()
+		return err
+	})
+	return index, term, err
+}
+
+// NewBatch starts an atomic write. Reads through the batch see its own
+// writes. Commit or Close it.
+func (s *Store) NewBatch() *Batch {
+	s.mu.RLock()
+	b := s.db.NewIndexedBatch()
+	return &Batch{View: View{r: b}, b: b, s: s}
+}
+
+// Sync makes every committed batch durable (batches commit without fsync,
+// since the Raft log is the durable record until a snapshot truncates it).
+func (s *Store) Sync() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.LogData(nil, pebble.Sync)
+}
+
+// Batch is one atomic write to the store. It holds the store's read lock
+// from creation to Commit/Close, so Restore cannot swap the database under it.
+type Batch struct {
+	View
+	b    *pebble.Batch
+	s    *Store
+	done bool
+}
+
+// Commit applies the batch. It does not fsync (see Sync).
+func (b *Batch) Commit() error {
+	if b.done {
+		return errors.New("store: batch already finished")
+	}
+	b.done = true
+	defer b.s.mu.RUnlock()
+	err := b.b.Commit(pebble.NoSync)
+	b.b.Close()
+	return err
+}
+
+// Close discards an uncommitted batch. Safe after Commit.
+func (b *Batch) Close() {
+	if b.done {
+		return
+	}
+	b.done = true
+	b.b.Close()
+	b.s.mu.RUnlock()
+}
+
+// SetAppliedIndex records the Raft position the batch brings the store to.
+func (b *Batch) SetAppliedIndex(index, term uint64) error {
+	var v [16]byte
+	binary.BigEndian.PutUint64(v[:8], index)
+	binary.BigEndian.PutUint64(v[8:], term)
+	return b.b.Set([]byte(keyApplied), v[:], nil)
+}
+
+func (b *Batch) set(key string, value []byte) error { return b.b.Set([]byte(key), value, nil) }
+func (b *Batch) del(key string) error               { return b.b.Delete([]byte(key), nil) }
+
+func (b *Batch) delPrefix(prefix string) error {
+	return b.b.DeleteRange([]byte(prefix), prefixEnd([]byte(prefix)), nil)
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func be8(n uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], n)
+	return string(b[:])
+}
+
+// pebbleLogger routes Pebble's own messages to hclog at debug level; its
+// errors stay errors.
+type pebbleLogger struct{ l hclog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...interface{}) {
+	p.l.Debug(fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Errorf(format string, args ...interface{}) {
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
+	p.l.Error(fmt.Sprintf(format, args...))
+	panic(fmt.Sprintf(format, args...))
+}
