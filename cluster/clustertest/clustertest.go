@@ -1,0 +1,288 @@
+// Package clustertest starts a region of N real MysteryBox nodes inside one
+// test process, on 127.0.0.1 ports, with fast Raft timings: the harness for
+// multi-node tests (forwarding, failover, restart, snapshot install).
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/node"
+	"github.com/mysterybox/mysterybox/region"
+)
+
+// Options tune the region under test.
+type Options struct {
+	Nodes             int
+	PurgeAfter        time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// Logs receives every node's log output (default: the test log on failure only).
+	LogLevel hclog.Level
+}
+
+// Cluster is a running test region.
+type Cluster struct {
+	t       testing.TB
+	opts    Options
+	Region  string
+	Keyring *region.Keyring
+	Nodes   []*Node
+	nextID  int
+}
+
+// Node is one member; N is nil while it is stopped.
+type Node struct {
+	ID   string
+	Dir  string
+	Cfg  node.Config
+	N    *node.Node
+	conn *grpc.ClientConn
+}
+
+// New starts a region: the first node bootstraps, the others join through it.
+func New(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.LogLevel == hclog.NoLevel {
+		opts.LogLevel = hclog.Warn
+	}
+	raw, err := region.GenerateKeyringFile("test1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := region.ParseKeyring(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{t: t, opts: opts, Region: "test-region1", Keyring: kr}
+	t.Cleanup(c.Close)
+	for i := 0; i < opts.Nodes; i++ {
+		c.AddNode()
+		if i == 0 {
+			c.WaitLeader()
+		}
+	}
+	c.WaitMembers(opts.Nodes)
+	return c
+}
+
+// freeAddr reserves a loopback port for a node that must keep its address
+// across restarts.
+func freeAddr(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// AddNode starts a new node: the first bootstraps, later ones join.
+func (c *Cluster) AddNode() *Node {
+	c.t.Helper()
+	c.nextID++
+	id := fmt.Sprintf("node%d", c.nextID)
+	dir := filepath.Join(c.t.TempDir(), id)
+	cfg := node.Config{
+		Region:              c.Region,
+		NodeID:              id,
+		DataDir:             dir,
+		GRPCAddr:            freeAddr(c.t),
+		RaftAddr:            freeAddr(c.t),
+		Keyring:             c.Keyring,
+		PurgeAfter:          c.opts.PurgeAfter,
+		MaintenanceInterval: 100 * time.Millisecond,
+		HeartbeatTimeout:    300 * time.Millisecond,
+		ElectionTimeout:     300 * time.Millisecond,
+		LeaderLeaseTimeout:  150 * time.Millisecond,
+		SnapshotThreshold:   c.opts.SnapshotThreshold,
+		TrailingLogs:        c.opts.TrailingLogs,
+	}
+	if len(c.Nodes) == 0 {
+		cfg.Bootstrap = true
+	} else {
+		for _, n := range c.Nodes {
+			if n.N != nil {
+				cfg.JoinAddrs = append(cfg.JoinAddrs, n.Cfg.GRPCAddr)
+			}
+		}
+	}
+	// One lazy connection per node for its whole life, so concurrent test
+	// clients never race with Stop/Restart (the address does not change).
+	conn, err := grpc.NewClient(cfg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	n := &Node{ID: id, Dir: dir, Cfg: cfg, conn: conn}
+	c.Nodes = append(c.Nodes, n)
+	c.start(n)
+	return n
+}
+
+func (c *Cluster) start(n *Node) {
+	c.t.Helper()
+	logger := hclog.New(&hclog.LoggerOptions{Name: n.ID, Level: c.opts.LogLevel, Output: testWriter{c.t}})
+	nn, err := node.Start(n.Cfg, logger)
+	if err != nil {
+		c.t.Fatalf("start %s: %v", n.ID, err)
+	}
+	n.N = nn
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", p)
+	return len(p), nil
+}
+
+// Stop stops a node abruptly (its data stays).
+func (c *Cluster) Stop(n *Node) {
+	c.t.Helper()
+	if n.N == nil {
+		return
+	}
+	if err := n.N.Close(); err != nil {
+		c.t.Logf("stop %s: %v", n.ID, err)
+	}
+	n.N = nil
+}
+
+// Restart starts a stopped node again from its data directory, on the same
+// addresses.
+func (c *Cluster) Restart(n *Node) {
+	c.t.Helper()
+	n.Cfg.Bootstrap = false
+	n.Cfg.JoinAddrs = nil
+	c.start(n)
+}
+
+// Close stops every node.
+func (c *Cluster) Close() {
+	for _, n := range c.Nodes {
+		c.Stop(n)
+		n.conn.Close()
+	}
+}
+
+// Conn returns a client connection to n's gRPC API. It is safe to use
+// from any goroutine, also while n is stopped (calls fail UNAVAILABLE).
+func (c *Cluster) Conn(n *Node) *grpc.ClientConn { return n.conn }
+
+// Running returns the nodes that are up.
+func (c *Cluster) Running() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if n.N != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Eventually polls cond until it returns nil or the deadline passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// WaitLeader waits until one running node leads and may serve reads.
+func (c *Cluster) WaitLeader() *Node {
+	c.t.Helper()
+	var leader *Node
+	Eventually(c.t, 15*time.Second, "a leader", func() error {
+		leader = nil
+		for _, n := range c.Running() {
+			if n.N.Raft.IsLeader() {
+				leader = n
+				return nil
+			}
+		}
+		return fmt.Errorf("no leader among %d running nodes", len(c.Running()))
+	})
+	return leader
+}
+
+// Followers returns the running nodes that are not the leader.
+func (c *Cluster) Followers() []*Node {
+	leader := c.WaitLeader()
+	var out []*Node
+	for _, n := range c.Running() {
+		if n != leader {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// WaitMembers waits until the leader's configuration has want voters and
+// every one of them has registered its gRPC address.
+func (c *Cluster) WaitMembers(want int) {
+	c.t.Helper()
+	Eventually(c.t, 20*time.Second, fmt.Sprintf("%d registered members", want), func() error {
+		leader := c.WaitLeader()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := pb.NewClusterServiceClient(c.Conn(leader)).Members(ctx, &pb.ListMembersRequest{})
+		if err != nil {
+			return err
+		}
+		got := 0
+		for _, m := range resp.GetMembers() {
+			if m.GetGrpcAddress() != "" && m.GetRaftRole() != "nonvoter" {
+				got++
+			}
+		}
+		if got != want {
+			return fmt.Errorf("%d of %d members registered", got, want)
+		}
+		return nil
+	})
+}
+
+// WaitConverged waits until every running node has applied the same index
+// and holds an identical store.
+func (c *Cluster) WaitConverged() {
+	c.t.Helper()
+	Eventually(c.t, 30*time.Second, "replicas to converge", func() error {
+		var firstHash string
+		var firstIdx uint64
+		for i, n := range c.Running() {
+			idx := n.N.FSM.AppliedIndex()
+			h, err := n.N.Store.Hash()
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				firstHash, firstIdx = h, idx
+				continue
+			}
+			if idx != firstIdx || h != firstHash {
+				return fmt.Errorf("%s at index %d hash %.12s, first node at %d hash %.12s", n.ID, idx, h, firstIdx, firstHash)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,363 @@
+package clustertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func payload(kv ...string) *pb.Payload {
+	p := &pb.Payload{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		p.Entries = append(p.Entries, &pb.PayloadEntry{Key: kv[i], Value: &pb.PayloadEntry_StringValue{StringValue: kv[i+1]}})
+	}
+	return p
+}
+
+// setup creates a project and a secret with one version through n.
+func setup(t *testing.T, c *Cluster, n *Node) (projectID string, secret *pb.Secret) {
+	t.Helper()
+	ctx := ctxT(t)
+	p, err := pb.NewIdentityServiceClient(c.Conn(n)).CreateProject(ctx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "proj-" + n.ID}}})
+	if err != nil {
+		t.Fatalf("create project via %s: %v", n.ID, err)
+	}
+	s, err := pb.NewSecretServiceClient(c.Conn(n)).Create(ctx, &pb.CreateSecretRequest{Secret: &pb.Secret{
+		Metadata: &pb.Metadata{ParentId: p.GetMetadata().GetId(), Name: "db"},
+		Spec:     &pb.SecretSpec{SecretVersion: &pb.SecretVersionSpec{Payload: payload("password", "v1")}},
+	}})
+	if err != nil {
+		t.Fatalf("create secret via %s: %v", n.ID, err)
+	}
+	return p.GetMetadata().GetId(), s
+}
+
+func TestWriteThroughFollowerReadThroughAnother(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	f := c.Followers()
+	_, secret := setup(t, c, f[0])
+	id := secret.GetMetadata().GetId()
+
+	v2, err := pb.NewSecretVersionServiceClient(c.Conn(f[0])).Create(ctxT(t), &pb.CreateSecretVersionRequest{
+		Version: &pb.SecretVersion{Metadata: &pb.Metadata{ParentId: id}, Spec: &pb.SecretVersionSpec{Payload: payload("password", "v2")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A linearizable read on the other follower, right after, sees it.
+	got, err := pb.NewPayloadServiceClient(c.Conn(f[1])).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: id, Key: "password"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetEntry().GetStringValue() != "v2" || got.GetVersionId() != v2.GetMetadata().GetId() {
+		t.Fatalf("read through %s: got %q (version %s), want v2 (version %s)", f[1].ID, got.GetEntry().GetStringValue(), got.GetVersionId(), v2.GetMetadata().GetId())
+	}
+	// Every node's own store converges to the same content.
+	c.WaitConverged()
+	// A stale read on a follower answers from its own state.
+	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
+	s, err := pb.NewSecretServiceClient(c.Conn(f[1])).Get(stale, &pb.GetSecretRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.GetStatus().GetPrimaryVersionId() != v2.GetMetadata().GetId() {
+		t.Fatalf("stale read after convergence: primary %s, want %s", s.GetStatus().GetPrimaryVersionId(), v2.GetMetadata().GetId())
+	}
+}
+
+// failoverCreateVersion sends one logical write with an idempotency key,
+// trying every node until one answers, as a client with failover would.
+func failoverCreateVersion(ctx context.Context, c *Cluster, secretID, value, key string) (*pb.SecretVersion, error) {
+	var lastErr error
+	nodes := append([]*Node(nil), c.Nodes...)
+	for ctx.Err() == nil {
+		for _, n := range nodes {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			cctx = metadata.AppendToOutgoingContext(cctx, "x-idempotency-key", key)
+			v, err := pb.NewSecretVersionServiceClient(c.Conn(n)).Create(cctx, &pb.CreateSecretVersionRequest{
+				Version: &pb.SecretVersion{Metadata: &pb.Metadata{ParentId: secretID}, Spec: &pb.SecretVersionSpec{Payload: payload("value", value)}},
+			})
+			cancel()
+			if err == nil {
+				return v, nil
+			}
+			lastErr = err
+			if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded && code != codes.Canceled {
+				return nil, err
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("gave up: %v", lastErr)
+}
+
+func TestLeaderKilledMidStreamKeepsAcknowledgedWrites(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	_, secret := setup(t, c, c.WaitLeader())
+	id := secret.GetMetadata().GetId()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	acked := map[string]string{} // version id -> value
+	var wg sync.WaitGroup
+	const writers, perWriter = 3, 40
+	killed := make(chan struct{})
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				value := fmt.Sprintf("w%d-%d", w, i)
+				v, err := failoverCreateVersion(ctx, c, id, value, "key-"+value)
+				if err != nil {
+					t.Errorf("write %s: %v", value, err)
+					return
+				}
+				mu.Lock()
+				acked[v.GetMetadata().GetId()] = value
+				n := len(acked)
+				mu.Unlock()
+				if n == writers*perWriter/3 {
+					close(killed)
+				}
+			}
+		}(w)
+	}
+	<-killed
+	old := c.WaitLeader()
+	c.Stop(old)
+	t.Logf("stopped leader %s after %d acknowledged writes", old.ID, writers*perWriter/3)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	newLeader := c.WaitLeader()
+	if newLeader == old {
+		t.Fatal("stopped node is still leader")
+	}
+
+	// Every acknowledged write is present, exactly once (the idempotency
+	// keys turned retries across the failover into one version each).
+	seen := map[string]int{}
+	var token string
+	for {
+		resp, err := pb.NewSecretVersionServiceClient(c.Conn(newLeader)).List(ctxT(t), &pb.ListSecretVersionsRequest{ParentId: id, PageSize: 1000, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range resp.GetVersions() {
+			seen[v.GetMetadata().GetId()]++
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(seen) != writers*perWriter+1 {
+		t.Errorf("secret has %d versions, want %d (1 initial + %d acknowledged)", len(seen), writers*perWriter+1, writers*perWriter)
+	}
+	for vid, value := range acked {
+		if seen[vid] != 1 {
+			t.Errorf("acknowledged version %s (%s) present %d times", vid, value, seen[vid])
+			continue
+		}
+		got, err := pb.NewPayloadServiceClient(c.Conn(newLeader)).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: id, VersionId: vid, Key: "value"})
+		if err != nil || got.GetEntry().GetStringValue() != value {
+			t.Errorf("version %s: got %q, %v; want %q", vid, got.GetEntry().GetStringValue(), err, value)
+		}
+	}
+	c.Restart(old)
+	c.WaitConverged()
+}
+
+func TestRestartedNodeCatchesUp(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	_, secret := setup(t, c, c.WaitLeader())
+	id := secret.GetMetadata().GetId()
+	f := c.Followers()[0]
+	c.Stop(f)
+	var last *pb.SecretVersion
+	for i := 0; i < 20; i++ {
+		v, err := failoverCreateVersion(ctxT(t), c, id, fmt.Sprintf("v%d", i), fmt.Sprintf("k%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = v
+	}
+	c.Restart(f)
+	c.WaitConverged()
+	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
+	got, err := pb.NewPayloadServiceClient(c.Conn(f)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: id, Key: "value"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetVersionId() != last.GetMetadata().GetId() || got.GetEntry().GetStringValue() != "v19" {
+		t.Fatalf("restarted node serves version %s %q, want %s v19", got.GetVersionId(), got.GetEntry().GetStringValue(), last.GetMetadata().GetId())
+	}
+}
+
+func TestWholeRegionRestartKeepsData(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	_, secret := setup(t, c, c.WaitLeader())
+	for _, n := range c.Nodes {
+		c.Stop(n)
+	}
+	for _, n := range c.Nodes {
+		c.Restart(n)
+	}
+	leader := c.WaitLeader()
+	got, err := pb.NewPayloadServiceClient(c.Conn(leader)).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetEntry().GetStringValue() != "v1" {
+		t.Fatalf("after full restart got %q, want v1", got.GetEntry().GetStringValue())
+	}
+	c.WaitConverged()
+}
+
+func TestNewNodeInstallsSnapshotAndConverges(t *testing.T) {
+	c := New(t, Options{Nodes: 3, SnapshotThreshold: 20, TrailingLogs: 5})
+	leader := c.WaitLeader()
+	_, secret := setup(t, c, leader)
+	id := secret.GetMetadata().GetId()
+	for i := 0; i < 60; i++ {
+		if _, err := failoverCreateVersion(ctxT(t), c, id, fmt.Sprintf("v%d", i), fmt.Sprintf("k%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leader.N.Raft.Snapshot(); err != nil {
+		t.Fatalf("forced snapshot: %v", err)
+	}
+	snapIndex := leader.N.Raft.Stats()["last_snapshot_index"]
+	n := c.AddNode()
+	c.WaitMembers(4)
+	c.WaitConverged()
+	// The leader's log was truncated below what the new node needs, so it
+	// must have installed the leader's snapshot.
+	if got := n.N.Raft.Stats()["last_snapshot_index"]; parseInt(got) < parseInt(snapIndex) {
+		t.Fatalf("new node's last snapshot index %s, want >= the leader's %s (installed snapshot)", got, snapIndex)
+	}
+	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
+	got, err := pb.NewPayloadServiceClient(c.Conn(n)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: id, Key: "value"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetEntry().GetStringValue() != "v59" {
+		t.Fatalf("new node serves %q, want v59", got.GetEntry().GetStringValue())
+	}
+	// And it restarts from its installed snapshot plus log.
+	c.Stop(n)
+	c.Restart(n)
+	c.WaitConverged()
+}
+
+func parseInt(s string) int64 {
+	var n int64
+	fmt.Sscan(s, &n)
+	return n
+}
+
+func TestLinearizableReadRightAfterElection(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	_, secret := setup(t, c, c.WaitLeader())
+	old := c.WaitLeader()
+	// Hand leadership over without any write after it: the new leader must
+	// still answer reads (its post-election barrier is not an FSM entry).
+	if _, err := pb.NewClusterServiceClient(c.Conn(old)).TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, "a new leader", func() error {
+		if l := c.WaitLeader(); l == old {
+			return errors.New("old leader still leads")
+		}
+		return nil
+	})
+	for _, n := range c.Running() {
+		got, err := pb.NewPayloadServiceClient(c.Conn(n)).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
+		if err != nil {
+			t.Fatalf("read via %s right after election: %v", n.ID, err)
+		}
+		if got.GetEntry().GetStringValue() != "v1" {
+			t.Fatalf("read via %s: %q", n.ID, got.GetEntry().GetStringValue())
+		}
+	}
+}
+
+func TestIdempotentRetryAcrossLeaderChange(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	projectID, _ := setup(t, c, c.WaitLeader())
+	req := &pb.CreateSecretRequest{Secret: &pb.Secret{Metadata: &pb.Metadata{ParentId: projectID, Name: "once"}}}
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-idempotency-key", "retry-me")
+	first, err := pb.NewSecretServiceClient(c.Conn(c.Followers()[0])).Create(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := c.WaitLeader()
+	if _, err := pb.NewClusterServiceClient(c.Conn(old)).TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, "a new leader", func() error {
+		if c.WaitLeader() == old {
+			return errors.New("old leader still leads")
+		}
+		return nil
+	})
+	again, err := pb.NewSecretServiceClient(c.Conn(c.WaitLeader())).Create(ctx, req)
+	if err != nil {
+		t.Fatalf("retry with the same key: %v", err)
+	}
+	if again.GetMetadata().GetId() != first.GetMetadata().GetId() {
+		t.Fatalf("retry created %s, first call created %s", again.GetMetadata().GetId(), first.GetMetadata().GetId())
+	}
+	// The same key with another request is refused.
+	other := &pb.CreateSecretRequest{Secret: &pb.Secret{Metadata: &pb.Metadata{ParentId: projectID, Name: "other"}}}
+	if _, err := pb.NewSecretServiceClient(c.Conn(c.WaitLeader())).Create(ctx, other); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("same key, different request: %v, want INVALID_ARGUMENT", err)
+	}
+	// Without a key, a second create of the same name is ALREADY_EXISTS.
+	if _, err := pb.NewSecretServiceClient(c.Conn(c.WaitLeader())).Create(ctxT(t), req); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("second create without key: %v, want ALREADY_EXISTS", err)
+	}
+}
+
+func TestLeaderPurgesDeletedSecret(t *testing.T) {
+	c := New(t, Options{Nodes: 3, PurgeAfter: 500 * time.Millisecond})
+	f := c.Followers()[0]
+	projectID, secret := setup(t, c, f)
+	id := secret.GetMetadata().GetId()
+	del, err := pb.NewSecretServiceClient(c.Conn(f)).Delete(ctxT(t), &pb.DeleteSecretRequest{Id: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if del.GetStatus().GetState() != pb.State_SCHEDULED_FOR_DELETION || del.GetStatus().GetPurgeAt() == nil {
+		t.Fatalf("deleted secret status: %v", del.GetStatus())
+	}
+	Eventually(t, 10*time.Second, "the purge", func() error {
+		_, err := pb.NewSecretServiceClient(c.Conn(f)).Get(ctxT(t), &pb.GetSecretRequest{Id: id, ShowScheduledForDeletion: true})
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		return fmt.Errorf("secret still there: %v", err)
+	})
+	// With the secret purged, the empty project can be deleted.
+	if _, err := pb.NewIdentityServiceClient(c.Conn(f)).DeleteProject(ctxT(t), &pb.DeleteProjectRequest{Id: projectID}); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitConverged()
+}
