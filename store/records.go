@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/cockroachdb/pebble"
 	"google.golang.org/protobuf/proto"
@@ -394,5 +393,3 @@ func (v *View) ForEach(fn func(key, value []byte) error) error {
 	}
 	return it.Error()
 }
-
-var _ io.Closer = (*pebble.Snapshot)(nil)

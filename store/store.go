@@ -25,23 +25,22 @@ var ErrNotFound = errors.New("not found")
 // Key layout. Every key starts with a short prefix naming its table; ids and
 // names never contain '/', so '/' separates the parts of a composite key.
 const (
-	keyApplied         = "m/applied"          // -> index(8) term(8)
-	prefixProject      = "p/"                 // p/<projectID> -> mysteryboxv1.Project
-	prefixProjectName  = "pn/"                // pn/<name> -> projectID
-	prefixSecret       = "s/"                 // s/<secretID> -> fsmpb.SecretRecord
-	prefixSecretName   = "sn/"                // sn/<projectID>/<name> -> secretID (live secrets only)
-	prefixProjSecrets  = "ps/"                // ps/<projectID>/<secretID> -> ""
-	prefixVersion      = "v/"                 // v/<versionID> -> fsmpb.VersionRecord
-	prefixSecretVers   = "sv/"                // sv/<secretID>/<number BE8> -> versionID
-	prefixEntry        = "e/"                 // e/<versionID>/<entryKey> -> fsmpb.SealedEntry
-	prefixIdem         = "i/"                 // i/<key> -> fsmpb.IdempotencyRecord
-	prefixIdemExpiry   = "ie/"                // ie/<expiry BE8><key> -> ""
-	prefixPurgeQueue   = "d/"                 // d/<purgeAt BE8><id> -> ""
-	prefixNode         = "n/"                 // n/<nodeID> -> fsmpb.NodeRecord
-	currentFile        = "CURRENT"            // names the live Pebble directory
-	dbDirPrefix        = "db-"                // Pebble directories: db-000001, ...
-	restoreDirSuffix   = ".restoring"         // a restore in progress
-	maxRestoreDBNumber = 1<<31 - 1            // sanity bound when parsing CURRENT
+	keyApplied         = "m/applied" // -> index(8) term(8)
+	prefixProject      = "p/"        // p/<projectID> -> mysteryboxv1.Project
+	prefixProjectName  = "pn/"       // pn/<name> -> projectID
+	prefixSecret       = "s/"        // s/<secretID> -> fsmpb.SecretRecord
+	prefixSecretName   = "sn/"       // sn/<projectID>/<name> -> secretID (live secrets only)
+	prefixProjSecrets  = "ps/"       // ps/<projectID>/<secretID> -> ""
+	prefixVersion      = "v/"        // v/<versionID> -> fsmpb.VersionRecord
+	prefixSecretVers   = "sv/"       // sv/<secretID>/<number BE8> -> versionID
+	prefixEntry        = "e/"        // e/<versionID>/<entryKey> -> fsmpb.SealedEntry
+	prefixIdem         = "i/"        // i/<key> -> fsmpb.IdempotencyRecord
+	prefixIdemExpiry   = "ie/"       // ie/<expiry BE8><key> -> ""
+	prefixPurgeQueue   = "d/"        // d/<purgeAt BE8><id> -> ""
+	prefixNode         = "n/"        // n/<nodeID> -> fsmpb.NodeRecord
+	currentFile        = "CURRENT"   // names the live Pebble directory
+	dbDirPrefix        = "db-"       // Pebble directories: db-000001, ...
+	maxRestoreDBNumber = 1<<31 - 1   // sanity bound when parsing CURRENT
 )
 
 // Store is the Pebble-backed state of one node. Reads may run concurrently

@@ -273,6 +273,9 @@ func validateCreateVersion(req *pb.CreateSecretVersionRequest) error {
 	if err := validateID("version.metadata.parent_id", v.GetMetadata().GetParentId()); err != nil {
 		return err
 	}
+	if err := validateLabels("version.metadata.labels", v.GetMetadata().GetLabels()); err != nil {
+		return err
+	}
 	if err := validateDescription("version.spec.description", v.GetSpec().GetDescription()); err != nil {
 		return err
 	}
