@@ -51,6 +51,8 @@ func (a *applier) dispatch(cmd *fsmpb.Command) *Result {
 		err = a.b.PutNode(op.RegisterNode.GetNode())
 	case *fsmpb.Command_DeregisterNode:
 		err = a.b.DeleteNode(op.DeregisterNode.GetNodeId())
+	case *fsmpb.Command_RewrapVersions:
+		resp, err = a.rewrap(op.RewrapVersions)
 	default:
 		panic(fmt.Sprintf("fsm: unknown operation %T", op))
 	}
@@ -356,6 +358,9 @@ func (a *applier) addVersion(rec *fsmpb.SecretRecord, op *fsmpb.CreateVersion) (
 	if err := a.b.PutVersion(vrec); err != nil {
 		return nil, err
 	}
+	if err := a.b.PutKeyCheck(sealed.GetKekId(), sealed.GetKekCheck()); err != nil {
+		return nil, err
+	}
 	s.Status.VersionCount++
 	if op.GetSetPrimary() {
 		s.Spec.PrimaryVersionId = md.GetId()
@@ -579,4 +584,30 @@ func (a *applier) pruneIdempotency(op *fsmpb.PruneIdempotency) error {
 		}
 	}
 	return nil
+}
+
+// rewrap installs re-wrapped data keys; an item whose version is gone or no
+// longer wrapped by from_kek_id is skipped (rewrap is safe to run twice).
+func (a *applier) rewrap(op *fsmpb.RewrapVersions) (proto.Message, error) {
+	done := 0
+	for _, it := range op.GetItems() {
+		vrec, err := a.b.Version(it.GetVersionId())
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if vrec.GetKekId() != it.GetFromKekId() {
+			continue
+		}
+		if err := a.b.PutKeyCheck(it.GetToKekId(), it.GetToKekCheck()); err != nil {
+			return nil, err
+		}
+		if err := a.b.RewrapVersion(vrec, it.GetToKekId(), it.GetWrappedDek()); err != nil {
+			return nil, err
+		}
+		done++
+	}
+	return &fsmpb.RewrapResult{Rewrapped: int64(done)}, nil
 }

@@ -151,7 +151,7 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 		panic(fmt.Sprintf("fsm: applying index %d: %v", l.Index, res.Err))
 	}
 	if key != "" {
-		a.remember(key, cmd.GetRequestHash(), res)
+		a.remember(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId(), res)
 	}
 	return res
 }
@@ -232,8 +232,8 @@ func (a *applier) replay(key string, hash []byte) (*Result, bool) {
 	return &Result{Response: msg}, true
 }
 
-func (a *applier) remember(key string, hash []byte, res *Result) {
-	rec := &fsmpb.IdempotencyRecord{RequestHash: hash, ExpiresUnixNano: a.now + int64(IdempotencyTTL)}
+func (a *applier) remember(key string, hash []byte, hashKeyID string, res *Result) {
+	rec := &fsmpb.IdempotencyRecord{RequestHash: hash, RequestHashKeyId: hashKeyID, ExpiresUnixNano: a.now + int64(IdempotencyTTL)}
 	if res.Err != nil {
 		rec.ErrorKind, rec.ErrorMessage = errorKind(res.Err), res.Err.Error()
 	} else if res.Response != nil {

@@ -115,6 +115,11 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Refuse a keyring that cannot open what is stored before Raft starts,
+	// so a misconfigured node never takes part in the region.
+	if err := server.CheckKeyring(n.Store, cfg.Keyring); err != nil {
+		return nil, err
+	}
 	n.FSM, err = fsm.New(n.Store, logger.Named("fsm"))
 	if err != nil {
 		return nil, err

@@ -9,7 +9,10 @@ package region
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -22,10 +25,12 @@ import (
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 )
 
-// Errors of the keyring. ErrUnknownKey means the data was wrapped by a KEK
-// this node's keyring does not hold; ErrTampered means authentication failed.
+// Errors of the keyring. ErrUnknownKey: the data was wrapped by a KEK this
+// node's keyring does not hold; ErrWrongKey: the keyring holds another key
+// under that id; ErrTampered: authentication of stored ciphertext failed.
 var (
 	ErrUnknownKey = errors.New("key-encryption key not in keyring")
+	ErrWrongKey   = errors.New("keyring key does not match the data")
 	ErrTampered   = errors.New("ciphertext failed authentication")
 )
 
@@ -38,6 +43,7 @@ var keyIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 type Keyring struct {
 	active string
 	keys   map[string]cipher.AEAD
+	macs   map[string][]byte // per key: HMAC key derived for request hashes
 }
 
 // keyringFile is the on-disk format of --master-key-file:
@@ -73,7 +79,7 @@ func ParseKeyring(raw []byte) (*Keyring, error) {
 	if len(f.Keys) == 0 {
 		return nil, errors.New("no keys")
 	}
-	kr := &Keyring{active: f.Active, keys: map[string]cipher.AEAD{}}
+	kr := &Keyring{active: f.Active, keys: map[string]cipher.AEAD{}, macs: map[string][]byte{}}
 	for i, k := range f.Keys {
 		if !keyIDPattern.MatchString(k.ID) {
 			return nil, fmt.Errorf("keys[%d].id %q must be 1-64 chars of [A-Za-z0-9_.-]", i, k.ID)
@@ -90,6 +96,11 @@ func ParseKeyring(raw []byte) (*Keyring, error) {
 			return nil, err
 		}
 		kr.keys[k.ID] = aead
+		mk, err := hkdf.Key(sha256.New, key, nil, "mysterybox/request-mac/v1", keySize)
+		if err != nil {
+			return nil, err
+		}
+		kr.macs[k.ID] = mk
 	}
 	if _, ok := kr.keys[f.Active]; !ok {
 		return nil, fmt.Errorf("active key %q is not among the keys", f.Active)
@@ -166,6 +177,9 @@ func (k *Keyring) Seal(secretID, versionID string, entries []*pb.PayloadEntry) (
 		return nil, err
 	}
 	out.WrappedDek = append(nonce, wrapped...)
+	if out.KekCheck, err = k.KeyCheck(k.active); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -226,4 +240,80 @@ func entryAD(secretID, versionID, key string, binary bool) []byte {
 
 func dekAD(secretID, versionID, kekID string) []byte {
 	return []byte("mysterybox/dek/v1\x00" + secretID + "\x00" + versionID + "\x00" + kekID)
+}
+
+// checkPlaintext is what a key check value seals.
+var checkPlaintext = []byte("mysterybox key check v1")
+
+// KeyCheck seals a known value under KEK id, so a keyring can later prove it
+// holds the same key under that id (VerifyKeyCheck).
+func (k *Keyring) KeyCheck(id string) ([]byte, error) {
+	kek, ok := k.keys[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKey, id)
+	}
+	nonce, ct, err := seal(kek, checkPlaintext, []byte("mysterybox/check/v1\x00"+id))
+	if err != nil {
+		return nil, err
+	}
+	return append(nonce, ct...), nil
+}
+
+// VerifyKeyCheck tells whether this keyring holds the key that made check
+// under id.
+func (k *Keyring) VerifyKeyCheck(id string, check []byte) error {
+	kek, ok := k.keys[id]
+	if !ok {
+		return fmt.Errorf("%w: data is wrapped by key id %q, which this keyring (ids %v) does not hold", ErrUnknownKey, id, k.KeyIDs())
+	}
+	ns := kek.NonceSize()
+	if len(check) < ns {
+		return fmt.Errorf("%w: check value of key %q is truncated", ErrTampered, id)
+	}
+	if _, err := kek.Open(nil, check[:ns], check[ns:], []byte("mysterybox/check/v1\x00"+id)); err != nil {
+		return fmt.Errorf("%w: key %q of this keyring is not the key that wrapped the data (same id, different key)", ErrWrongKey, id)
+	}
+	return nil
+}
+
+// Rewrap unwraps a version's data key with fromID and wraps it again with
+// the active key; the payload ciphertext does not change.
+func (k *Keyring) Rewrap(secretID, versionID, fromID string, wrapped []byte) (toID string, rewrapped []byte, err error) {
+	kek, ok := k.keys[fromID]
+	if !ok {
+		return "", nil, fmt.Errorf("%w: version %s needs key id %q", ErrUnknownKey, versionID, fromID)
+	}
+	ns := kek.NonceSize()
+	if len(wrapped) < ns {
+		return "", nil, fmt.Errorf("%w: wrapped data key of version %s is truncated", ErrTampered, versionID)
+	}
+	dek, err := kek.Open(nil, wrapped[:ns], wrapped[ns:], dekAD(secretID, versionID, fromID))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: data key of version %s", ErrTampered, versionID)
+	}
+	defer clear(dek)
+	nonce, ct, err := seal(k.keys[k.active], dek, dekAD(secretID, versionID, k.active))
+	if err != nil {
+		return "", nil, err
+	}
+	return k.active, append(nonce, ct...), nil
+}
+
+// RequestMAC returns HMAC-SHA256 of data under a key derived from KEK id:
+// a fingerprint of a request that reveals nothing about its payload to
+// whoever reads the Raft log.
+func (k *Keyring) RequestMAC(id string, data []byte) ([]byte, error) {
+	mk, ok := k.macs[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKey, id)
+	}
+	m := hmac.New(sha256.New, mk)
+	m.Write(data)
+	return m.Sum(nil), nil
+}
+
+// Has reports whether the keyring holds key id.
+func (k *Keyring) Has(id string) bool {
+	_, ok := k.keys[id]
+	return ok
 }

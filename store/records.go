@@ -257,6 +257,9 @@ func (b *Batch) PutVersion(rec *fsmpb.VersionRecord) error {
 	if err := b.putProto(prefixVersion+id, rec); err != nil {
 		return err
 	}
+	if err := b.set(prefixKekVersions+rec.GetKekId()+"/"+id, nil); err != nil {
+		return err
+	}
 	return b.set(prefixSecretVers+ver.GetMetadata().GetParentId()+"/"+be8(uint64(ver.GetStatus().GetNumber())), []byte(id))
 }
 
@@ -267,10 +270,81 @@ func (b *Batch) DeleteVersion(rec *fsmpb.VersionRecord) error {
 	if err := b.del(prefixVersion + id); err != nil {
 		return err
 	}
+	if err := b.del(prefixKekVersions + rec.GetKekId() + "/" + id); err != nil {
+		return err
+	}
 	if err := b.del(prefixSecretVers + ver.GetMetadata().GetParentId() + "/" + be8(uint64(ver.GetStatus().GetNumber()))); err != nil {
 		return err
 	}
 	return b.delPrefix(prefixEntry + id + "/")
+}
+
+// RewrapVersion records that a version's data key is now wrapped by kekID.
+func (b *Batch) RewrapVersion(rec *fsmpb.VersionRecord, kekID string, wrappedDEK []byte) error {
+	id := rec.GetVersion().GetMetadata().GetId()
+	if err := b.del(prefixKekVersions + rec.GetKekId() + "/" + id); err != nil {
+		return err
+	}
+	rec.KekId, rec.WrappedDek = kekID, wrappedDEK
+	return b.PutVersion(rec)
+}
+
+// KeyIDsInUse returns the ids of the KEKs that wrap at least one version.
+func (v *View) KeyIDsInUse() ([]string, error) {
+	var ids []string
+	after := ""
+	for {
+		found := ""
+		err := v.scan(prefixKekVersions, after, false, func(key, _ []byte) (bool, error) {
+			rest := string(key[len(prefixKekVersions):])
+			if i := indexByte(rest, '/'); i > 0 {
+				found = rest[:i]
+			}
+			return false, nil
+		})
+		if err != nil || found == "" {
+			return ids, err
+		}
+		ids = append(ids, found)
+		after = found + "0" // '0' sorts right after '/': skip to the next key id
+	}
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// VersionsWrappedBy returns up to limit ids of versions whose data key is
+// wrapped by kekID, and how many there are in all.
+func (v *View) VersionsWrappedBy(kekID string, limit int) (ids []string, total int, err error) {
+	prefix := prefixKekVersions + kekID + "/"
+	err = v.scan(prefix, "", false, func(key, _ []byte) (bool, error) {
+		if len(ids) < limit {
+			ids = append(ids, string(key[len(prefix):]))
+		}
+		total++
+		return true, nil
+	})
+	return ids, total, err
+}
+
+// KeyCheck returns the recorded check value of a KEK.
+func (v *View) KeyCheck(kekID string) ([]byte, error) { return v.get(prefixKekCheck + kekID) }
+
+// PutKeyCheck records a KEK's check value unless one is already recorded.
+func (b *Batch) PutKeyCheck(kekID string, check []byte) error {
+	if len(check) == 0 {
+		return nil
+	}
+	if _, err := b.KeyCheck(kekID); err == nil || !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return b.set(prefixKekCheck+kekID, check)
 }
 
 // Entry returns one sealed payload entry of a version.

@@ -37,6 +37,8 @@ const (
 	prefixIdem         = "i/"        // i/<key> -> fsmpb.IdempotencyRecord
 	prefixIdemExpiry   = "ie/"       // ie/<expiry BE8><key> -> ""
 	prefixPurgeQueue   = "d/"        // d/<purgeAt BE8><id> -> ""
+	prefixKekVersions  = "kv/"                // kv/<kekID>/<versionID> -> "" (which KEK wraps which version)
+	prefixKekCheck     = "kc/"                // kc/<kekID> -> check value sealed under the KEK
 	prefixNode         = "n/"        // n/<nodeID> -> fsmpb.NodeRecord
 	currentFile        = "CURRENT"   // names the live Pebble directory
 	dbDirPrefix        = "db-"       // Pebble directories: db-000001, ...

@@ -2741,6 +2741,122 @@ func (x *TransferLeadershipResponse) GetLeaderId() string {
 	return ""
 }
 
+type RewrapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Versions re-wrapped per Raft command (default 100, at most 1000).
+	BatchSize     int32 `protobuf:"varint,1,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapRequest) Reset() {
+	*x = RewrapRequest{}
+	mi := &file_mysterybox_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapRequest) ProtoMessage() {}
+
+func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
+func (*RewrapRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RewrapRequest) GetBatchSize() int32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+type RewrapResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Versions re-wrapped by this call.
+	Rewrapped int64 `protobuf:"varint,1,opt,name=rewrapped,proto3" json:"rewrapped,omitempty"`
+	// Versions still wrapped by a key other than the active one.
+	Remaining   int64  `protobuf:"varint,2,opt,name=remaining,proto3" json:"remaining,omitempty"`
+	ActiveKeyId string `protobuf:"bytes,3,opt,name=active_key_id,json=activeKeyId,proto3" json:"active_key_id,omitempty"`
+	// Ids of the keys that still wrap at least one version.
+	KeysInUse     []string `protobuf:"bytes,4,rep,name=keys_in_use,json=keysInUse,proto3" json:"keys_in_use,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapResponse) Reset() {
+	*x = RewrapResponse{}
+	mi := &file_mysterybox_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapResponse) ProtoMessage() {}
+
+func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
+func (*RewrapResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RewrapResponse) GetRewrapped() int64 {
+	if x != nil {
+		return x.Rewrapped
+	}
+	return 0
+}
+
+func (x *RewrapResponse) GetRemaining() int64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *RewrapResponse) GetActiveKeyId() string {
+	if x != nil {
+		return x.ActiveKeyId
+	}
+	return ""
+}
+
+func (x *RewrapResponse) GetKeysInUse() []string {
+	if x != nil {
+		return x.KeysInUse
+	}
+	return nil
+}
+
 var File_mysterybox_proto protoreflect.FileDescriptor
 
 const file_mysterybox_proto_rawDesc = "" +
@@ -2926,7 +3042,15 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"9\n" +
 	"\x1aTransferLeadershipResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId*F\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\".\n" +
+	"\rRewrapRequest\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x01 \x01(\x05R\tbatchSize\"\x90\x01\n" +
+	"\x0eRewrapResponse\x12\x1c\n" +
+	"\trewrapped\x18\x01 \x01(\x03R\trewrapped\x12\x1c\n" +
+	"\tremaining\x18\x02 \x01(\x03R\tremaining\x12\"\n" +
+	"\ractive_key_id\x18\x03 \x01(\tR\vactiveKeyId\x12\x1e\n" +
+	"\vkeys_in_use\x18\x04 \x03(\tR\tkeysInUse*F\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -2961,7 +3085,9 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x04Join\x12\x1a.mysterybox.v1.JoinRequest\x1a\x1b.mysterybox.v1.JoinResponse\x12Q\n" +
 	"\n" +
 	"RemoveNode\x12 .mysterybox.v1.RemoveNodeRequest\x1a!.mysterybox.v1.RemoveNodeResponse\x12i\n" +
-	"\x12TransferLeadership\x12(.mysterybox.v1.TransferLeadershipRequest\x1a).mysterybox.v1.TransferLeadershipResponseB@Z>github.com/mysterybox/mysterybox/api/mysteryboxv1;mysteryboxv1b\x06proto3"
+	"\x12TransferLeadership\x12(.mysterybox.v1.TransferLeadershipRequest\x1a).mysterybox.v1.TransferLeadershipResponse2U\n" +
+	"\fAdminService\x12E\n" +
+	"\x06Rewrap\x12\x1c.mysterybox.v1.RewrapRequest\x1a\x1d.mysterybox.v1.RewrapResponseB@Z>github.com/mysterybox/mysterybox/api/mysteryboxv1;mysteryboxv1b\x06proto3"
 
 var (
 	file_mysterybox_proto_rawDescOnce sync.Once
@@ -2976,7 +3102,7 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 }
 
 var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
 	(*Metadata)(nil),                     // 1: mysterybox.v1.Metadata
@@ -3026,14 +3152,16 @@ var file_mysterybox_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),           // 45: mysterybox.v1.RemoveNodeResponse
 	(*TransferLeadershipRequest)(nil),    // 46: mysterybox.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil),   // 47: mysterybox.v1.TransferLeadershipResponse
-	nil,                                  // 48: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 49: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),        // 50: google.protobuf.FieldMask
+	(*RewrapRequest)(nil),                // 48: mysterybox.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 49: mysterybox.v1.RewrapResponse
+	nil,                                  // 50: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 51: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),        // 52: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	49, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	49, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	48, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	51, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	51, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	50, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
 	1,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
 	3,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
 	4,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
@@ -3045,19 +3173,19 @@ var file_mysterybox_proto_depIdxs = []int32{
 	15, // 11: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
 	25, // 12: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
 	0,  // 13: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	49, // 14: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	49, // 15: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	51, // 14: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	51, // 15: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
 	13, // 16: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
 	13, // 17: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
 	13, // 18: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	50, // 19: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	52, // 19: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	1,  // 20: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
 	25, // 21: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
 	26, // 22: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
 	12, // 23: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
 	0,  // 24: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	49, // 25: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	49, // 26: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	51, // 25: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	51, // 26: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
 	24, // 27: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
 	24, // 28: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
 	11, // 29: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
@@ -3087,31 +3215,33 @@ var file_mysterybox_proto_depIdxs = []int32{
 	42, // 53: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
 	44, // 54: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
 	46, // 55: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	2,  // 56: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	2,  // 57: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	8,  // 58: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	10, // 59: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	13, // 60: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	13, // 61: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	13, // 62: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	20, // 63: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	13, // 64: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	13, // 65: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	13, // 66: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	24, // 67: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	24, // 68: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	30, // 69: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	24, // 70: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	24, // 71: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	34, // 72: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	36, // 73: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	38, // 74: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	41, // 75: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	43, // 76: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	45, // 77: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	47, // 78: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	56, // [56:79] is the sub-list for method output_type
-	33, // [33:56] is the sub-list for method input_type
+	48, // 56: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	2,  // 57: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	2,  // 58: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	8,  // 59: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	10, // 60: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	13, // 61: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	13, // 62: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	13, // 63: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	20, // 64: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	13, // 65: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	13, // 66: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	13, // 67: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	24, // 68: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	24, // 69: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	30, // 70: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	24, // 71: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	24, // 72: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	34, // 73: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	36, // 74: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	38, // 75: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	41, // 76: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	43, // 77: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	45, // 78: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	47, // 79: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	49, // 80: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	57, // [57:81] is the sub-list for method output_type
+	33, // [33:57] is the sub-list for method input_type
 	33, // [33:33] is the sub-list for extension type_name
 	33, // [33:33] is the sub-list for extension extendee
 	0,  // [0:33] is the sub-list for field type_name
@@ -3132,9 +3262,9 @@ func file_mysterybox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   48,
+			NumMessages:   50,
 			NumExtensions: 0,
-			NumServices:   5,
+			NumServices:   6,
 		},
 		GoTypes:           file_mysterybox_proto_goTypes,
 		DependencyIndexes: file_mysterybox_proto_depIdxs,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
@@ -64,12 +65,30 @@ func (f *forwarder) conn(addr string) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
+// leaderWait bounds how long a call waits for an election to produce a
+// leader before failing UNAVAILABLE: long enough to ride out an ordinary
+// election, short enough for a client to try another node.
+const leaderWait = 2 * time.Second
+
 // leaderAddress returns the leader's gRPC address, from the replicated node
-// registry.
-func (f *forwarder) leaderAddress() (string, error) {
+// registry, waiting up to leaderWait (or the call's deadline) for one.
+func (f *forwarder) leaderAddress(ctx context.Context) (string, error) {
 	leaderID, _ := f.s.raft.Leader()
 	if leaderID == "" {
-		return "", status.Error(codes.Unavailable, "no leader in this region right now; retry")
+		deadline := time.NewTimer(leaderWait)
+		defer deadline.Stop()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for leaderID == "" {
+			select {
+			case <-ctx.Done():
+				return "", status.FromContextError(ctx.Err()).Err()
+			case <-deadline.C:
+				return "", status.Error(codes.Unavailable, "no leader in this region right now; retry")
+			case <-tick.C:
+				leaderID, _ = f.s.raft.Leader()
+			}
+		}
 	}
 	if leaderID == f.s.cfg.NodeID {
 		return "", status.Error(codes.Unavailable, "this node is becoming leader; retry")
@@ -102,7 +121,7 @@ func (f *forwarder) forward(ctx context.Context, req, out proto.Message) error {
 	if !ok {
 		return status.Error(codes.Internal, "cannot forward: method unknown")
 	}
-	addr, err := f.leaderAddress()
+	addr, err := f.leaderAddress(ctx)
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func (x *payloadService) Get(ctx context.Context, req *pb.GetPayloadRequest) (*p
 			}
 			sealed = append(sealed, e)
 		}
-		entries, err := x.s.keyring.Open(req.GetSecretId(), id, rec.GetKekId(), rec.GetWrappedDek(), sealed)
+		entries, err := x.s.keyring().Open(req.GetSecretId(), id, rec.GetKekId(), rec.GetWrappedDek(), sealed)
 		if err != nil {
 			return nil, err
 		}
@@ -104,7 +104,7 @@ func (x *payloadService) GetByKey(ctx context.Context, req *pb.GetPayloadByKeyRe
 		if err != nil {
 			return nil, err
 		}
-		entries, err := x.s.keyring.Open(req.GetSecretId(), id, rec.GetKekId(), rec.GetWrappedDek(), []*fsmpb.SealedEntry{e})
+		entries, err := x.s.keyring().Open(req.GetSecretId(), id, rec.GetKekId(), rec.GetWrappedDek(), []*fsmpb.SealedEntry{e})
 		if err != nil {
 			return nil, err
 		}

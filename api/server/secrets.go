@@ -46,7 +46,7 @@ func (x *secretService) Create(ctx context.Context, req *pb.CreateSecretRequest)
 // stampVersion gives a new version its id and seals its payload.
 func (s *Server) stampVersion(secretID string, spec *pb.SecretVersionSpec) (*fsmpb.CreateVersion, error) {
 	id := newID(prefixVersion)
-	sealed, err := s.keyring.Seal(secretID, id, spec.GetPayload().GetEntries())
+	sealed, err := s.keyring().Seal(secretID, id, spec.GetPayload().GetEntries())
 	if err != nil {
 		return nil, err
 	}

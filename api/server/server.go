@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -65,13 +66,13 @@ type Config struct {
 
 // Server is the gRPC API of one node.
 type Server struct {
-	cfg     Config
-	raft    Raft
-	store   *store.Store
-	keyring *region.Keyring
-	logger  hclog.Logger
-	fwd     *forwarder
-	health  *health.Server
+	cfg    Config
+	raft   Raft
+	store  *store.Store
+	keys   atomic.Pointer[region.Keyring]
+	logger hclog.Logger
+	fwd    *forwarder
+	health *health.Server
 }
 
 // New builds the API over a node's Raft, store and keyring.
@@ -88,7 +89,10 @@ func New(cfg Config, r Raft, st *store.Store, kr *region.Keyring, logger hclog.L
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	s := &Server{cfg: cfg, raft: r, store: st, keyring: kr, logger: logger, health: health.NewServer()}
+	s := &Server{cfg: cfg, raft: r, store: st, logger: logger, health: health.NewServer()}
+	if err := s.SetKeyring(kr); err != nil {
+		return nil, err
+	}
 	s.fwd = newForwarder(s, logger.Named("forward"))
 	return s, nil
 }
@@ -100,6 +104,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterPayloadServiceServer(g, &payloadService{s: s})
 	pb.RegisterIdentityServiceServer(g, &identityService{s: s})
 	pb.RegisterClusterServiceServer(g, &clusterService{s: s})
+	pb.RegisterAdminServiceServer(g, &adminService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 	reflection.Register(g)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -121,7 +126,10 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 	}
 	if key != "" {
 		cmd.IdempotencyKey = key
-		cmd.RequestHash = requestHash(ctx, req)
+		cmd.RequestHashKeyId, cmd.RequestHash, err = s.fingerprint(ctx, key, req)
+		if err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	data, err := fsm.EncodeCommand(cmd)
 	if err != nil {

@@ -6,6 +6,7 @@ package clustertest
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"testing"
@@ -26,8 +27,10 @@ type Options struct {
 	PurgeAfter        time.Duration
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
-	// Logs receives every node's log output (default: the test log on failure only).
+	// LogLevel of the nodes' loggers (default warn); their output goes to
+	// the test log, and also to LogSink when set.
 	LogLevel hclog.Level
+	LogSink  io.Writer
 }
 
 // Cluster is a running test region.
@@ -133,12 +136,25 @@ func (c *Cluster) AddNode() *Node {
 
 func (c *Cluster) start(n *Node) {
 	c.t.Helper()
-	logger := hclog.New(&hclog.LoggerOptions{Name: n.ID, Level: c.opts.LogLevel, Output: testWriter{c.t}})
-	nn, err := node.Start(n.Cfg, logger)
-	if err != nil {
+	if err := c.TryStart(n); err != nil {
 		c.t.Fatalf("start %s: %v", n.ID, err)
 	}
+}
+
+// TryStart starts a stopped node with its current Cfg and returns the error
+// instead of failing the test.
+func (c *Cluster) TryStart(n *Node) error {
+	var out io.Writer = testWriter{c.t}
+	if c.opts.LogSink != nil {
+		out = io.MultiWriter(out, c.opts.LogSink)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: n.ID, Level: c.opts.LogLevel, Output: out})
+	nn, err := node.Start(n.Cfg, logger)
+	if err != nil {
+		return err
+	}
 	n.N = nn
+	return nil
 }
 
 type testWriter struct{ t testing.TB }

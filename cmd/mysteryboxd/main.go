@@ -177,9 +177,16 @@ func serve(cmd *cobra.Command, o *options) error {
 		printDevBanner(n.GRPCAddr(), cfg.DataDir)
 	}
 
+	keyringPath := o.masterKeyFile
+	if o.dev {
+		keyringPath = filepath.Join(cfg.DataDir, devKeyringFile)
+	}
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	sig := <-sigs
+	for ; sig == syscall.SIGHUP; sig = <-sigs {
+		reloadKeyring(n, keyringPath, logger)
+	}
 	logger.Info("shutting down", "signal", sig.String())
 	if err := n.Shutdown(o.shutdownTimeout); err != nil {
 		logger.Error("shutdown", "error", err)
@@ -188,6 +195,20 @@ func serve(cmd *cobra.Command, o *options) error {
 	logger.Info("stopped")
 	return nil
 }
+
+// reloadKeyring re-reads the keyring file (SIGHUP). A keyring that cannot
+// open the data already stored is refused and the old one stays.
+func reloadKeyring(n *node.Node, path string, logger hclog.Logger) {
+	kr, err := region.LoadKeyring(path)
+	if err == nil {
+		err = n.API.SetKeyring(kr)
+	}
+	if err != nil {
+		logger.Error("keyring reload refused; keeping the current keyring", "file", path, "error", err)
+	}
+}
+
+const devKeyringFile = "dev-keyring.json"
 
 func devDefaults(cmd *cobra.Command, cfg *node.Config, logger hclog.Logger) error {
 	if cfg.Region == "" {
@@ -211,7 +232,7 @@ func devDefaults(cmd *cobra.Command, cfg *node.Config, logger hclog.Logger) erro
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	path := filepath.Join(cfg.DataDir, "dev-keyring.json")
+	path := filepath.Join(cfg.DataDir, devKeyringFile)
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		raw, err := region.GenerateKeyringFile("dev1")
 		if err != nil {

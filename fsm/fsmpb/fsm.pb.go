@@ -37,9 +37,13 @@ type Command struct {
 	// Leader's clock when the command was proposed, in Unix nanoseconds. The
 	// only clock the FSM ever reads.
 	TimeUnixNano int64 `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	// Optional idempotency key and the SHA-256 of the request it came with.
-	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	RequestHash    []byte `protobuf:"bytes,4,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
+	// Optional idempotency key and the HMAC-SHA256 of the request it came
+	// with, keyed by a key derived from KEK request_hash_key_id (a plain hash
+	// of a request that carries a payload would let anyone holding the log
+	// guess short secrets offline).
+	IdempotencyKey   string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	RequestHash      []byte `protobuf:"bytes,4,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
+	RequestHashKeyId string `protobuf:"bytes,5,opt,name=request_hash_key_id,json=requestHashKeyId,proto3" json:"request_hash_key_id,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_CreateProject
@@ -55,6 +59,7 @@ type Command struct {
 	//	*Command_PruneIdempotency
 	//	*Command_RegisterNode
 	//	*Command_DeregisterNode
+	//	*Command_RewrapVersions
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -116,6 +121,13 @@ func (x *Command) GetRequestHash() []byte {
 		return x.RequestHash
 	}
 	return nil
+}
+
+func (x *Command) GetRequestHashKeyId() string {
+	if x != nil {
+		return x.RequestHashKeyId
+	}
+	return ""
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -242,6 +254,15 @@ func (x *Command) GetDeregisterNode() *DeregisterNode {
 	return nil
 }
 
+func (x *Command) GetRewrapVersions() *RewrapVersions {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RewrapVersions); ok {
+			return x.RewrapVersions
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -298,6 +319,10 @@ type Command_DeregisterNode struct {
 	DeregisterNode *DeregisterNode `protobuf:"bytes,22,opt,name=deregister_node,json=deregisterNode,proto3,oneof"`
 }
 
+type Command_RewrapVersions struct {
+	RewrapVersions *RewrapVersions `protobuf:"bytes,23,opt,name=rewrap_versions,json=rewrapVersions,proto3,oneof"`
+}
+
 func (*Command_CreateProject) isCommand_Op() {}
 
 func (*Command_DeleteProject) isCommand_Op() {}
@@ -323,6 +348,8 @@ func (*Command_PruneIdempotency) isCommand_Op() {}
 func (*Command_RegisterNode) isCommand_Op() {}
 
 func (*Command_DeregisterNode) isCommand_Op() {}
+
+func (*Command_RewrapVersions) isCommand_Op() {}
 
 type CreateProject struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1045,20 +1072,192 @@ func (x *DeregisterNode) GetNodeId() string {
 	return ""
 }
 
+// RewrapVersions replaces versions' wrapped data keys after a KEK rotation.
+// Each item applies only if the version is still wrapped by from_kek_id, so
+// a rewrap that runs twice, or races another, changes nothing twice.
+type RewrapVersions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*Rewrap              `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapVersions) Reset() {
+	*x = RewrapVersions{}
+	mi := &file_fsm_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapVersions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapVersions) ProtoMessage() {}
+
+func (x *RewrapVersions) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapVersions.ProtoReflect.Descriptor instead.
+func (*RewrapVersions) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RewrapVersions) GetItems() []*Rewrap {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type RewrapResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rewrapped     int64                  `protobuf:"varint,1,opt,name=rewrapped,proto3" json:"rewrapped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RewrapResult) Reset() {
+	*x = RewrapResult{}
+	mi := &file_fsm_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RewrapResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RewrapResult) ProtoMessage() {}
+
+func (x *RewrapResult) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RewrapResult.ProtoReflect.Descriptor instead.
+func (*RewrapResult) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RewrapResult) GetRewrapped() int64 {
+	if x != nil {
+		return x.Rewrapped
+	}
+	return 0
+}
+
+type Rewrap struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	VersionId  string                 `protobuf:"bytes,1,opt,name=version_id,json=versionId,proto3" json:"version_id,omitempty"`
+	FromKekId  string                 `protobuf:"bytes,2,opt,name=from_kek_id,json=fromKekId,proto3" json:"from_kek_id,omitempty"`
+	ToKekId    string                 `protobuf:"bytes,3,opt,name=to_kek_id,json=toKekId,proto3" json:"to_kek_id,omitempty"`
+	WrappedDek []byte                 `protobuf:"bytes,4,opt,name=wrapped_dek,json=wrappedDek,proto3" json:"wrapped_dek,omitempty"`
+	// Check value of to_kek_id (see KeyCheck), recorded if not yet known.
+	ToKekCheck    []byte `protobuf:"bytes,5,opt,name=to_kek_check,json=toKekCheck,proto3" json:"to_kek_check,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rewrap) Reset() {
+	*x = Rewrap{}
+	mi := &file_fsm_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rewrap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rewrap) ProtoMessage() {}
+
+func (x *Rewrap) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rewrap.ProtoReflect.Descriptor instead.
+func (*Rewrap) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Rewrap) GetVersionId() string {
+	if x != nil {
+		return x.VersionId
+	}
+	return ""
+}
+
+func (x *Rewrap) GetFromKekId() string {
+	if x != nil {
+		return x.FromKekId
+	}
+	return ""
+}
+
+func (x *Rewrap) GetToKekId() string {
+	if x != nil {
+		return x.ToKekId
+	}
+	return ""
+}
+
+func (x *Rewrap) GetWrappedDek() []byte {
+	if x != nil {
+		return x.WrappedDek
+	}
+	return nil
+}
+
+func (x *Rewrap) GetToKekCheck() []byte {
+	if x != nil {
+		return x.ToKekCheck
+	}
+	return nil
+}
+
 // A payload sealed by the leader: each entry under the version's data key
 // (DEK), the DEK wrapped by the region's key-encryption key.
 type SealedPayload struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	KekId         string                 `protobuf:"bytes,1,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
-	WrappedDek    []byte                 `protobuf:"bytes,2,opt,name=wrapped_dek,json=wrappedDek,proto3" json:"wrapped_dek,omitempty"`
-	Entries       []*SealedEntry         `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	KekId      string                 `protobuf:"bytes,1,opt,name=kek_id,json=kekId,proto3" json:"kek_id,omitempty"`
+	WrappedDek []byte                 `protobuf:"bytes,2,opt,name=wrapped_dek,json=wrappedDek,proto3" json:"wrapped_dek,omitempty"`
+	Entries    []*SealedEntry         `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	// A known value sealed under the KEK: the store keeps the first one per
+	// key id, so a node whose keyring holds a different key under the same id
+	// is detected at start-up instead of failing reads one by one.
+	KekCheck      []byte `protobuf:"bytes,4,opt,name=kek_check,json=kekCheck,proto3" json:"kek_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SealedPayload) Reset() {
 	*x = SealedPayload{}
-	mi := &file_fsm_proto_msgTypes[14]
+	mi := &file_fsm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1269,7 @@ func (x *SealedPayload) String() string {
 func (*SealedPayload) ProtoMessage() {}
 
 func (x *SealedPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[14]
+	mi := &file_fsm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1282,7 @@ func (x *SealedPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedPayload.ProtoReflect.Descriptor instead.
 func (*SealedPayload) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{14}
+	return file_fsm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SealedPayload) GetKekId() string {
@@ -1107,6 +1306,13 @@ func (x *SealedPayload) GetEntries() []*SealedEntry {
 	return nil
 }
 
+func (x *SealedPayload) GetKekCheck() []byte {
+	if x != nil {
+		return x.KekCheck
+	}
+	return nil
+}
+
 type SealedEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1120,7 +1326,7 @@ type SealedEntry struct {
 
 func (x *SealedEntry) Reset() {
 	*x = SealedEntry{}
-	mi := &file_fsm_proto_msgTypes[15]
+	mi := &file_fsm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1338,7 @@ func (x *SealedEntry) String() string {
 func (*SealedEntry) ProtoMessage() {}
 
 func (x *SealedEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[15]
+	mi := &file_fsm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1351,7 @@ func (x *SealedEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedEntry.ProtoReflect.Descriptor instead.
 func (*SealedEntry) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{15}
+	return file_fsm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SealedEntry) GetKey() string {
@@ -1187,7 +1393,7 @@ type SecretRecord struct {
 
 func (x *SecretRecord) Reset() {
 	*x = SecretRecord{}
-	mi := &file_fsm_proto_msgTypes[16]
+	mi := &file_fsm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1405,7 @@ func (x *SecretRecord) String() string {
 func (*SecretRecord) ProtoMessage() {}
 
 func (x *SecretRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[16]
+	mi := &file_fsm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1418,7 @@ func (x *SecretRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretRecord.ProtoReflect.Descriptor instead.
 func (*SecretRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{16}
+	return file_fsm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SecretRecord) GetSecret() *mysteryboxv1.Secret {
@@ -1241,7 +1447,7 @@ type VersionRecord struct {
 
 func (x *VersionRecord) Reset() {
 	*x = VersionRecord{}
-	mi := &file_fsm_proto_msgTypes[17]
+	mi := &file_fsm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1459,7 @@ func (x *VersionRecord) String() string {
 func (*VersionRecord) ProtoMessage() {}
 
 func (x *VersionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[17]
+	mi := &file_fsm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1472,7 @@ func (x *VersionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRecord.ProtoReflect.Descriptor instead.
 func (*VersionRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{17}
+	return file_fsm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VersionRecord) GetVersion() *mysteryboxv1.SecretVersion {
@@ -1299,9 +1505,10 @@ func (x *VersionRecord) GetEntryKeys() []string {
 
 // Result of a mutation remembered under its idempotency key.
 type IdempotencyRecord struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	RequestHash     []byte                 `protobuf:"bytes,1,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
-	ExpiresUnixNano int64                  `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	RequestHash      []byte                 `protobuf:"bytes,1,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
+	RequestHashKeyId string                 `protobuf:"bytes,6,opt,name=request_hash_key_id,json=requestHashKeyId,proto3" json:"request_hash_key_id,omitempty"`
+	ExpiresUnixNano  int64                  `protobuf:"varint,2,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
 	// The response message, serialized; empty when the call failed.
 	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	// Empty on success; otherwise the error kind (see fsm errors) and message.
@@ -1313,7 +1520,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_proto_msgTypes[18]
+	mi := &file_fsm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1532,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[18]
+	mi := &file_fsm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1545,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{18}
+	return file_fsm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IdempotencyRecord) GetRequestHash() []byte {
@@ -1346,6 +1553,13 @@ func (x *IdempotencyRecord) GetRequestHash() []byte {
 		return x.RequestHash
 	}
 	return nil
+}
+
+func (x *IdempotencyRecord) GetRequestHashKeyId() string {
+	if x != nil {
+		return x.RequestHashKeyId
+	}
+	return ""
 }
 
 func (x *IdempotencyRecord) GetExpiresUnixNano() int64 {
@@ -1387,7 +1601,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_fsm_proto_msgTypes[19]
+	mi := &file_fsm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1613,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[19]
+	mi := &file_fsm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1626,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{19}
+	return file_fsm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NodeRecord) GetNodeId() string {
@@ -1440,12 +1654,13 @@ var File_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xd8\b\n" +
+	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xd5\t\n" +
 	"\aCommand\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
-	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12I\n" +
+	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12-\n" +
+	"\x13request_hash_key_id\x18\x05 \x01(\tR\x10requestHashKeyId\x12I\n" +
 	"\x0ecreate_project\x18\n" +
 	" \x01(\v2 .mysterybox.fsm.v1.CreateProjectH\x00R\rcreateProject\x12I\n" +
 	"\x0edelete_project\x18\v \x01(\v2 .mysterybox.fsm.v1.DeleteProjectH\x00R\rdeleteProject\x12F\n" +
@@ -1459,7 +1674,8 @@ const file_fsm_proto_rawDesc = "" +
 	"\x05purge\x18\x13 \x01(\v2\x18.mysterybox.fsm.v1.PurgeH\x00R\x05purge\x12R\n" +
 	"\x11prune_idempotency\x18\x14 \x01(\v2#.mysterybox.fsm.v1.PruneIdempotencyH\x00R\x10pruneIdempotency\x12F\n" +
 	"\rregister_node\x18\x15 \x01(\v2\x1f.mysterybox.fsm.v1.RegisterNodeH\x00R\fregisterNode\x12L\n" +
-	"\x0fderegister_node\x18\x16 \x01(\v2!.mysterybox.fsm.v1.DeregisterNodeH\x00R\x0ederegisterNodeB\x04\n" +
+	"\x0fderegister_node\x18\x16 \x01(\v2!.mysterybox.fsm.v1.DeregisterNodeH\x00R\x0ederegisterNode\x12L\n" +
+	"\x0frewrap_versions\x18\x17 \x01(\v2!.mysterybox.fsm.v1.RewrapVersionsH\x00R\x0erewrapVersionsB\x04\n" +
 	"\x02op\"A\n" +
 	"\rCreateProject\x120\n" +
 	"\aproject\x18\x01 \x01(\v2\x16.mysterybox.v1.ProjectR\aproject\"J\n" +
@@ -1510,12 +1726,26 @@ const file_fsm_proto_rawDesc = "" +
 	"\fRegisterNode\x121\n" +
 	"\x04node\x18\x01 \x01(\v2\x1d.mysterybox.fsm.v1.NodeRecordR\x04node\")\n" +
 	"\x0eDeregisterNode\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x81\x01\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"A\n" +
+	"\x0eRewrapVersions\x12/\n" +
+	"\x05items\x18\x01 \x03(\v2\x19.mysterybox.fsm.v1.RewrapR\x05items\",\n" +
+	"\fRewrapResult\x12\x1c\n" +
+	"\trewrapped\x18\x01 \x01(\x03R\trewrapped\"\xa6\x01\n" +
+	"\x06Rewrap\x12\x1d\n" +
+	"\n" +
+	"version_id\x18\x01 \x01(\tR\tversionId\x12\x1e\n" +
+	"\vfrom_kek_id\x18\x02 \x01(\tR\tfromKekId\x12\x1a\n" +
+	"\tto_kek_id\x18\x03 \x01(\tR\atoKekId\x12\x1f\n" +
+	"\vwrapped_dek\x18\x04 \x01(\fR\n" +
+	"wrappedDek\x12 \n" +
+	"\fto_kek_check\x18\x05 \x01(\fR\n" +
+	"toKekCheck\"\x9e\x01\n" +
 	"\rSealedPayload\x12\x15\n" +
 	"\x06kek_id\x18\x01 \x01(\tR\x05kekId\x12\x1f\n" +
 	"\vwrapped_dek\x18\x02 \x01(\fR\n" +
 	"wrappedDek\x128\n" +
-	"\aentries\x18\x03 \x03(\v2\x1e.mysterybox.fsm.v1.SealedEntryR\aentries\"m\n" +
+	"\aentries\x18\x03 \x03(\v2\x1e.mysterybox.fsm.v1.SealedEntryR\aentries\x12\x1b\n" +
+	"\tkek_check\x18\x04 \x01(\fR\bkekCheck\"m\n" +
 	"\vSealedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06binary\x18\x02 \x01(\bR\x06binary\x12\x14\n" +
@@ -1532,9 +1762,10 @@ const file_fsm_proto_rawDesc = "" +
 	"\vwrapped_dek\x18\x03 \x01(\fR\n" +
 	"wrappedDek\x12\x1d\n" +
 	"\n" +
-	"entry_keys\x18\x04 \x03(\tR\tentryKeys\"\xc2\x01\n" +
+	"entry_keys\x18\x04 \x03(\tR\tentryKeys\"\xf1\x01\n" +
 	"\x11IdempotencyRecord\x12!\n" +
-	"\frequest_hash\x18\x01 \x01(\fR\vrequestHash\x12*\n" +
+	"\frequest_hash\x18\x01 \x01(\fR\vrequestHash\x12-\n" +
+	"\x13request_hash_key_id\x18\x06 \x01(\tR\x10requestHashKeyId\x12*\n" +
 	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\x12\x1a\n" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1d\n" +
 	"\n" +
@@ -1558,7 +1789,7 @@ func file_fsm_proto_rawDescGZIP() []byte {
 	return file_fsm_proto_rawDescData
 }
 
-var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_fsm_proto_goTypes = []any{
 	(*Command)(nil),                    // 0: mysterybox.fsm.v1.Command
 	(*CreateProject)(nil),              // 1: mysterybox.fsm.v1.CreateProject
@@ -1574,16 +1805,19 @@ var file_fsm_proto_goTypes = []any{
 	(*PruneIdempotency)(nil),           // 11: mysterybox.fsm.v1.PruneIdempotency
 	(*RegisterNode)(nil),               // 12: mysterybox.fsm.v1.RegisterNode
 	(*DeregisterNode)(nil),             // 13: mysterybox.fsm.v1.DeregisterNode
-	(*SealedPayload)(nil),              // 14: mysterybox.fsm.v1.SealedPayload
-	(*SealedEntry)(nil),                // 15: mysterybox.fsm.v1.SealedEntry
-	(*SecretRecord)(nil),               // 16: mysterybox.fsm.v1.SecretRecord
-	(*VersionRecord)(nil),              // 17: mysterybox.fsm.v1.VersionRecord
-	(*IdempotencyRecord)(nil),          // 18: mysterybox.fsm.v1.IdempotencyRecord
-	(*NodeRecord)(nil),                 // 19: mysterybox.fsm.v1.NodeRecord
-	nil,                                // 20: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	(*mysteryboxv1.Project)(nil),       // 21: mysterybox.v1.Project
-	(*mysteryboxv1.Secret)(nil),        // 22: mysterybox.v1.Secret
-	(*mysteryboxv1.SecretVersion)(nil), // 23: mysterybox.v1.SecretVersion
+	(*RewrapVersions)(nil),             // 14: mysterybox.fsm.v1.RewrapVersions
+	(*RewrapResult)(nil),               // 15: mysterybox.fsm.v1.RewrapResult
+	(*Rewrap)(nil),                     // 16: mysterybox.fsm.v1.Rewrap
+	(*SealedPayload)(nil),              // 17: mysterybox.fsm.v1.SealedPayload
+	(*SealedEntry)(nil),                // 18: mysterybox.fsm.v1.SealedEntry
+	(*SecretRecord)(nil),               // 19: mysterybox.fsm.v1.SecretRecord
+	(*VersionRecord)(nil),              // 20: mysterybox.fsm.v1.VersionRecord
+	(*IdempotencyRecord)(nil),          // 21: mysterybox.fsm.v1.IdempotencyRecord
+	(*NodeRecord)(nil),                 // 22: mysterybox.fsm.v1.NodeRecord
+	nil,                                // 23: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	(*mysteryboxv1.Project)(nil),       // 24: mysterybox.v1.Project
+	(*mysteryboxv1.Secret)(nil),        // 25: mysterybox.v1.Secret
+	(*mysteryboxv1.SecretVersion)(nil), // 26: mysterybox.v1.SecretVersion
 }
 var file_fsm_proto_depIdxs = []int32{
 	1,  // 0: mysterybox.fsm.v1.Command.create_project:type_name -> mysterybox.fsm.v1.CreateProject
@@ -1599,21 +1833,23 @@ var file_fsm_proto_depIdxs = []int32{
 	11, // 10: mysterybox.fsm.v1.Command.prune_idempotency:type_name -> mysterybox.fsm.v1.PruneIdempotency
 	12, // 11: mysterybox.fsm.v1.Command.register_node:type_name -> mysterybox.fsm.v1.RegisterNode
 	13, // 12: mysterybox.fsm.v1.Command.deregister_node:type_name -> mysterybox.fsm.v1.DeregisterNode
-	21, // 13: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
-	22, // 14: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
-	7,  // 15: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
-	20, // 16: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	23, // 17: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
-	14, // 18: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
-	19, // 19: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
-	15, // 20: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
-	22, // 21: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
-	23, // 22: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	14, // 13: mysterybox.fsm.v1.Command.rewrap_versions:type_name -> mysterybox.fsm.v1.RewrapVersions
+	24, // 14: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
+	25, // 15: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
+	7,  // 16: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
+	23, // 17: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	26, // 18: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
+	17, // 19: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
+	22, // 20: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
+	16, // 21: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
+	18, // 22: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
+	25, // 23: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
+	26, // 24: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_fsm_proto_init() }
@@ -1635,6 +1871,7 @@ func file_fsm_proto_init() {
 		(*Command_PruneIdempotency)(nil),
 		(*Command_RegisterNode)(nil),
 		(*Command_DeregisterNode)(nil),
+		(*Command_RewrapVersions)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1642,7 +1879,7 @@ func file_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_proto_rawDesc), len(file_fsm_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
