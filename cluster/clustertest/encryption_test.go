@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
@@ -188,6 +189,67 @@ func TestTamperedCiphertextFailsThatReadOnly(t *testing.T) {
 		if err != nil || got.GetEntry().GetStringValue() != "fine" {
 			t.Fatalf("other secret via %s after tampering: %v %v", n.ID, got, err)
 		}
+		// Metadata reads never decrypt, so they are unaffected.
+		if _, err := pb.NewSecretServiceClient(c.Conn(n)).Get(ctxT(t), &pb.GetSecretRequest{Id: victim.GetMetadata().GetId()}); err != nil {
+			t.Fatalf("metadata of tampered secret via %s: %v", n.ID, err)
+		}
+		if _, err := pb.NewSecretVersionServiceClient(c.Conn(n)).Get(ctxT(t), &pb.GetSecretVersionRequest{Id: versionID}); err != nil {
+			t.Fatalf("metadata of tampered version via %s: %v", n.ID, err)
+		}
+	}
+}
+
+func TestSwappedCiphertextsFailToOpen(t *testing.T) {
+	c := New(t, Options{Nodes: 1})
+	n := c.WaitLeader()
+	projectID, a := setup(t, c, n)
+	b, err := pb.NewSecretServiceClient(c.Conn(n)).Create(ctxT(t), &pb.CreateSecretRequest{Secret: &pb.Secret{
+		Metadata: &pb.Metadata{ParentId: projectID, Name: "b"},
+		Spec:     &pb.SecretSpec{SecretVersion: &pb.SecretVersionSpec{Payload: payload("password", "vb", "other", "vo")}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	va, vb := a.GetStatus().GetPrimaryVersionId(), b.GetStatus().GetPrimaryVersionId()
+	read := func(v *store.View, version, key string) *fsmpb.SealedEntry {
+		e, err := v.Entry(version, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	var eb, eo *fsmpb.SealedEntry
+	_ = n.N.Store.Read(func(v *store.View) error {
+		eb, eo = read(v, vb, "password"), read(v, vb, "other")
+		return nil
+	})
+	// Swap the same key across versions (different data keys), and two
+	// keys within one version (same data key, other additional data).
+	batch := n.N.Store.NewBatch()
+	clone := func(e *fsmpb.SealedEntry, key string) *fsmpb.SealedEntry {
+		c := proto.Clone(e).(*fsmpb.SealedEntry)
+		c.Key = key
+		return c
+	}
+	eaMoved := clone(eb, "password") // b's ciphertext under a's version
+	eoMoved := clone(eo, "password") // b's "other" under b's "password"
+	ebAsOther := clone(eb, "other")  // and the reverse
+	for _, put := range []struct {
+		version string
+		e       *fsmpb.SealedEntry
+	}{{va, eaMoved}, {vb, eoMoved}, {vb, ebAsOther}} {
+		if err := batch.PutEntry(put.version, put.e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := batch.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct{ secret, key string }{{a.GetMetadata().GetId(), "password"}, {b.GetMetadata().GetId(), "password"}, {b.GetMetadata().GetId(), "other"}} {
+		got, err := pb.NewPayloadServiceClient(c.Conn(n)).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: r.secret, Key: r.key})
+		if status.Code(err) != codes.DataLoss {
+			t.Errorf("moved ciphertext %s/%s opened: %v %v, want DATA_LOSS", r.secret, r.key, got, err)
+		}
 	}
 }
 
@@ -253,7 +315,9 @@ func TestKeyRotationAndRewrap(t *testing.T) {
 		t.Fatal("keyring with another key under id k1 accepted")
 	}
 	// Rewrap in small batches through a follower, until nothing remains.
-	admin := pb.NewAdminServiceClient(c.Conn(c.Followers()[0]))
+	// A follower restarts mid-rewrap; the rewrap goes on through the other.
+	followers := c.Followers()
+	admin := pb.NewAdminServiceClient(c.Conn(followers[0]))
 	total := int64(0)
 	for round := 0; ; round++ {
 		resp, err := admin.Rewrap(ctxT(t), &pb.RewrapRequest{BatchSize: 10})
@@ -261,6 +325,12 @@ func TestKeyRotationAndRewrap(t *testing.T) {
 			t.Fatal(err)
 		}
 		total += resp.GetRewrapped()
+		if round == 0 {
+			c.Stop(followers[1])
+		}
+		if round == 1 {
+			c.Restart(followers[1])
+		}
 		if resp.GetRemaining() == 0 {
 			if len(resp.GetKeysInUse()) != 1 || resp.GetKeysInUse()[0] != "k2" {
 				t.Fatalf("keys in use after rewrap: %v", resp.GetKeysInUse())
