@@ -205,6 +205,11 @@ func (k *Keyring) Open(secretID, versionID, kekID string, wrappedDEK []byte, sea
 	}
 	out := make([]*pb.PayloadEntry, 0, len(sealed))
 	for _, s := range sealed {
+		if len(s.GetNonce()) != dekAEAD.NonceSize() {
+			// GCM panics on a nonce of the wrong size: stored data is not
+			// allowed to crash the node.
+			return nil, fmt.Errorf("%w: entry %q of version %s has a malformed nonce", ErrTampered, s.GetKey(), versionID)
+		}
 		plain, err := dekAEAD.Open(nil, s.GetNonce(), s.GetCiphertext(), entryAD(secretID, versionID, s.GetKey(), s.GetBinary()))
 		if err != nil {
 			return nil, fmt.Errorf("%w: entry %q of version %s", ErrTampered, s.GetKey(), versionID)
