@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+func (a *app) projectCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "project",
+		Short: "Manage projects",
+		Args:  cobra.NoArgs,
+		RunE:  groupRunE,
+	}
+	cmd.AddCommand(a.projectCreateCmd(), a.projectListCmd(), a.projectGetCmd(), a.projectDeleteCmd())
+	return cmd
+}
+
+func (a *app) projectCreateCmd() *cobra.Command {
+	var name, description string
+	var labelFlags []string
+	cmd := &cobra.Command{
+		Use:   "create --name N",
+		Short: "Create a project",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lbls, err := parseLabels(labelFlags)
+			if err != nil {
+				return err
+			}
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p, err := cl.Identity().CreateProject(cmd.Context(), &mbv1.CreateProjectRequest{Project: &mbv1.Project{
+				Metadata: &mbv1.Metadata{Name: name, Labels: lbls},
+				Spec:     &mbv1.ProjectSpec{Description: description},
+			}})
+			if err != nil {
+				return err
+			}
+			return a.emit(p, projectText(p))
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "project name (unique in the region)")
+	cmd.Flags().StringVar(&description, "description", "", "description")
+	cmd.Flags().StringArrayVar(&labelFlags, "label", nil, "label KEY=VALUE (repeatable)")
+	cmd.MarkFlagRequired("name")
+	return cmd
+}
+
+func (a *app) projectListCmd() *cobra.Command {
+	var pg paging
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the region's projects",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pg.check(cmd); err != nil {
+				return err
+			}
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			resp := &mbv1.ListProjectsResponse{}
+			next, err := pg.each(func(size int32, token string) (string, error) {
+				r, err := cl.Identity().ListProjects(cmd.Context(), &mbv1.ListProjectsRequest{PageSize: size, PageToken: token})
+				if err != nil {
+					return "", err
+				}
+				resp.Projects = append(resp.Projects, r.GetProjects()...)
+				return r.GetNextPageToken(), nil
+			})
+			if err != nil {
+				return err
+			}
+			resp.NextPageToken = next
+			return a.emitList(resp, next, projectsText(resp.Projects))
+		},
+	}
+	pg.register(cmd)
+	return cmd
+}
+
+func (a *app) projectGetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "Show a project",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p, err := cl.Identity().GetProject(cmd.Context(), &mbv1.GetProjectRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.emit(p, projectText(p))
+		},
+	}
+}
+
+func (a *app) projectDeleteCmd() *cobra.Command {
+	var rv int64
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete an empty project",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			resp, err := cl.Identity().DeleteProject(cmd.Context(), &mbv1.DeleteProjectRequest{Id: args[0], ResourceVersion: rv})
+			if err != nil {
+				return err
+			}
+			return a.emit(resp, func(w io.Writer) { fmt.Fprintf(w, "deleted project %s\n", args[0]) })
+		},
+	}
+	cmd.Flags().Int64Var(&rv, "resource-version", 0, "fail with ABORTED unless the project is at this version (0: any)")
+	return cmd
+}
