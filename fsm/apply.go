@@ -53,6 +53,20 @@ func (a *applier) dispatch(cmd *fsmpb.Command) *Result {
 		err = a.b.DeleteNode(op.DeregisterNode.GetNodeId())
 	case *fsmpb.Command_RewrapVersions:
 		resp, err = a.rewrap(op.RewrapVersions)
+	case *fsmpb.Command_CreateAccount:
+		resp, err = a.createAccount(op.CreateAccount)
+	case *fsmpb.Command_DeleteAccount:
+		resp, err = a.deleteAccount(op.DeleteAccount)
+	case *fsmpb.Command_CreateToken:
+		resp, err = a.createToken(op.CreateToken)
+	case *fsmpb.Command_RevokeToken:
+		resp, err = a.revokeToken(op.RevokeToken)
+	case *fsmpb.Command_CreateBinding:
+		resp, err = a.createBinding(op.CreateBinding)
+	case *fsmpb.Command_DeleteBinding:
+		resp, err = a.deleteBinding(op.DeleteBinding)
+	case *fsmpb.Command_BootstrapAdmin:
+		resp, err = a.bootstrapAdmin(op.BootstrapAdmin)
 	default:
 		panic(fmt.Sprintf("fsm: unknown operation %T", op))
 	}
@@ -115,6 +129,9 @@ func (a *applier) deleteProject(op *fsmpb.DeleteProject) (proto.Message, error) 
 	}
 	if has {
 		return nil, errorf(ErrFailedPrecondition, "project %s still has secrets (including ones scheduled for deletion); delete and purge them first", op.GetId())
+	}
+	if err := a.deleteBindingsOn(op.GetId()); err != nil {
+		return nil, err
 	}
 	return &pb.DeleteProjectResponse{}, a.b.DeleteProject(p)
 }
@@ -189,6 +206,9 @@ func (a *applier) updateSecret(op *fsmpb.UpdateSecret) (proto.Message, error) {
 	if err := checkVersion("secret", op.GetId(), op.GetResourceVersion(), md.GetResourceVersion()); err != nil {
 		return nil, err
 	}
+	// Every path is checked before anything is written: a command that
+	// fails must leave no partial writes in the batch.
+	oldName := ""
 	for _, path := range op.GetPaths() {
 		switch path {
 		case "metadata.name":
@@ -200,13 +220,8 @@ func (a *applier) updateSecret(op *fsmpb.UpdateSecret) (proto.Message, error) {
 			} else if !errors.Is(err, store.ErrNotFound) {
 				return nil, err
 			}
-			if err := a.b.DeleteSecretName(md.GetParentId(), md.GetName()); err != nil {
-				return nil, err
-			}
+			oldName = md.GetName()
 			md.Name = op.GetName()
-			if err := a.b.PutSecretName(md.GetParentId(), md.GetName(), md.GetId()); err != nil {
-				return nil, err
-			}
 		case "metadata.labels":
 			md.Labels = op.GetLabels()
 		case "spec.description":
@@ -217,6 +232,14 @@ func (a *applier) updateSecret(op *fsmpb.UpdateSecret) (proto.Message, error) {
 			}
 		default:
 			return nil, errorf(ErrInvalidArgument, "update_mask path %q cannot be updated", path)
+		}
+	}
+	if oldName != "" {
+		if err := a.b.DeleteSecretName(md.GetParentId(), oldName); err != nil {
+			return nil, err
+		}
+		if err := a.b.PutSecretName(md.GetParentId(), md.GetName(), md.GetId()); err != nil {
+			return nil, err
 		}
 	}
 	a.touch(md)
@@ -528,6 +551,9 @@ func (a *applier) purgeSecret(rec *fsmpb.SecretRecord) error {
 		return err
 	}
 	if err := a.b.DeleteSecret(rec); err != nil {
+		return err
+	}
+	if err := a.deleteBindingsOn(s.GetMetadata().GetId()); err != nil {
 		return err
 	}
 	project, err := a.b.Project(s.GetMetadata().GetParentId())

@@ -5,7 +5,9 @@
 // Rules (see docs/architecture.md): no clock but the command's, no
 // randomness, no map iteration order; preconditions that fail are results,
 // identical on every replica; an entry that cannot be decoded panics, because
-// diverging silently is worse than stopping.
+// diverging silently is worse than stopping. Each command checks all its
+// preconditions before its first write, so a command that fails leaves
+// nothing behind in the shared batch.
 package fsm
 
 import (

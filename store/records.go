@@ -257,8 +257,10 @@ func (b *Batch) PutVersion(rec *fsmpb.VersionRecord) error {
 	if err := b.putProto(prefixVersion+id, rec); err != nil {
 		return err
 	}
-	if err := b.set(prefixKekVersions+rec.GetKekId()+"/"+id, nil); err != nil {
-		return err
+	if rec.GetKekId() != "" { // a version without payload has no data key
+		if err := b.set(prefixKekVersions+rec.GetKekId()+"/"+id, nil); err != nil {
+			return err
+		}
 	}
 	return b.set(prefixSecretVers+ver.GetMetadata().GetParentId()+"/"+be8(uint64(ver.GetStatus().GetNumber())), []byte(id))
 }
@@ -297,15 +299,18 @@ func (v *View) KeyIDsInUse() ([]string, error) {
 		found := ""
 		err := v.scan(prefixKekVersions, after, false, func(key, _ []byte) (bool, error) {
 			rest := string(key[len(prefixKekVersions):])
-			if i := indexByte(rest, '/'); i > 0 {
-				found = rest[:i]
+			if i := indexByte(rest, '/'); i >= 0 {
+				found = rest[:i+1]
 			}
 			return false, nil
 		})
 		if err != nil || found == "" {
 			return ids, err
 		}
-		ids = append(ids, found)
+		found = found[:len(found)-1]
+		if found != "" {
+			ids = append(ids, found)
+		}
 		after = found + "0" // '0' sorts right after '/': skip to the next key id
 	}
 }

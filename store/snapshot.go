@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/cockroachdb/pebble"
 )
@@ -23,17 +24,22 @@ var snapshotMagic = []byte("MBXSNAP1")
 // Snapshot is a point-in-time copy of the whole store, cheap to take and
 // safe to stream while the FSM keeps applying.
 type Snapshot struct {
-	snap *pebble.Snapshot
+	snap   *pebble.Snapshot
+	unlock func()
+	once   sync.Once
 }
 
-// Snapshot takes a point-in-time snapshot. Release it when done.
+// Snapshot takes a point-in-time snapshot. Release it when done. Until
+// then it holds the store's read lock, so a Restore (which closes the
+// database the snapshot reads) waits for it instead of pulling the database
+// from under a snapshot still being streamed.
 func (s *Store) Snapshot() (*Snapshot, error) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	if s.db == nil {
+		s.mu.RUnlock()
 		return nil, errors.New("store: closed")
 	}
-	return &Snapshot{snap: s.db.NewSnapshot()}, nil
+	return &Snapshot{snap: s.db.NewSnapshot(), unlock: s.mu.RUnlock}, nil
 }
 
 // AppliedIndex is the Raft position the snapshot reflects.
@@ -78,8 +84,13 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	return cw.n + int64(n), err
 }
 
-// Release frees the snapshot.
-func (sn *Snapshot) Release() { sn.snap.Close() }
+// Release frees the snapshot. Safe to call more than once.
+func (sn *Snapshot) Release() {
+	sn.once.Do(func() {
+		sn.snap.Close()
+		sn.unlock()
+	})
+}
 
 type countingWriter struct {
 	w io.Writer
@@ -196,7 +207,9 @@ func loadSnapshot(db *pebble.DB, r io.Reader) error {
 			return err
 		}
 		if batch.Len() > 4<<20 {
-			if err := batch.Commit(pebble.NoSync); err != nil {
+			err := batch.Commit(pebble.NoSync)
+			batch.Close()
+			if err != nil {
 				return err
 			}
 			batch = db.NewBatch()
@@ -212,6 +225,11 @@ func loadSnapshot(db *pebble.DB, r io.Reader) error {
 		batch.Close()
 		return fmt.Errorf("store: snapshot checksum mismatch (want %s, got %s)", hex.EncodeToString(want), hex.EncodeToString(got))
 	}
+	if _, err := hr.r.ReadByte(); err != io.EOF {
+		batch.Close()
+		return fmt.Errorf("store: unexpected data after the snapshot's checksum")
+	}
+	defer batch.Close()
 	return batch.Commit(pebble.Sync)
 }
 

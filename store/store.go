@@ -25,24 +25,32 @@ var ErrNotFound = errors.New("not found")
 // Key layout. Every key starts with a short prefix naming its table; ids and
 // names never contain '/', so '/' separates the parts of a composite key.
 const (
-	keyApplied         = "m/applied" // -> index(8) term(8)
-	prefixProject      = "p/"        // p/<projectID> -> mysteryboxv1.Project
-	prefixProjectName  = "pn/"       // pn/<name> -> projectID
-	prefixSecret       = "s/"        // s/<secretID> -> fsmpb.SecretRecord
-	prefixSecretName   = "sn/"       // sn/<projectID>/<name> -> secretID (live secrets only)
-	prefixProjSecrets  = "ps/"       // ps/<projectID>/<secretID> -> ""
-	prefixVersion      = "v/"        // v/<versionID> -> fsmpb.VersionRecord
-	prefixSecretVers   = "sv/"       // sv/<secretID>/<number BE8> -> versionID
-	prefixEntry        = "e/"        // e/<versionID>/<entryKey> -> fsmpb.SealedEntry
-	prefixIdem         = "i/"        // i/<key> -> fsmpb.IdempotencyRecord
-	prefixIdemExpiry   = "ie/"       // ie/<expiry BE8><key> -> ""
-	prefixPurgeQueue   = "d/"        // d/<purgeAt BE8><id> -> ""
-	prefixKekVersions  = "kv/"                // kv/<kekID>/<versionID> -> "" (which KEK wraps which version)
-	prefixKekCheck     = "kc/"                // kc/<kekID> -> check value sealed under the KEK
-	prefixNode         = "n/"        // n/<nodeID> -> fsmpb.NodeRecord
-	currentFile        = "CURRENT"   // names the live Pebble directory
-	dbDirPrefix        = "db-"       // Pebble directories: db-000001, ...
-	maxRestoreDBNumber = 1<<31 - 1   // sanity bound when parsing CURRENT
+	keyApplied         = "m/applied"      // -> index(8) term(8)
+	prefixProject      = "p/"             // p/<projectID> -> mysteryboxv1.Project
+	prefixProjectName  = "pn/"            // pn/<name> -> projectID
+	prefixSecret       = "s/"             // s/<secretID> -> fsmpb.SecretRecord
+	prefixSecretName   = "sn/"            // sn/<projectID>/<name> -> secretID (live secrets only)
+	prefixProjSecrets  = "ps/"            // ps/<projectID>/<secretID> -> ""
+	prefixVersion      = "v/"             // v/<versionID> -> fsmpb.VersionRecord
+	prefixSecretVers   = "sv/"            // sv/<secretID>/<number BE8> -> versionID
+	prefixEntry        = "e/"             // e/<versionID>/<entryKey> -> fsmpb.SealedEntry
+	prefixIdem         = "i/"             // i/<key> -> fsmpb.IdempotencyRecord
+	prefixIdemExpiry   = "ie/"            // ie/<expiry BE8><key> -> ""
+	prefixPurgeQueue   = "d/"             // d/<purgeAt BE8><id> -> ""
+	prefixKekVersions  = "kv/"            // kv/<kekID>/<versionID> -> "" (which KEK wraps which version)
+	prefixKekCheck     = "kc/"            // kc/<kekID> -> check value sealed under the KEK
+	prefixAccount      = "a/"             // a/<accountID> -> mysteryboxv1.Account
+	prefixAccountName  = "an/"            // an/<name> -> accountID
+	prefixToken        = "t/"             // t/<tokenID> -> fsmpb.TokenRecord
+	prefixAcctTokens   = "at/"            // at/<accountID>/<tokenID> -> ""
+	prefixBinding      = "b/"             // b/<bindingID> -> mysteryboxv1.AccessBinding
+	prefixResBindings  = "br/"            // br/<resourceID>/<bindingID> -> ""
+	prefixAcctBindings = "ba/"            // ba/<accountID>/<bindingID> -> ""
+	keyBootstrapped    = "m/bootstrapped" // present once the first admin exists
+	prefixNode         = "n/"             // n/<nodeID> -> fsmpb.NodeRecord
+	currentFile        = "CURRENT"        // names the live Pebble directory
+	dbDirPrefix        = "db-"            // Pebble directories: db-000001, ...
+	maxRestoreDBNumber = 1<<31 - 1        // sanity bound when parsing CURRENT
 )
 
 // Store is the Pebble-backed state of one node. Reads may run concurrently

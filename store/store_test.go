@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -1032,6 +1033,76 @@ func TestOpenRemovesStaleDatabases(t *testing.T) {
 	}
 }
 
+// A snapshot taken before a Restore must stay readable (or fail with an
+// error), never crash the node: hashicorp/raft persists a snapshot in its
+// snapshot goroutine while installSnapshot can restore the FSM at the same
+// time.
+func TestSnapshotOutlivesRestore(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	populate(t, st)
+	oldHash := hashOf(t, st)
+	other := openStore(t, t.TempDir())
+	write(t, other, func(b *store.Batch) error { return b.PutProject(project("project-other", "other")) })
+	newData, newHash := snapshotBytes(t, other), hashOf(t, other)
+
+	snap, err := st.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- st.Restore(bytes.NewReader(newData)) }()
+	// Either Restore completes while the snapshot is outstanding, or it
+	// waits for the snapshot to be released; both are fine.
+	restored := false
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+		restored = true
+	case <-time.After(3 * time.Second):
+	}
+
+	var buf bytes.Buffer
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Errorf("WriteTo of a snapshot taken before Restore panicked: %v", r)
+			}
+		}()
+		if _, err := snap.WriteTo(&buf); err != nil {
+			t.Logf("WriteTo after Restore failed cleanly: %v", err)
+			buf.Reset()
+		}
+	}()
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Errorf("Release after Restore panicked: %v", r)
+			}
+		}()
+		snap.Release()
+	}()
+	if !restored {
+		if err := <-done; err != nil {
+			t.Fatalf("Restore: %v", err)
+		}
+	}
+	if got := hashOf(t, st); got != newHash {
+		t.Fatalf("hash after restore = %s, want %s", got, newHash)
+	}
+	// What the old snapshot streamed, if anything, is the old content.
+	if buf.Len() > 0 {
+		check := openStore(t, t.TempDir())
+		if err := check.Restore(&buf); err != nil {
+			t.Fatalf("the old snapshot's stream does not restore: %v", err)
+		}
+		if got := hashOf(t, check); got != oldHash {
+			t.Fatalf("the old snapshot streamed other content (hash %s, want %s)", got, oldHash)
+		}
+	}
+}
+
 // ---------------------------------------------------------------- concurrency
 
 func TestReadsConcurrentWithBatches(t *testing.T) {
@@ -1080,4 +1151,173 @@ func TestReadsConcurrentWithBatches(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// ---------------------------------------------------------------- key-encryption keys
+
+func kekVersions(t *testing.T, st *store.Store) string {
+	t.Helper()
+	var parts []string
+	read(t, st, func(v *store.View) error {
+		ids, err := v.KeyIDsInUse()
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			vs, total, err := v.VersionsWrappedBy(id, 100)
+			if err != nil {
+				return err
+			}
+			if total != len(vs) {
+				t.Errorf("VersionsWrappedBy(%s): total %d for %d ids", id, total, len(vs))
+			}
+			parts = append(parts, fmt.Sprintf("%s:%v", id, vs))
+		}
+		return nil
+	})
+	return strings.Join(parts, " ")
+}
+
+func TestKeyIDsInUseAndVersionsWrappedBy(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	if got := kekVersions(t, st); got != "" {
+		t.Fatalf("empty store: %s", got)
+	}
+	// Key ids that extend one another, and characters sorting on both
+	// sides of '/'.
+	kek := map[string]string{
+		"mbsecver-1": "k1", "mbsecver-2": "k1", "mbsecver-3": "k10", "mbsecver-4": "k1-a",
+		"mbsecver-5": "k1.x", "mbsecver-6": "k2", "mbsecver-7": "K_upper", "mbsecver-8": "k1",
+	}
+	write(t, st, func(b *store.Batch) error {
+		for i := 1; i <= 8; i++ {
+			vid := fmt.Sprintf("mbsecver-%d", i)
+			rec := versionRec(vid, "mbsec-1", int64(i))
+			rec.KekId = kek[vid]
+			if err := b.PutVersion(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	want := "K_upper:[mbsecver-7] k1-a:[mbsecver-4] k1.x:[mbsecver-5] k1:[mbsecver-1 mbsecver-2 mbsecver-8] k10:[mbsecver-3] k2:[mbsecver-6]"
+	if got := kekVersions(t, st); got != want {
+		t.Fatalf("in use:\n got %s\nwant %s", got, want)
+	}
+	read(t, st, func(v *store.View) error {
+		ids, total, err := v.VersionsWrappedBy("k1", 2)
+		if err != nil || total != 3 || fmt.Sprint(ids) != "[mbsecver-1 mbsecver-2]" {
+			t.Errorf("VersionsWrappedBy(k1, 2) = %v, %d, %v", ids, total, err)
+		}
+		ids, total, err = v.VersionsWrappedBy("k", 10)
+		if err != nil || total != 0 || len(ids) != 0 {
+			t.Errorf("VersionsWrappedBy(k) = %v, %d, %v (a prefix of real ids)", ids, total, err)
+		}
+		return nil
+	})
+
+	// Rewrap moves versions between keys; a key with no versions left is no
+	// longer in use. Re-putting a version (state change) keeps one index entry.
+	write(t, st, func(b *store.Batch) error {
+		for _, vid := range []string{"mbsecver-3", "mbsecver-4", "mbsecver-5"} {
+			rec, err := b.Version(vid)
+			if err != nil {
+				return err
+			}
+			if err := b.RewrapVersion(rec, "k2", []byte("rewrapped-"+vid)); err != nil {
+				return err
+			}
+		}
+		rec, err := b.Version("mbsecver-6")
+		if err != nil {
+			return err
+		}
+		rec.Version.Status.State = pb.State_SCHEDULED_FOR_DELETION
+		return b.PutVersion(rec)
+	})
+	want = "K_upper:[mbsecver-7] k1:[mbsecver-1 mbsecver-2 mbsecver-8] k2:[mbsecver-3 mbsecver-4 mbsecver-5 mbsecver-6]"
+	if got := kekVersions(t, st); got != want {
+		t.Fatalf("after rewrap:\n got %s\nwant %s", got, want)
+	}
+	read(t, st, func(v *store.View) error {
+		rec, err := v.Version("mbsecver-4")
+		if err != nil || rec.GetKekId() != "k2" || string(rec.GetWrappedDek()) != "rewrapped-mbsecver-4" {
+			t.Errorf("rewrapped record = %v, %v", rec, err)
+		}
+		return err
+	})
+	// Deleting a version drops it from its key's list.
+	write(t, st, func(b *store.Batch) error {
+		rec, err := b.Version("mbsecver-7")
+		if err != nil {
+			return err
+		}
+		return b.DeleteVersion(rec)
+	})
+	want = "k1:[mbsecver-1 mbsecver-2 mbsecver-8] k2:[mbsecver-3 mbsecver-4 mbsecver-5 mbsecver-6]"
+	if got := kekVersions(t, st); got != want {
+		t.Fatalf("after delete:\n got %s\nwant %s", got, want)
+	}
+}
+
+// A version recorded without a key id (no payload) must not hide the keys
+// that do wrap versions: KeyIDsInUse is what tells an operator whether a
+// key can leave the keyring.
+func TestKeyIDsInUseWithEmptyKeyID(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	write(t, st, func(b *store.Batch) error {
+		for i, kek := range []string{"", "k1", "k2"} {
+			rec := versionRec(fmt.Sprintf("mbsecver-%d", i), "mbsec-1", int64(i+1))
+			rec.KekId = kek
+			if err := b.PutVersion(rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	read(t, st, func(v *store.View) error {
+		ids, err := v.KeyIDsInUse()
+		if err != nil {
+			return err
+		}
+		has := map[string]bool{}
+		for _, id := range ids {
+			has[id] = true
+		}
+		if !has["k1"] || !has["k2"] {
+			t.Errorf("KeyIDsInUse = %q: keys k1 and k2 wrap versions but are not listed", ids)
+		}
+		return nil
+	})
+}
+
+func TestKeyCheckKeepsTheFirst(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	write(t, st, func(b *store.Batch) error {
+		if err := b.PutKeyCheck("k1", nil); err != nil { // nothing to record
+			return err
+		}
+		if _, err := b.KeyCheck("k1"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("empty check recorded: %v", err)
+		}
+		if err := b.PutKeyCheck("k1", []byte("first")); err != nil {
+			return err
+		}
+		// Within the same batch, the first one already counts.
+		return b.PutKeyCheck("k1", []byte("second"))
+	})
+	write(t, st, func(b *store.Batch) error { return b.PutKeyCheck("k1", []byte("third")) })
+	write(t, st, func(b *store.Batch) error { return b.PutKeyCheck("k2", []byte("k2-check")) })
+	read(t, st, func(v *store.View) error {
+		for id, want := range map[string]string{"k1": "first", "k2": "k2-check"} {
+			got, err := v.KeyCheck(id)
+			if err != nil || string(got) != want {
+				t.Errorf("KeyCheck(%s) = %q, %v; want %q", id, got, err, want)
+			}
+		}
+		if _, err := v.KeyCheck("k3"); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("KeyCheck(k3): %v", err)
+		}
+		return nil
+	})
 }

@@ -60,6 +60,13 @@ type Command struct {
 	//	*Command_RegisterNode
 	//	*Command_DeregisterNode
 	//	*Command_RewrapVersions
+	//	*Command_CreateAccount
+	//	*Command_DeleteAccount
+	//	*Command_CreateToken
+	//	*Command_RevokeToken
+	//	*Command_CreateBinding
+	//	*Command_DeleteBinding
+	//	*Command_BootstrapAdmin
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -263,6 +270,69 @@ func (x *Command) GetRewrapVersions() *RewrapVersions {
 	return nil
 }
 
+func (x *Command) GetCreateAccount() *CreateAccount {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateAccount); ok {
+			return x.CreateAccount
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteAccount() *DeleteAccount {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteAccount); ok {
+			return x.DeleteAccount
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateToken() *CreateToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateToken); ok {
+			return x.CreateToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRevokeToken() *RevokeToken {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RevokeToken); ok {
+			return x.RevokeToken
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCreateBinding() *CreateBinding {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateBinding); ok {
+			return x.CreateBinding
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteBinding() *DeleteBinding {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteBinding); ok {
+			return x.DeleteBinding
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetBootstrapAdmin() *BootstrapAdmin {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BootstrapAdmin); ok {
+			return x.BootstrapAdmin
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -323,6 +393,34 @@ type Command_RewrapVersions struct {
 	RewrapVersions *RewrapVersions `protobuf:"bytes,23,opt,name=rewrap_versions,json=rewrapVersions,proto3,oneof"`
 }
 
+type Command_CreateAccount struct {
+	CreateAccount *CreateAccount `protobuf:"bytes,24,opt,name=create_account,json=createAccount,proto3,oneof"`
+}
+
+type Command_DeleteAccount struct {
+	DeleteAccount *DeleteAccount `protobuf:"bytes,25,opt,name=delete_account,json=deleteAccount,proto3,oneof"`
+}
+
+type Command_CreateToken struct {
+	CreateToken *CreateToken `protobuf:"bytes,26,opt,name=create_token,json=createToken,proto3,oneof"`
+}
+
+type Command_RevokeToken struct {
+	RevokeToken *RevokeToken `protobuf:"bytes,27,opt,name=revoke_token,json=revokeToken,proto3,oneof"`
+}
+
+type Command_CreateBinding struct {
+	CreateBinding *CreateBinding `protobuf:"bytes,28,opt,name=create_binding,json=createBinding,proto3,oneof"`
+}
+
+type Command_DeleteBinding struct {
+	DeleteBinding *DeleteBinding `protobuf:"bytes,29,opt,name=delete_binding,json=deleteBinding,proto3,oneof"`
+}
+
+type Command_BootstrapAdmin struct {
+	BootstrapAdmin *BootstrapAdmin `protobuf:"bytes,30,opt,name=bootstrap_admin,json=bootstrapAdmin,proto3,oneof"`
+}
+
 func (*Command_CreateProject) isCommand_Op() {}
 
 func (*Command_DeleteProject) isCommand_Op() {}
@@ -350,6 +448,20 @@ func (*Command_RegisterNode) isCommand_Op() {}
 func (*Command_DeregisterNode) isCommand_Op() {}
 
 func (*Command_RewrapVersions) isCommand_Op() {}
+
+func (*Command_CreateAccount) isCommand_Op() {}
+
+func (*Command_DeleteAccount) isCommand_Op() {}
+
+func (*Command_CreateToken) isCommand_Op() {}
+
+func (*Command_RevokeToken) isCommand_Op() {}
+
+func (*Command_CreateBinding) isCommand_Op() {}
+
+func (*Command_DeleteBinding) isCommand_Op() {}
+
+func (*Command_BootstrapAdmin) isCommand_Op() {}
 
 type CreateProject struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1240,6 +1352,518 @@ func (x *Rewrap) GetToKekCheck() []byte {
 	return nil
 }
 
+type CreateAccount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *mysteryboxv1.Account  `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAccount) Reset() {
+	*x = CreateAccount{}
+	mi := &file_fsm_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAccount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAccount) ProtoMessage() {}
+
+func (x *CreateAccount) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAccount.ProtoReflect.Descriptor instead.
+func (*CreateAccount) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CreateAccount) GetAccount() *mysteryboxv1.Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+type DeleteAccount struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ResourceVersion int64                  `protobuf:"varint,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteAccount) Reset() {
+	*x = DeleteAccount{}
+	mi := &file_fsm_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccount) ProtoMessage() {}
+
+func (x *DeleteAccount) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccount.ProtoReflect.Descriptor instead.
+func (*DeleteAccount) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeleteAccount) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteAccount) GetResourceVersion() int64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
+}
+
+type CreateToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *TokenRecord           `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The token's secret sealed under a KEK (see region.Keyring.SealValue),
+	// kept only in the Raft log and in the idempotency record of the call, so
+	// that a retried CreateToken can return the secret its first attempt made.
+	SealedSecretKekId string `protobuf:"bytes,2,opt,name=sealed_secret_kek_id,json=sealedSecretKekId,proto3" json:"sealed_secret_kek_id,omitempty"`
+	SealedSecret      []byte `protobuf:"bytes,3,opt,name=sealed_secret,json=sealedSecret,proto3" json:"sealed_secret,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CreateToken) Reset() {
+	*x = CreateToken{}
+	mi := &file_fsm_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateToken) ProtoMessage() {}
+
+func (x *CreateToken) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateToken.ProtoReflect.Descriptor instead.
+func (*CreateToken) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateToken) GetToken() *TokenRecord {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateToken) GetSealedSecretKekId() string {
+	if x != nil {
+		return x.SealedSecretKekId
+	}
+	return ""
+}
+
+func (x *CreateToken) GetSealedSecret() []byte {
+	if x != nil {
+		return x.SealedSecret
+	}
+	return nil
+}
+
+type CreateTokenResult struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Token             *mysteryboxv1.Token    `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	SealedSecretKekId string                 `protobuf:"bytes,2,opt,name=sealed_secret_kek_id,json=sealedSecretKekId,proto3" json:"sealed_secret_kek_id,omitempty"`
+	SealedSecret      []byte                 `protobuf:"bytes,3,opt,name=sealed_secret,json=sealedSecret,proto3" json:"sealed_secret,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CreateTokenResult) Reset() {
+	*x = CreateTokenResult{}
+	mi := &file_fsm_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResult) ProtoMessage() {}
+
+func (x *CreateTokenResult) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResult.ProtoReflect.Descriptor instead.
+func (*CreateTokenResult) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateTokenResult) GetToken() *mysteryboxv1.Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResult) GetSealedSecretKekId() string {
+	if x != nil {
+		return x.SealedSecretKekId
+	}
+	return ""
+}
+
+func (x *CreateTokenResult) GetSealedSecret() []byte {
+	if x != nil {
+		return x.SealedSecret
+	}
+	return nil
+}
+
+type RevokeToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeToken) Reset() {
+	*x = RevokeToken{}
+	mi := &file_fsm_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeToken) ProtoMessage() {}
+
+func (x *RevokeToken) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
+func (*RevokeToken) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type CreateBinding struct {
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Binding       *mysteryboxv1.AccessBinding `protobuf:"bytes,1,opt,name=binding,proto3" json:"binding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBinding) Reset() {
+	*x = CreateBinding{}
+	mi := &file_fsm_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBinding) ProtoMessage() {}
+
+func (x *CreateBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBinding.ProtoReflect.Descriptor instead.
+func (*CreateBinding) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateBinding) GetBinding() *mysteryboxv1.AccessBinding {
+	if x != nil {
+		return x.Binding
+	}
+	return nil
+}
+
+type DeleteBinding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBinding) Reset() {
+	*x = DeleteBinding{}
+	mi := &file_fsm_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBinding) ProtoMessage() {}
+
+func (x *DeleteBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBinding.ProtoReflect.Descriptor instead.
+func (*DeleteBinding) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteBinding) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// BootstrapAdmin creates the region's first admin account, its token and
+// its region admin binding, once: it is a no-op when the region already
+// has been bootstrapped.
+type BootstrapAdmin struct {
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Account       *mysteryboxv1.Account       `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	Token         *TokenRecord                `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	Binding       *mysteryboxv1.AccessBinding `protobuf:"bytes,3,opt,name=binding,proto3" json:"binding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootstrapAdmin) Reset() {
+	*x = BootstrapAdmin{}
+	mi := &file_fsm_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootstrapAdmin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootstrapAdmin) ProtoMessage() {}
+
+func (x *BootstrapAdmin) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootstrapAdmin.ProtoReflect.Descriptor instead.
+func (*BootstrapAdmin) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BootstrapAdmin) GetAccount() *mysteryboxv1.Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+func (x *BootstrapAdmin) GetToken() *TokenRecord {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *BootstrapAdmin) GetBinding() *mysteryboxv1.AccessBinding {
+	if x != nil {
+		return x.Binding
+	}
+	return nil
+}
+
+type BootstrapResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the region already had its admin.
+	Applied       bool `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BootstrapResult) Reset() {
+	*x = BootstrapResult{}
+	mi := &file_fsm_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BootstrapResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BootstrapResult) ProtoMessage() {}
+
+func (x *BootstrapResult) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BootstrapResult.ProtoReflect.Descriptor instead.
+func (*BootstrapResult) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BootstrapResult) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+type TokenRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *mysteryboxv1.Token    `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// SHA-256 of the token's secret part; the secret itself is never stored.
+	SecretHash    []byte `protobuf:"bytes,2,opt,name=secret_hash,json=secretHash,proto3" json:"secret_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRecord) Reset() {
+	*x = TokenRecord{}
+	mi := &file_fsm_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRecord) ProtoMessage() {}
+
+func (x *TokenRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRecord.ProtoReflect.Descriptor instead.
+func (*TokenRecord) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *TokenRecord) GetToken() *mysteryboxv1.Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *TokenRecord) GetSecretHash() []byte {
+	if x != nil {
+		return x.SecretHash
+	}
+	return nil
+}
+
 // A payload sealed by the leader: each entry under the version's data key
 // (DEK), the DEK wrapped by the region's key-encryption key.
 type SealedPayload struct {
@@ -1257,7 +1881,7 @@ type SealedPayload struct {
 
 func (x *SealedPayload) Reset() {
 	*x = SealedPayload{}
-	mi := &file_fsm_proto_msgTypes[17]
+	mi := &file_fsm_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1893,7 @@ func (x *SealedPayload) String() string {
 func (*SealedPayload) ProtoMessage() {}
 
 func (x *SealedPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[17]
+	mi := &file_fsm_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1906,7 @@ func (x *SealedPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedPayload.ProtoReflect.Descriptor instead.
 func (*SealedPayload) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{17}
+	return file_fsm_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SealedPayload) GetKekId() string {
@@ -1326,7 +1950,7 @@ type SealedEntry struct {
 
 func (x *SealedEntry) Reset() {
 	*x = SealedEntry{}
-	mi := &file_fsm_proto_msgTypes[18]
+	mi := &file_fsm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1962,7 @@ func (x *SealedEntry) String() string {
 func (*SealedEntry) ProtoMessage() {}
 
 func (x *SealedEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[18]
+	mi := &file_fsm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1975,7 @@ func (x *SealedEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedEntry.ProtoReflect.Descriptor instead.
 func (*SealedEntry) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{18}
+	return file_fsm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SealedEntry) GetKey() string {
@@ -1393,7 +2017,7 @@ type SecretRecord struct {
 
 func (x *SecretRecord) Reset() {
 	*x = SecretRecord{}
-	mi := &file_fsm_proto_msgTypes[19]
+	mi := &file_fsm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +2029,7 @@ func (x *SecretRecord) String() string {
 func (*SecretRecord) ProtoMessage() {}
 
 func (x *SecretRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[19]
+	mi := &file_fsm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +2042,7 @@ func (x *SecretRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretRecord.ProtoReflect.Descriptor instead.
 func (*SecretRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{19}
+	return file_fsm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SecretRecord) GetSecret() *mysteryboxv1.Secret {
@@ -1447,7 +2071,7 @@ type VersionRecord struct {
 
 func (x *VersionRecord) Reset() {
 	*x = VersionRecord{}
-	mi := &file_fsm_proto_msgTypes[20]
+	mi := &file_fsm_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +2083,7 @@ func (x *VersionRecord) String() string {
 func (*VersionRecord) ProtoMessage() {}
 
 func (x *VersionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[20]
+	mi := &file_fsm_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +2096,7 @@ func (x *VersionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRecord.ProtoReflect.Descriptor instead.
 func (*VersionRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{20}
+	return file_fsm_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VersionRecord) GetVersion() *mysteryboxv1.SecretVersion {
@@ -1520,7 +2144,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_proto_msgTypes[21]
+	mi := &file_fsm_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +2156,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[21]
+	mi := &file_fsm_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +2169,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{21}
+	return file_fsm_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *IdempotencyRecord) GetRequestHash() []byte {
@@ -1601,7 +2225,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_fsm_proto_msgTypes[22]
+	mi := &file_fsm_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +2237,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[22]
+	mi := &file_fsm_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +2250,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{22}
+	return file_fsm_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeRecord) GetNodeId() string {
@@ -1654,7 +2278,7 @@ var File_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xd5\t\n" +
+	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xd9\r\n" +
 	"\aCommand\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12'\n" +
@@ -1675,7 +2299,14 @@ const file_fsm_proto_rawDesc = "" +
 	"\x11prune_idempotency\x18\x14 \x01(\v2#.mysterybox.fsm.v1.PruneIdempotencyH\x00R\x10pruneIdempotency\x12F\n" +
 	"\rregister_node\x18\x15 \x01(\v2\x1f.mysterybox.fsm.v1.RegisterNodeH\x00R\fregisterNode\x12L\n" +
 	"\x0fderegister_node\x18\x16 \x01(\v2!.mysterybox.fsm.v1.DeregisterNodeH\x00R\x0ederegisterNode\x12L\n" +
-	"\x0frewrap_versions\x18\x17 \x01(\v2!.mysterybox.fsm.v1.RewrapVersionsH\x00R\x0erewrapVersionsB\x04\n" +
+	"\x0frewrap_versions\x18\x17 \x01(\v2!.mysterybox.fsm.v1.RewrapVersionsH\x00R\x0erewrapVersions\x12I\n" +
+	"\x0ecreate_account\x18\x18 \x01(\v2 .mysterybox.fsm.v1.CreateAccountH\x00R\rcreateAccount\x12I\n" +
+	"\x0edelete_account\x18\x19 \x01(\v2 .mysterybox.fsm.v1.DeleteAccountH\x00R\rdeleteAccount\x12C\n" +
+	"\fcreate_token\x18\x1a \x01(\v2\x1e.mysterybox.fsm.v1.CreateTokenH\x00R\vcreateToken\x12C\n" +
+	"\frevoke_token\x18\x1b \x01(\v2\x1e.mysterybox.fsm.v1.RevokeTokenH\x00R\vrevokeToken\x12I\n" +
+	"\x0ecreate_binding\x18\x1c \x01(\v2 .mysterybox.fsm.v1.CreateBindingH\x00R\rcreateBinding\x12I\n" +
+	"\x0edelete_binding\x18\x1d \x01(\v2 .mysterybox.fsm.v1.DeleteBindingH\x00R\rdeleteBinding\x12L\n" +
+	"\x0fbootstrap_admin\x18\x1e \x01(\v2!.mysterybox.fsm.v1.BootstrapAdminH\x00R\x0ebootstrapAdminB\x04\n" +
 	"\x02op\"A\n" +
 	"\rCreateProject\x120\n" +
 	"\aproject\x18\x01 \x01(\v2\x16.mysterybox.v1.ProjectR\aproject\"J\n" +
@@ -1739,7 +2370,36 @@ const file_fsm_proto_rawDesc = "" +
 	"\vwrapped_dek\x18\x04 \x01(\fR\n" +
 	"wrappedDek\x12 \n" +
 	"\fto_kek_check\x18\x05 \x01(\fR\n" +
-	"toKekCheck\"\x9e\x01\n" +
+	"toKekCheck\"A\n" +
+	"\rCreateAccount\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.mysterybox.v1.AccountR\aaccount\"J\n" +
+	"\rDeleteAccount\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\x03R\x0fresourceVersion\"\x99\x01\n" +
+	"\vCreateToken\x124\n" +
+	"\x05token\x18\x01 \x01(\v2\x1e.mysterybox.fsm.v1.TokenRecordR\x05token\x12/\n" +
+	"\x14sealed_secret_kek_id\x18\x02 \x01(\tR\x11sealedSecretKekId\x12#\n" +
+	"\rsealed_secret\x18\x03 \x01(\fR\fsealedSecret\"\x95\x01\n" +
+	"\x11CreateTokenResult\x12*\n" +
+	"\x05token\x18\x01 \x01(\v2\x14.mysterybox.v1.TokenR\x05token\x12/\n" +
+	"\x14sealed_secret_kek_id\x18\x02 \x01(\tR\x11sealedSecretKekId\x12#\n" +
+	"\rsealed_secret\x18\x03 \x01(\fR\fsealedSecret\"\x1d\n" +
+	"\vRevokeToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"G\n" +
+	"\rCreateBinding\x126\n" +
+	"\abinding\x18\x01 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\"\x1f\n" +
+	"\rDeleteBinding\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xb0\x01\n" +
+	"\x0eBootstrapAdmin\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.mysterybox.v1.AccountR\aaccount\x124\n" +
+	"\x05token\x18\x02 \x01(\v2\x1e.mysterybox.fsm.v1.TokenRecordR\x05token\x126\n" +
+	"\abinding\x18\x03 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\"+\n" +
+	"\x0fBootstrapResult\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\bR\aapplied\"Z\n" +
+	"\vTokenRecord\x12*\n" +
+	"\x05token\x18\x01 \x01(\v2\x14.mysterybox.v1.TokenR\x05token\x12\x1f\n" +
+	"\vsecret_hash\x18\x02 \x01(\fR\n" +
+	"secretHash\"\x9e\x01\n" +
 	"\rSealedPayload\x12\x15\n" +
 	"\x06kek_id\x18\x01 \x01(\tR\x05kekId\x12\x1f\n" +
 	"\vwrapped_dek\x18\x02 \x01(\fR\n" +
@@ -1789,7 +2449,7 @@ func file_fsm_proto_rawDescGZIP() []byte {
 	return file_fsm_proto_rawDescData
 }
 
-var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_fsm_proto_goTypes = []any{
 	(*Command)(nil),                    // 0: mysterybox.fsm.v1.Command
 	(*CreateProject)(nil),              // 1: mysterybox.fsm.v1.CreateProject
@@ -1808,16 +2468,29 @@ var file_fsm_proto_goTypes = []any{
 	(*RewrapVersions)(nil),             // 14: mysterybox.fsm.v1.RewrapVersions
 	(*RewrapResult)(nil),               // 15: mysterybox.fsm.v1.RewrapResult
 	(*Rewrap)(nil),                     // 16: mysterybox.fsm.v1.Rewrap
-	(*SealedPayload)(nil),              // 17: mysterybox.fsm.v1.SealedPayload
-	(*SealedEntry)(nil),                // 18: mysterybox.fsm.v1.SealedEntry
-	(*SecretRecord)(nil),               // 19: mysterybox.fsm.v1.SecretRecord
-	(*VersionRecord)(nil),              // 20: mysterybox.fsm.v1.VersionRecord
-	(*IdempotencyRecord)(nil),          // 21: mysterybox.fsm.v1.IdempotencyRecord
-	(*NodeRecord)(nil),                 // 22: mysterybox.fsm.v1.NodeRecord
-	nil,                                // 23: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	(*mysteryboxv1.Project)(nil),       // 24: mysterybox.v1.Project
-	(*mysteryboxv1.Secret)(nil),        // 25: mysterybox.v1.Secret
-	(*mysteryboxv1.SecretVersion)(nil), // 26: mysterybox.v1.SecretVersion
+	(*CreateAccount)(nil),              // 17: mysterybox.fsm.v1.CreateAccount
+	(*DeleteAccount)(nil),              // 18: mysterybox.fsm.v1.DeleteAccount
+	(*CreateToken)(nil),                // 19: mysterybox.fsm.v1.CreateToken
+	(*CreateTokenResult)(nil),          // 20: mysterybox.fsm.v1.CreateTokenResult
+	(*RevokeToken)(nil),                // 21: mysterybox.fsm.v1.RevokeToken
+	(*CreateBinding)(nil),              // 22: mysterybox.fsm.v1.CreateBinding
+	(*DeleteBinding)(nil),              // 23: mysterybox.fsm.v1.DeleteBinding
+	(*BootstrapAdmin)(nil),             // 24: mysterybox.fsm.v1.BootstrapAdmin
+	(*BootstrapResult)(nil),            // 25: mysterybox.fsm.v1.BootstrapResult
+	(*TokenRecord)(nil),                // 26: mysterybox.fsm.v1.TokenRecord
+	(*SealedPayload)(nil),              // 27: mysterybox.fsm.v1.SealedPayload
+	(*SealedEntry)(nil),                // 28: mysterybox.fsm.v1.SealedEntry
+	(*SecretRecord)(nil),               // 29: mysterybox.fsm.v1.SecretRecord
+	(*VersionRecord)(nil),              // 30: mysterybox.fsm.v1.VersionRecord
+	(*IdempotencyRecord)(nil),          // 31: mysterybox.fsm.v1.IdempotencyRecord
+	(*NodeRecord)(nil),                 // 32: mysterybox.fsm.v1.NodeRecord
+	nil,                                // 33: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	(*mysteryboxv1.Project)(nil),       // 34: mysterybox.v1.Project
+	(*mysteryboxv1.Secret)(nil),        // 35: mysterybox.v1.Secret
+	(*mysteryboxv1.SecretVersion)(nil), // 36: mysterybox.v1.SecretVersion
+	(*mysteryboxv1.Account)(nil),       // 37: mysterybox.v1.Account
+	(*mysteryboxv1.Token)(nil),         // 38: mysterybox.v1.Token
+	(*mysteryboxv1.AccessBinding)(nil), // 39: mysterybox.v1.AccessBinding
 }
 var file_fsm_proto_depIdxs = []int32{
 	1,  // 0: mysterybox.fsm.v1.Command.create_project:type_name -> mysterybox.fsm.v1.CreateProject
@@ -1834,22 +2507,37 @@ var file_fsm_proto_depIdxs = []int32{
 	12, // 11: mysterybox.fsm.v1.Command.register_node:type_name -> mysterybox.fsm.v1.RegisterNode
 	13, // 12: mysterybox.fsm.v1.Command.deregister_node:type_name -> mysterybox.fsm.v1.DeregisterNode
 	14, // 13: mysterybox.fsm.v1.Command.rewrap_versions:type_name -> mysterybox.fsm.v1.RewrapVersions
-	24, // 14: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
-	25, // 15: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
-	7,  // 16: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
-	23, // 17: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	26, // 18: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
-	17, // 19: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
-	22, // 20: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
-	16, // 21: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
-	18, // 22: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
-	25, // 23: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
-	26, // 24: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	17, // 14: mysterybox.fsm.v1.Command.create_account:type_name -> mysterybox.fsm.v1.CreateAccount
+	18, // 15: mysterybox.fsm.v1.Command.delete_account:type_name -> mysterybox.fsm.v1.DeleteAccount
+	19, // 16: mysterybox.fsm.v1.Command.create_token:type_name -> mysterybox.fsm.v1.CreateToken
+	21, // 17: mysterybox.fsm.v1.Command.revoke_token:type_name -> mysterybox.fsm.v1.RevokeToken
+	22, // 18: mysterybox.fsm.v1.Command.create_binding:type_name -> mysterybox.fsm.v1.CreateBinding
+	23, // 19: mysterybox.fsm.v1.Command.delete_binding:type_name -> mysterybox.fsm.v1.DeleteBinding
+	24, // 20: mysterybox.fsm.v1.Command.bootstrap_admin:type_name -> mysterybox.fsm.v1.BootstrapAdmin
+	34, // 21: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
+	35, // 22: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
+	7,  // 23: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
+	33, // 24: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	36, // 25: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
+	27, // 26: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
+	32, // 27: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
+	16, // 28: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
+	37, // 29: mysterybox.fsm.v1.CreateAccount.account:type_name -> mysterybox.v1.Account
+	26, // 30: mysterybox.fsm.v1.CreateToken.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	38, // 31: mysterybox.fsm.v1.CreateTokenResult.token:type_name -> mysterybox.v1.Token
+	39, // 32: mysterybox.fsm.v1.CreateBinding.binding:type_name -> mysterybox.v1.AccessBinding
+	37, // 33: mysterybox.fsm.v1.BootstrapAdmin.account:type_name -> mysterybox.v1.Account
+	26, // 34: mysterybox.fsm.v1.BootstrapAdmin.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	39, // 35: mysterybox.fsm.v1.BootstrapAdmin.binding:type_name -> mysterybox.v1.AccessBinding
+	38, // 36: mysterybox.fsm.v1.TokenRecord.token:type_name -> mysterybox.v1.Token
+	28, // 37: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
+	35, // 38: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
+	36, // 39: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_fsm_proto_init() }
@@ -1872,6 +2560,13 @@ func file_fsm_proto_init() {
 		(*Command_RegisterNode)(nil),
 		(*Command_DeregisterNode)(nil),
 		(*Command_RewrapVersions)(nil),
+		(*Command_CreateAccount)(nil),
+		(*Command_DeleteAccount)(nil),
+		(*Command_CreateToken)(nil),
+		(*Command_RevokeToken)(nil),
+		(*Command_CreateBinding)(nil),
+		(*Command_DeleteBinding)(nil),
+		(*Command_BootstrapAdmin)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1879,7 +2574,7 @@ func file_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_proto_rawDesc), len(file_fsm_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
