@@ -15,6 +15,7 @@ package mysteryboxv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
@@ -76,6 +77,55 @@ func (x State) Number() protoreflect.EnumNumber {
 // Deprecated: Use State.Descriptor instead.
 func (State) EnumDescriptor() ([]byte, []int) {
 	return file_mysterybox_proto_rawDescGZIP(), []int{0}
+}
+
+type AccountType int32
+
+const (
+	AccountType_ACCOUNT_TYPE_UNSPECIFIED AccountType = 0
+	AccountType_SERVICE                  AccountType = 1
+	AccountType_USER                     AccountType = 2
+)
+
+// Enum value maps for AccountType.
+var (
+	AccountType_name = map[int32]string{
+		0: "ACCOUNT_TYPE_UNSPECIFIED",
+		1: "SERVICE",
+		2: "USER",
+	}
+	AccountType_value = map[string]int32{
+		"ACCOUNT_TYPE_UNSPECIFIED": 0,
+		"SERVICE":                  1,
+		"USER":                     2,
+	}
+)
+
+func (x AccountType) Enum() *AccountType {
+	p := new(AccountType)
+	*p = x
+	return p
+}
+
+func (x AccountType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AccountType) Descriptor() protoreflect.EnumDescriptor {
+	return file_mysterybox_proto_enumTypes[1].Descriptor()
+}
+
+func (AccountType) Type() protoreflect.EnumType {
+	return &file_mysterybox_proto_enumTypes[1]
+}
+
+func (x AccountType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AccountType.Descriptor instead.
+func (AccountType) EnumDescriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{1}
 }
 
 // Metadata common to every resource.
@@ -611,6 +661,1365 @@ func (*DeleteProjectResponse) Descriptor() ([]byte, []int) {
 	return file_mysterybox_proto_rawDescGZIP(), []int{9}
 }
 
+type Account struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metadata.parent_id is the region.
+	Metadata      *Metadata      `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Spec          *AccountSpec   `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Status        *AccountStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Account) Reset() {
+	*x = Account{}
+	mi := &file_mysterybox_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Account) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Account) ProtoMessage() {}
+
+func (x *Account) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Account.ProtoReflect.Descriptor instead.
+func (*Account) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Account) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Account) GetSpec() *AccountSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Account) GetStatus() *AccountStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type AccountSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          AccountType            `protobuf:"varint,1,opt,name=type,proto3,enum=mysterybox.v1.AccountType" json:"type,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountSpec) Reset() {
+	*x = AccountSpec{}
+	mi := &file_mysterybox_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountSpec) ProtoMessage() {}
+
+func (x *AccountSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountSpec.ProtoReflect.Descriptor instead.
+func (*AccountSpec) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AccountSpec) GetType() AccountType {
+	if x != nil {
+		return x.Type
+	}
+	return AccountType_ACCOUNT_TYPE_UNSPECIFIED
+}
+
+func (x *AccountSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+type AccountStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountStatus) Reset() {
+	*x = AccountStatus{}
+	mi := &file_mysterybox_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountStatus) ProtoMessage() {}
+
+func (x *AccountStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountStatus.ProtoReflect.Descriptor instead.
+func (*AccountStatus) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AccountStatus) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+type CreateAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Account       *Account               `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAccountRequest) Reset() {
+	*x = CreateAccountRequest{}
+	mi := &file_mysterybox_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAccountRequest) ProtoMessage() {}
+
+func (x *CreateAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAccountRequest.ProtoReflect.Descriptor instead.
+func (*CreateAccountRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CreateAccountRequest) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+type GetAccountRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountRequest) Reset() {
+	*x = GetAccountRequest{}
+	mi := &file_mysterybox_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountRequest) ProtoMessage() {}
+
+func (x *GetAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountRequest.ProtoReflect.Descriptor instead.
+func (*GetAccountRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListAccountsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccountsRequest) Reset() {
+	*x = ListAccountsRequest{}
+	mi := &file_mysterybox_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccountsRequest) ProtoMessage() {}
+
+func (x *ListAccountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccountsRequest.ProtoReflect.Descriptor instead.
+func (*ListAccountsRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListAccountsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAccountsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAccountsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accounts      []*Account             `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccountsResponse) Reset() {
+	*x = ListAccountsResponse{}
+	mi := &file_mysterybox_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccountsResponse) ProtoMessage() {}
+
+func (x *ListAccountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccountsResponse.ProtoReflect.Descriptor instead.
+func (*ListAccountsResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListAccountsResponse) GetAccounts() []*Account {
+	if x != nil {
+		return x.Accounts
+	}
+	return nil
+}
+
+func (x *ListAccountsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type DeleteAccountRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ResourceVersion int64                  `protobuf:"varint,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteAccountRequest) Reset() {
+	*x = DeleteAccountRequest{}
+	mi := &file_mysterybox_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountRequest) ProtoMessage() {}
+
+func (x *DeleteAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAccountRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteAccountRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteAccountRequest) GetResourceVersion() int64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
+}
+
+type DeleteAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tokens revoked and access bindings removed with the account.
+	RevokedTokens   int64 `protobuf:"varint,1,opt,name=revoked_tokens,json=revokedTokens,proto3" json:"revoked_tokens,omitempty"`
+	RemovedBindings int64 `protobuf:"varint,2,opt,name=removed_bindings,json=removedBindings,proto3" json:"removed_bindings,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeleteAccountResponse) Reset() {
+	*x = DeleteAccountResponse{}
+	mi := &file_mysterybox_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccountResponse) ProtoMessage() {}
+
+func (x *DeleteAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccountResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAccountResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeleteAccountResponse) GetRevokedTokens() int64 {
+	if x != nil {
+		return x.RevokedTokens
+	}
+	return 0
+}
+
+func (x *DeleteAccountResponse) GetRemovedBindings() int64 {
+	if x != nil {
+		return x.RemovedBindings
+	}
+	return 0
+}
+
+type Token struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metadata.parent_id is the account.
+	Metadata      *Metadata    `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Spec          *TokenSpec   `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Status        *TokenStatus `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Token) Reset() {
+	*x = Token{}
+	mi := &file_mysterybox_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Token) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Token) ProtoMessage() {}
+
+func (x *Token) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Token.ProtoReflect.Descriptor instead.
+func (*Token) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Token) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Token) GetSpec() *TokenSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *Token) GetStatus() *TokenStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type TokenSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Description string                 `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
+	// Absent: the token never expires.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSpec) Reset() {
+	*x = TokenSpec{}
+	mi := &file_mysterybox_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSpec) ProtoMessage() {}
+
+func (x *TokenSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSpec.ProtoReflect.Descriptor instead.
+func (*TokenSpec) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TokenSpec) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *TokenSpec) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type TokenStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenStatus) Reset() {
+	*x = TokenStatus{}
+	mi := &file_mysterybox_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenStatus) ProtoMessage() {}
+
+func (x *TokenStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenStatus.ProtoReflect.Descriptor instead.
+func (*TokenStatus) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TokenStatus) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+type CreateTokenRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AccountId   string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	Description string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// Lifetime from creation; 0 means no expiry.
+	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenRequest) Reset() {
+	*x = CreateTokenRequest{}
+	mi := &file_mysterybox_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenRequest) ProtoMessage() {}
+
+func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CreateTokenRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *CreateTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+type CreateTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// The bearer token, mbt1.<region>.<token-id>.<secret>. Shown only here:
+	// the server keeps a hash of the secret part.
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateTokenResponse) Reset() {
+	*x = CreateTokenResponse{}
+	mi := &file_mysterybox_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateTokenResponse) ProtoMessage() {}
+
+func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CreateTokenResponse) GetToken() *Token {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *CreateTokenResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type GetTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetTokenRequest) Reset() {
+	*x = GetTokenRequest{}
+	mi := &file_mysterybox_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetTokenRequest) ProtoMessage() {}
+
+func (x *GetTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetTokenRequest.ProtoReflect.Descriptor instead.
+func (*GetTokenRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *GetTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AccountId     string                 `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensRequest) Reset() {
+	*x = ListTokensRequest{}
+	mi := &file_mysterybox_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensRequest) ProtoMessage() {}
+
+func (x *ListTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListTokensRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListTokensRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *ListTokensRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTokensRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTokensResponse) Reset() {
+	*x = ListTokensResponse{}
+	mi := &file_mysterybox_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTokensResponse) ProtoMessage() {}
+
+func (x *ListTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListTokensResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListTokensResponse) GetTokens() []*Token {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+func (x *ListTokensResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RevokeTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenRequest) Reset() {
+	*x = RevokeTokenRequest{}
+	mi := &file_mysterybox_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenRequest) ProtoMessage() {}
+
+func (x *RevokeTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeTokenRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeTokenResponse) Reset() {
+	*x = RevokeTokenResponse{}
+	mi := &file_mysterybox_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeTokenResponse) ProtoMessage() {}
+
+func (x *RevokeTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{28}
+}
+
+type AccessBinding struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// metadata.parent_id is the resource the role is granted on.
+	Metadata      *Metadata          `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Spec          *AccessBindingSpec `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessBinding) Reset() {
+	*x = AccessBinding{}
+	mi := &file_mysterybox_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessBinding) ProtoMessage() {}
+
+func (x *AccessBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessBinding.ProtoReflect.Descriptor instead.
+func (*AccessBinding) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AccessBinding) GetMetadata() *Metadata {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *AccessBinding) GetSpec() *AccessBindingSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type AccessBindingSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A project id, a secret id, or the region's name.
+	ResourceId string `protobuf:"bytes,1,opt,name=resource_id,json=resourceId,proto3" json:"resource_id,omitempty"`
+	AccountId  string `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// mysterybox.viewer, mysterybox.payload-viewer, mysterybox.editor,
+	// mysterybox.admin, or admin (on the region only).
+	Role          string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessBindingSpec) Reset() {
+	*x = AccessBindingSpec{}
+	mi := &file_mysterybox_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessBindingSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessBindingSpec) ProtoMessage() {}
+
+func (x *AccessBindingSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessBindingSpec.ProtoReflect.Descriptor instead.
+func (*AccessBindingSpec) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *AccessBindingSpec) GetResourceId() string {
+	if x != nil {
+		return x.ResourceId
+	}
+	return ""
+}
+
+func (x *AccessBindingSpec) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *AccessBindingSpec) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+type CreateAccessBindingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Binding       *AccessBinding         `protobuf:"bytes,1,opt,name=binding,proto3" json:"binding,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateAccessBindingRequest) Reset() {
+	*x = CreateAccessBindingRequest{}
+	mi := &file_mysterybox_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateAccessBindingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateAccessBindingRequest) ProtoMessage() {}
+
+func (x *CreateAccessBindingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateAccessBindingRequest.ProtoReflect.Descriptor instead.
+func (*CreateAccessBindingRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CreateAccessBindingRequest) GetBinding() *AccessBinding {
+	if x != nil {
+		return x.Binding
+	}
+	return nil
+}
+
+type GetAccessBindingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccessBindingRequest) Reset() {
+	*x = GetAccessBindingRequest{}
+	mi := &file_mysterybox_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccessBindingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccessBindingRequest) ProtoMessage() {}
+
+func (x *GetAccessBindingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccessBindingRequest.ProtoReflect.Descriptor instead.
+func (*GetAccessBindingRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetAccessBindingRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListAccessBindingsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ResourceId    string                 `protobuf:"bytes,1,opt,name=resource_id,json=resourceId,proto3" json:"resource_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccessBindingsRequest) Reset() {
+	*x = ListAccessBindingsRequest{}
+	mi := &file_mysterybox_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccessBindingsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccessBindingsRequest) ProtoMessage() {}
+
+func (x *ListAccessBindingsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccessBindingsRequest.ProtoReflect.Descriptor instead.
+func (*ListAccessBindingsRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListAccessBindingsRequest) GetResourceId() string {
+	if x != nil {
+		return x.ResourceId
+	}
+	return ""
+}
+
+func (x *ListAccessBindingsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAccessBindingsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAccessBindingsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bindings      []*AccessBinding       `protobuf:"bytes,1,rep,name=bindings,proto3" json:"bindings,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAccessBindingsResponse) Reset() {
+	*x = ListAccessBindingsResponse{}
+	mi := &file_mysterybox_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAccessBindingsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAccessBindingsResponse) ProtoMessage() {}
+
+func (x *ListAccessBindingsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAccessBindingsResponse.ProtoReflect.Descriptor instead.
+func (*ListAccessBindingsResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListAccessBindingsResponse) GetBindings() []*AccessBinding {
+	if x != nil {
+		return x.Bindings
+	}
+	return nil
+}
+
+func (x *ListAccessBindingsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type DeleteAccessBindingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAccessBindingRequest) Reset() {
+	*x = DeleteAccessBindingRequest{}
+	mi := &file_mysterybox_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccessBindingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccessBindingRequest) ProtoMessage() {}
+
+func (x *DeleteAccessBindingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccessBindingRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAccessBindingRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *DeleteAccessBindingRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteAccessBindingResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAccessBindingResponse) Reset() {
+	*x = DeleteAccessBindingResponse{}
+	mi := &file_mysterybox_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAccessBindingResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAccessBindingResponse) ProtoMessage() {}
+
+func (x *DeleteAccessBindingResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAccessBindingResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAccessBindingResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{36}
+}
+
 type PayloadEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1-256 chars of [A-Za-z0-9_.-], unique within a version.
@@ -626,7 +2035,7 @@ type PayloadEntry struct {
 
 func (x *PayloadEntry) Reset() {
 	*x = PayloadEntry{}
-	mi := &file_mysterybox_proto_msgTypes[10]
+	mi := &file_mysterybox_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +2047,7 @@ func (x *PayloadEntry) String() string {
 func (*PayloadEntry) ProtoMessage() {}
 
 func (x *PayloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[10]
+	mi := &file_mysterybox_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +2060,7 @@ func (x *PayloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayloadEntry.ProtoReflect.Descriptor instead.
 func (*PayloadEntry) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{10}
+	return file_mysterybox_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PayloadEntry) GetKey() string {
@@ -713,7 +2122,7 @@ type Payload struct {
 
 func (x *Payload) Reset() {
 	*x = Payload{}
-	mi := &file_mysterybox_proto_msgTypes[11]
+	mi := &file_mysterybox_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +2134,7 @@ func (x *Payload) String() string {
 func (*Payload) ProtoMessage() {}
 
 func (x *Payload) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[11]
+	mi := &file_mysterybox_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +2147,7 @@ func (x *Payload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Payload.ProtoReflect.Descriptor instead.
 func (*Payload) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{11}
+	return file_mysterybox_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Payload) GetEntries() []*PayloadEntry {
@@ -759,7 +2168,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_mysterybox_proto_msgTypes[12]
+	mi := &file_mysterybox_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +2180,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[12]
+	mi := &file_mysterybox_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +2193,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{12}
+	return file_mysterybox_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Secret) GetMetadata() *Metadata {
@@ -821,7 +2230,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_mysterybox_proto_msgTypes[13]
+	mi := &file_mysterybox_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +2242,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[13]
+	mi := &file_mysterybox_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +2255,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{13}
+	return file_mysterybox_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SecretSpec) GetDescription() string {
@@ -887,7 +2296,7 @@ type SecretStatus struct {
 
 func (x *SecretStatus) Reset() {
 	*x = SecretStatus{}
-	mi := &file_mysterybox_proto_msgTypes[14]
+	mi := &file_mysterybox_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +2308,7 @@ func (x *SecretStatus) String() string {
 func (*SecretStatus) ProtoMessage() {}
 
 func (x *SecretStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[14]
+	mi := &file_mysterybox_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +2321,7 @@ func (x *SecretStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretStatus.ProtoReflect.Descriptor instead.
 func (*SecretStatus) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{14}
+	return file_mysterybox_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SecretStatus) GetState() State {
@@ -966,7 +2375,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[15]
+	mi := &file_mysterybox_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -978,7 +2387,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[15]
+	mi := &file_mysterybox_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -991,7 +2400,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{15}
+	return file_mysterybox_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateSecretRequest) GetSecret() *Secret {
@@ -1011,7 +2420,7 @@ type GetSecretRequest struct {
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[16]
+	mi := &file_mysterybox_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +2432,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[16]
+	mi := &file_mysterybox_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +2445,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{16}
+	return file_mysterybox_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetSecretRequest) GetId() string {
@@ -1063,7 +2472,7 @@ type GetSecretByNameRequest struct {
 
 func (x *GetSecretByNameRequest) Reset() {
 	*x = GetSecretByNameRequest{}
-	mi := &file_mysterybox_proto_msgTypes[17]
+	mi := &file_mysterybox_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +2484,7 @@ func (x *GetSecretByNameRequest) String() string {
 func (*GetSecretByNameRequest) ProtoMessage() {}
 
 func (x *GetSecretByNameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[17]
+	mi := &file_mysterybox_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +2497,7 @@ func (x *GetSecretByNameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretByNameRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretByNameRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{17}
+	return file_mysterybox_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetSecretByNameRequest) GetParentId() string {
@@ -1117,7 +2526,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[18]
+	mi := &file_mysterybox_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +2538,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[18]
+	mi := &file_mysterybox_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +2551,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{18}
+	return file_mysterybox_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListSecretsRequest) GetParentId() string {
@@ -1183,7 +2592,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[19]
+	mi := &file_mysterybox_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +2604,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[19]
+	mi := &file_mysterybox_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +2617,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{19}
+	return file_mysterybox_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -1240,7 +2649,7 @@ type UpdateSecretRequest struct {
 
 func (x *UpdateSecretRequest) Reset() {
 	*x = UpdateSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[20]
+	mi := &file_mysterybox_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +2661,7 @@ func (x *UpdateSecretRequest) String() string {
 func (*UpdateSecretRequest) ProtoMessage() {}
 
 func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[20]
+	mi := &file_mysterybox_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +2674,7 @@ func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{20}
+	return file_mysterybox_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UpdateSecretRequest) GetSecret() *Secret {
@@ -1292,7 +2701,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[21]
+	mi := &file_mysterybox_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +2713,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[21]
+	mi := &file_mysterybox_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +2726,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{21}
+	return file_mysterybox_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeleteSecretRequest) GetId() string {
@@ -1346,7 +2755,7 @@ type UndeleteSecretRequest struct {
 
 func (x *UndeleteSecretRequest) Reset() {
 	*x = UndeleteSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[22]
+	mi := &file_mysterybox_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +2767,7 @@ func (x *UndeleteSecretRequest) String() string {
 func (*UndeleteSecretRequest) ProtoMessage() {}
 
 func (x *UndeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[22]
+	mi := &file_mysterybox_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +2780,7 @@ func (x *UndeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*UndeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{22}
+	return file_mysterybox_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UndeleteSecretRequest) GetId() string {
@@ -1406,7 +2815,7 @@ type SecretVersion struct {
 
 func (x *SecretVersion) Reset() {
 	*x = SecretVersion{}
-	mi := &file_mysterybox_proto_msgTypes[23]
+	mi := &file_mysterybox_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +2827,7 @@ func (x *SecretVersion) String() string {
 func (*SecretVersion) ProtoMessage() {}
 
 func (x *SecretVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[23]
+	mi := &file_mysterybox_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +2840,7 @@ func (x *SecretVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
 func (*SecretVersion) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{23}
+	return file_mysterybox_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SecretVersion) GetMetadata() *Metadata {
@@ -1468,7 +2877,7 @@ type SecretVersionSpec struct {
 
 func (x *SecretVersionSpec) Reset() {
 	*x = SecretVersionSpec{}
-	mi := &file_mysterybox_proto_msgTypes[24]
+	mi := &file_mysterybox_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +2889,7 @@ func (x *SecretVersionSpec) String() string {
 func (*SecretVersionSpec) ProtoMessage() {}
 
 func (x *SecretVersionSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[24]
+	mi := &file_mysterybox_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +2902,7 @@ func (x *SecretVersionSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionSpec.ProtoReflect.Descriptor instead.
 func (*SecretVersionSpec) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{24}
+	return file_mysterybox_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SecretVersionSpec) GetDescription() string {
@@ -1530,7 +2939,7 @@ type SecretVersionStatus struct {
 
 func (x *SecretVersionStatus) Reset() {
 	*x = SecretVersionStatus{}
-	mi := &file_mysterybox_proto_msgTypes[25]
+	mi := &file_mysterybox_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +2951,7 @@ func (x *SecretVersionStatus) String() string {
 func (*SecretVersionStatus) ProtoMessage() {}
 
 func (x *SecretVersionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[25]
+	mi := &file_mysterybox_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +2964,7 @@ func (x *SecretVersionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionStatus.ProtoReflect.Descriptor instead.
 func (*SecretVersionStatus) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{25}
+	return file_mysterybox_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SecretVersionStatus) GetState() State {
@@ -1596,7 +3005,7 @@ type CreateSecretVersionRequest struct {
 
 func (x *CreateSecretVersionRequest) Reset() {
 	*x = CreateSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[26]
+	mi := &file_mysterybox_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +3017,7 @@ func (x *CreateSecretVersionRequest) String() string {
 func (*CreateSecretVersionRequest) ProtoMessage() {}
 
 func (x *CreateSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[26]
+	mi := &file_mysterybox_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +3030,7 @@ func (x *CreateSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{26}
+	return file_mysterybox_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateSecretVersionRequest) GetVersion() *SecretVersion {
@@ -1641,7 +3050,7 @@ type GetSecretVersionRequest struct {
 
 func (x *GetSecretVersionRequest) Reset() {
 	*x = GetSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[27]
+	mi := &file_mysterybox_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +3062,7 @@ func (x *GetSecretVersionRequest) String() string {
 func (*GetSecretVersionRequest) ProtoMessage() {}
 
 func (x *GetSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[27]
+	mi := &file_mysterybox_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +3075,7 @@ func (x *GetSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{27}
+	return file_mysterybox_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetSecretVersionRequest) GetId() string {
@@ -1695,7 +3104,7 @@ type ListSecretVersionsRequest struct {
 
 func (x *ListSecretVersionsRequest) Reset() {
 	*x = ListSecretVersionsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[28]
+	mi := &file_mysterybox_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +3116,7 @@ func (x *ListSecretVersionsRequest) String() string {
 func (*ListSecretVersionsRequest) ProtoMessage() {}
 
 func (x *ListSecretVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[28]
+	mi := &file_mysterybox_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +3129,7 @@ func (x *ListSecretVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{28}
+	return file_mysterybox_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListSecretVersionsRequest) GetParentId() string {
@@ -1761,7 +3170,7 @@ type ListSecretVersionsResponse struct {
 
 func (x *ListSecretVersionsResponse) Reset() {
 	*x = ListSecretVersionsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[29]
+	mi := &file_mysterybox_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +3182,7 @@ func (x *ListSecretVersionsResponse) String() string {
 func (*ListSecretVersionsResponse) ProtoMessage() {}
 
 func (x *ListSecretVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[29]
+	mi := &file_mysterybox_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +3195,7 @@ func (x *ListSecretVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{29}
+	return file_mysterybox_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListSecretVersionsResponse) GetVersions() []*SecretVersion {
@@ -1813,7 +3222,7 @@ type DeleteSecretVersionRequest struct {
 
 func (x *DeleteSecretVersionRequest) Reset() {
 	*x = DeleteSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[30]
+	mi := &file_mysterybox_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +3234,7 @@ func (x *DeleteSecretVersionRequest) String() string {
 func (*DeleteSecretVersionRequest) ProtoMessage() {}
 
 func (x *DeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[30]
+	mi := &file_mysterybox_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +3247,7 @@ func (x *DeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{30}
+	return file_mysterybox_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DeleteSecretVersionRequest) GetId() string {
@@ -1865,7 +3274,7 @@ type UndeleteSecretVersionRequest struct {
 
 func (x *UndeleteSecretVersionRequest) Reset() {
 	*x = UndeleteSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[31]
+	mi := &file_mysterybox_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +3286,7 @@ func (x *UndeleteSecretVersionRequest) String() string {
 func (*UndeleteSecretVersionRequest) ProtoMessage() {}
 
 func (x *UndeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[31]
+	mi := &file_mysterybox_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +3299,7 @@ func (x *UndeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*UndeleteSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{31}
+	return file_mysterybox_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *UndeleteSecretVersionRequest) GetId() string {
@@ -1918,7 +3327,7 @@ type GetPayloadRequest struct {
 
 func (x *GetPayloadRequest) Reset() {
 	*x = GetPayloadRequest{}
-	mi := &file_mysterybox_proto_msgTypes[32]
+	mi := &file_mysterybox_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1930,7 +3339,7 @@ func (x *GetPayloadRequest) String() string {
 func (*GetPayloadRequest) ProtoMessage() {}
 
 func (x *GetPayloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[32]
+	mi := &file_mysterybox_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1943,7 +3352,7 @@ func (x *GetPayloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadRequest.ProtoReflect.Descriptor instead.
 func (*GetPayloadRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{32}
+	return file_mysterybox_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetPayloadRequest) GetSecretId() string {
@@ -1971,7 +3380,7 @@ type GetPayloadResponse struct {
 
 func (x *GetPayloadResponse) Reset() {
 	*x = GetPayloadResponse{}
-	mi := &file_mysterybox_proto_msgTypes[33]
+	mi := &file_mysterybox_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +3392,7 @@ func (x *GetPayloadResponse) String() string {
 func (*GetPayloadResponse) ProtoMessage() {}
 
 func (x *GetPayloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[33]
+	mi := &file_mysterybox_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +3405,7 @@ func (x *GetPayloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadResponse.ProtoReflect.Descriptor instead.
 func (*GetPayloadResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{33}
+	return file_mysterybox_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetPayloadResponse) GetSecretId() string {
@@ -2031,7 +3440,7 @@ type GetPayloadByKeyRequest struct {
 
 func (x *GetPayloadByKeyRequest) Reset() {
 	*x = GetPayloadByKeyRequest{}
-	mi := &file_mysterybox_proto_msgTypes[34]
+	mi := &file_mysterybox_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +3452,7 @@ func (x *GetPayloadByKeyRequest) String() string {
 func (*GetPayloadByKeyRequest) ProtoMessage() {}
 
 func (x *GetPayloadByKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[34]
+	mi := &file_mysterybox_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +3465,7 @@ func (x *GetPayloadByKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadByKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPayloadByKeyRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{34}
+	return file_mysterybox_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetPayloadByKeyRequest) GetSecretId() string {
@@ -2091,7 +3500,7 @@ type GetPayloadByKeyResponse struct {
 
 func (x *GetPayloadByKeyResponse) Reset() {
 	*x = GetPayloadByKeyResponse{}
-	mi := &file_mysterybox_proto_msgTypes[35]
+	mi := &file_mysterybox_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +3512,7 @@ func (x *GetPayloadByKeyResponse) String() string {
 func (*GetPayloadByKeyResponse) ProtoMessage() {}
 
 func (x *GetPayloadByKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[35]
+	mi := &file_mysterybox_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +3525,7 @@ func (x *GetPayloadByKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadByKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPayloadByKeyResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{35}
+	return file_mysterybox_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetPayloadByKeyResponse) GetSecretId() string {
@@ -2148,7 +3557,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_mysterybox_proto_msgTypes[36]
+	mi := &file_mysterybox_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +3569,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[36]
+	mi := &file_mysterybox_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +3582,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{36}
+	return file_mysterybox_proto_rawDescGZIP(), []int{63}
 }
 
 type ClusterStatusResponse struct {
@@ -2195,7 +3604,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_mysterybox_proto_msgTypes[37]
+	mi := &file_mysterybox_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +3616,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[37]
+	mi := &file_mysterybox_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +3629,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{37}
+	return file_mysterybox_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ClusterStatusResponse) GetRegion() string {
@@ -2311,7 +3720,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_mysterybox_proto_msgTypes[38]
+	mi := &file_mysterybox_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2323,7 +3732,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[38]
+	mi := &file_mysterybox_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2336,7 +3745,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{38}
+	return file_mysterybox_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *Member) GetNodeId() string {
@@ -2396,7 +3805,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_mysterybox_proto_msgTypes[39]
+	mi := &file_mysterybox_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +3817,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[39]
+	mi := &file_mysterybox_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +3830,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{39}
+	return file_mysterybox_proto_rawDescGZIP(), []int{66}
 }
 
 type ListMembersResponse struct {
@@ -2433,7 +3842,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_mysterybox_proto_msgTypes[40]
+	mi := &file_mysterybox_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +3854,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[40]
+	mi := &file_mysterybox_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +3867,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{40}
+	return file_mysterybox_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -2479,7 +3888,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_mysterybox_proto_msgTypes[41]
+	mi := &file_mysterybox_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +3900,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[41]
+	mi := &file_mysterybox_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +3913,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{41}
+	return file_mysterybox_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2537,7 +3946,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_mysterybox_proto_msgTypes[42]
+	mi := &file_mysterybox_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +3958,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[42]
+	mi := &file_mysterybox_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +3971,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{42}
+	return file_mysterybox_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -2581,7 +3990,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_mysterybox_proto_msgTypes[43]
+	mi := &file_mysterybox_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +4002,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[43]
+	mi := &file_mysterybox_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +4015,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{43}
+	return file_mysterybox_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -2624,7 +4033,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_mysterybox_proto_msgTypes[44]
+	mi := &file_mysterybox_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +4045,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[44]
+	mi := &file_mysterybox_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +4058,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{44}
+	return file_mysterybox_proto_rawDescGZIP(), []int{71}
 }
 
 type TransferLeadershipRequest struct {
@@ -2662,7 +4071,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_mysterybox_proto_msgTypes[45]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +4083,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[45]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +4096,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{45}
+	return file_mysterybox_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *TransferLeadershipRequest) GetNodeId() string {
@@ -2706,7 +4115,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_mysterybox_proto_msgTypes[46]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2718,7 +4127,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[46]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2731,7 +4140,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{46}
+	return file_mysterybox_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -2751,7 +4160,7 @@ type RewrapRequest struct {
 
 func (x *RewrapRequest) Reset() {
 	*x = RewrapRequest{}
-	mi := &file_mysterybox_proto_msgTypes[47]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2763,7 +4172,7 @@ func (x *RewrapRequest) String() string {
 func (*RewrapRequest) ProtoMessage() {}
 
 func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[47]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2776,7 +4185,7 @@ func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
 func (*RewrapRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{47}
+	return file_mysterybox_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RewrapRequest) GetBatchSize() int32 {
@@ -2801,7 +4210,7 @@ type RewrapResponse struct {
 
 func (x *RewrapResponse) Reset() {
 	*x = RewrapResponse{}
-	mi := &file_mysterybox_proto_msgTypes[48]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2813,7 +4222,7 @@ func (x *RewrapResponse) String() string {
 func (*RewrapResponse) ProtoMessage() {}
 
 func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[48]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2826,7 +4235,7 @@ func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
 func (*RewrapResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{48}
+	return file_mysterybox_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *RewrapResponse) GetRewrapped() int64 {
@@ -2861,7 +4270,7 @@ var File_mysterybox_proto protoreflect.FileDescriptor
 
 const file_mysterybox_proto_rawDesc = "" +
 	"\n" +
-	"\x10mysterybox.proto\x12\rmysterybox.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n" +
+	"\x10mysterybox.proto\x12\rmysterybox.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x02\n" +
 	"\bMetadata\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tparent_id\x18\x02 \x01(\tR\bparentId\x12\x12\n" +
@@ -2898,7 +4307,90 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x14DeleteProjectRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
 	"\x10resource_version\x18\x02 \x01(\x03R\x0fresourceVersion\"\x17\n" +
-	"\x15DeleteProjectResponse\"s\n" +
+	"\x15DeleteProjectResponse\"\xa4\x01\n" +
+	"\aAccount\x123\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x17.mysterybox.v1.MetadataR\bmetadata\x12.\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1a.mysterybox.v1.AccountSpecR\x04spec\x124\n" +
+	"\x06status\x18\x03 \x01(\v2\x1c.mysterybox.v1.AccountStatusR\x06status\"_\n" +
+	"\vAccountSpec\x12.\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1a.mysterybox.v1.AccountTypeR\x04type\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"'\n" +
+	"\rAccountStatus\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\"H\n" +
+	"\x14CreateAccountRequest\x120\n" +
+	"\aaccount\x18\x01 \x01(\v2\x16.mysterybox.v1.AccountR\aaccount\"#\n" +
+	"\x11GetAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"Q\n" +
+	"\x13ListAccountsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"r\n" +
+	"\x14ListAccountsResponse\x122\n" +
+	"\baccounts\x18\x01 \x03(\v2\x16.mysterybox.v1.AccountR\baccounts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Q\n" +
+	"\x14DeleteAccountRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\x03R\x0fresourceVersion\"i\n" +
+	"\x15DeleteAccountResponse\x12%\n" +
+	"\x0erevoked_tokens\x18\x01 \x01(\x03R\rrevokedTokens\x12)\n" +
+	"\x10removed_bindings\x18\x02 \x01(\x03R\x0fremovedBindings\"\x9e\x01\n" +
+	"\x05Token\x123\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x17.mysterybox.v1.MetadataR\bmetadata\x12,\n" +
+	"\x04spec\x18\x02 \x01(\v2\x18.mysterybox.v1.TokenSpecR\x04spec\x122\n" +
+	"\x06status\x18\x03 \x01(\v2\x1a.mysterybox.v1.TokenStatusR\x06status\"h\n" +
+	"\tTokenSpec\x12 \n" +
+	"\vdescription\x18\x01 \x01(\tR\vdescription\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"%\n" +
+	"\vTokenStatus\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\"\x82\x01\n" +
+	"\x12CreateTokenRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"Y\n" +
+	"\x13CreateTokenResponse\x12*\n" +
+	"\x05token\x18\x01 \x01(\v2\x14.mysterybox.v1.TokenR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"!\n" +
+	"\x0fGetTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"n\n" +
+	"\x11ListTokensRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"j\n" +
+	"\x12ListTokensResponse\x12,\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x14.mysterybox.v1.TokenR\x06tokens\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
+	"\x12RevokeTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13RevokeTokenResponse\"z\n" +
+	"\rAccessBinding\x123\n" +
+	"\bmetadata\x18\x01 \x01(\v2\x17.mysterybox.v1.MetadataR\bmetadata\x124\n" +
+	"\x04spec\x18\x02 \x01(\v2 .mysterybox.v1.AccessBindingSpecR\x04spec\"g\n" +
+	"\x11AccessBindingSpec\x12\x1f\n" +
+	"\vresource_id\x18\x01 \x01(\tR\n" +
+	"resourceId\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x02 \x01(\tR\taccountId\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"T\n" +
+	"\x1aCreateAccessBindingRequest\x126\n" +
+	"\abinding\x18\x01 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\")\n" +
+	"\x17GetAccessBindingRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"x\n" +
+	"\x19ListAccessBindingsRequest\x12\x1f\n" +
+	"\vresource_id\x18\x01 \x01(\tR\n" +
+	"resourceId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"~\n" +
+	"\x1aListAccessBindingsResponse\x128\n" +
+	"\bbindings\x18\x01 \x03(\v2\x1c.mysterybox.v1.AccessBindingR\bbindings\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
+	"\x1aDeleteAccessBindingRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x1d\n" +
+	"\x1bDeleteAccessBindingResponse\"s\n" +
 	"\fPayloadEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12#\n" +
 	"\fstring_value\x18\x02 \x01(\tH\x00R\vstringValue\x12#\n" +
@@ -3055,13 +4547,32 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06ACTIVE\x10\x01\x12\x1a\n" +
-	"\x16SCHEDULED_FOR_DELETION\x10\x022\xdc\x02\n" +
+	"\x16SCHEDULED_FOR_DELETION\x10\x02*B\n" +
+	"\vAccountType\x12\x1c\n" +
+	"\x18ACCOUNT_TYPE_UNSPECIFIED\x10\x00\x12\v\n" +
+	"\aSERVICE\x10\x01\x12\b\n" +
+	"\x04USER\x10\x022\xfb\n" +
+	"\n" +
 	"\x0fIdentityService\x12L\n" +
 	"\rCreateProject\x12#.mysterybox.v1.CreateProjectRequest\x1a\x16.mysterybox.v1.Project\x12F\n" +
 	"\n" +
 	"GetProject\x12 .mysterybox.v1.GetProjectRequest\x1a\x16.mysterybox.v1.Project\x12W\n" +
 	"\fListProjects\x12\".mysterybox.v1.ListProjectsRequest\x1a#.mysterybox.v1.ListProjectsResponse\x12Z\n" +
-	"\rDeleteProject\x12#.mysterybox.v1.DeleteProjectRequest\x1a$.mysterybox.v1.DeleteProjectResponse2\x80\x04\n" +
+	"\rDeleteProject\x12#.mysterybox.v1.DeleteProjectRequest\x1a$.mysterybox.v1.DeleteProjectResponse\x12L\n" +
+	"\rCreateAccount\x12#.mysterybox.v1.CreateAccountRequest\x1a\x16.mysterybox.v1.Account\x12F\n" +
+	"\n" +
+	"GetAccount\x12 .mysterybox.v1.GetAccountRequest\x1a\x16.mysterybox.v1.Account\x12W\n" +
+	"\fListAccounts\x12\".mysterybox.v1.ListAccountsRequest\x1a#.mysterybox.v1.ListAccountsResponse\x12Z\n" +
+	"\rDeleteAccount\x12#.mysterybox.v1.DeleteAccountRequest\x1a$.mysterybox.v1.DeleteAccountResponse\x12T\n" +
+	"\vCreateToken\x12!.mysterybox.v1.CreateTokenRequest\x1a\".mysterybox.v1.CreateTokenResponse\x12@\n" +
+	"\bGetToken\x12\x1e.mysterybox.v1.GetTokenRequest\x1a\x14.mysterybox.v1.Token\x12Q\n" +
+	"\n" +
+	"ListTokens\x12 .mysterybox.v1.ListTokensRequest\x1a!.mysterybox.v1.ListTokensResponse\x12T\n" +
+	"\vRevokeToken\x12!.mysterybox.v1.RevokeTokenRequest\x1a\".mysterybox.v1.RevokeTokenResponse\x12^\n" +
+	"\x13CreateAccessBinding\x12).mysterybox.v1.CreateAccessBindingRequest\x1a\x1c.mysterybox.v1.AccessBinding\x12X\n" +
+	"\x10GetAccessBinding\x12&.mysterybox.v1.GetAccessBindingRequest\x1a\x1c.mysterybox.v1.AccessBinding\x12i\n" +
+	"\x12ListAccessBindings\x12(.mysterybox.v1.ListAccessBindingsRequest\x1a).mysterybox.v1.ListAccessBindingsResponse\x12l\n" +
+	"\x13DeleteAccessBinding\x12).mysterybox.v1.DeleteAccessBindingRequest\x1a*.mysterybox.v1.DeleteAccessBindingResponse2\x80\x04\n" +
 	"\rSecretService\x12C\n" +
 	"\x06Create\x12\".mysterybox.v1.CreateSecretRequest\x1a\x15.mysterybox.v1.Secret\x12=\n" +
 	"\x03Get\x12\x1f.mysterybox.v1.GetSecretRequest\x1a\x15.mysterybox.v1.Secret\x12I\n" +
@@ -3101,150 +4612,220 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 	return file_mysterybox_proto_rawDescData
 }
 
-var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
-	(*Metadata)(nil),                     // 1: mysterybox.v1.Metadata
-	(*Project)(nil),                      // 2: mysterybox.v1.Project
-	(*ProjectSpec)(nil),                  // 3: mysterybox.v1.ProjectSpec
-	(*ProjectStatus)(nil),                // 4: mysterybox.v1.ProjectStatus
-	(*CreateProjectRequest)(nil),         // 5: mysterybox.v1.CreateProjectRequest
-	(*GetProjectRequest)(nil),            // 6: mysterybox.v1.GetProjectRequest
-	(*ListProjectsRequest)(nil),          // 7: mysterybox.v1.ListProjectsRequest
-	(*ListProjectsResponse)(nil),         // 8: mysterybox.v1.ListProjectsResponse
-	(*DeleteProjectRequest)(nil),         // 9: mysterybox.v1.DeleteProjectRequest
-	(*DeleteProjectResponse)(nil),        // 10: mysterybox.v1.DeleteProjectResponse
-	(*PayloadEntry)(nil),                 // 11: mysterybox.v1.PayloadEntry
-	(*Payload)(nil),                      // 12: mysterybox.v1.Payload
-	(*Secret)(nil),                       // 13: mysterybox.v1.Secret
-	(*SecretSpec)(nil),                   // 14: mysterybox.v1.SecretSpec
-	(*SecretStatus)(nil),                 // 15: mysterybox.v1.SecretStatus
-	(*CreateSecretRequest)(nil),          // 16: mysterybox.v1.CreateSecretRequest
-	(*GetSecretRequest)(nil),             // 17: mysterybox.v1.GetSecretRequest
-	(*GetSecretByNameRequest)(nil),       // 18: mysterybox.v1.GetSecretByNameRequest
-	(*ListSecretsRequest)(nil),           // 19: mysterybox.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),          // 20: mysterybox.v1.ListSecretsResponse
-	(*UpdateSecretRequest)(nil),          // 21: mysterybox.v1.UpdateSecretRequest
-	(*DeleteSecretRequest)(nil),          // 22: mysterybox.v1.DeleteSecretRequest
-	(*UndeleteSecretRequest)(nil),        // 23: mysterybox.v1.UndeleteSecretRequest
-	(*SecretVersion)(nil),                // 24: mysterybox.v1.SecretVersion
-	(*SecretVersionSpec)(nil),            // 25: mysterybox.v1.SecretVersionSpec
-	(*SecretVersionStatus)(nil),          // 26: mysterybox.v1.SecretVersionStatus
-	(*CreateSecretVersionRequest)(nil),   // 27: mysterybox.v1.CreateSecretVersionRequest
-	(*GetSecretVersionRequest)(nil),      // 28: mysterybox.v1.GetSecretVersionRequest
-	(*ListSecretVersionsRequest)(nil),    // 29: mysterybox.v1.ListSecretVersionsRequest
-	(*ListSecretVersionsResponse)(nil),   // 30: mysterybox.v1.ListSecretVersionsResponse
-	(*DeleteSecretVersionRequest)(nil),   // 31: mysterybox.v1.DeleteSecretVersionRequest
-	(*UndeleteSecretVersionRequest)(nil), // 32: mysterybox.v1.UndeleteSecretVersionRequest
-	(*GetPayloadRequest)(nil),            // 33: mysterybox.v1.GetPayloadRequest
-	(*GetPayloadResponse)(nil),           // 34: mysterybox.v1.GetPayloadResponse
-	(*GetPayloadByKeyRequest)(nil),       // 35: mysterybox.v1.GetPayloadByKeyRequest
-	(*GetPayloadByKeyResponse)(nil),      // 36: mysterybox.v1.GetPayloadByKeyResponse
-	(*ClusterStatusRequest)(nil),         // 37: mysterybox.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),        // 38: mysterybox.v1.ClusterStatusResponse
-	(*Member)(nil),                       // 39: mysterybox.v1.Member
-	(*ListMembersRequest)(nil),           // 40: mysterybox.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),          // 41: mysterybox.v1.ListMembersResponse
-	(*JoinRequest)(nil),                  // 42: mysterybox.v1.JoinRequest
-	(*JoinResponse)(nil),                 // 43: mysterybox.v1.JoinResponse
-	(*RemoveNodeRequest)(nil),            // 44: mysterybox.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),           // 45: mysterybox.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),    // 46: mysterybox.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil),   // 47: mysterybox.v1.TransferLeadershipResponse
-	(*RewrapRequest)(nil),                // 48: mysterybox.v1.RewrapRequest
-	(*RewrapResponse)(nil),               // 49: mysterybox.v1.RewrapResponse
-	nil,                                  // 50: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 51: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),        // 52: google.protobuf.FieldMask
+	(AccountType)(0),                     // 1: mysterybox.v1.AccountType
+	(*Metadata)(nil),                     // 2: mysterybox.v1.Metadata
+	(*Project)(nil),                      // 3: mysterybox.v1.Project
+	(*ProjectSpec)(nil),                  // 4: mysterybox.v1.ProjectSpec
+	(*ProjectStatus)(nil),                // 5: mysterybox.v1.ProjectStatus
+	(*CreateProjectRequest)(nil),         // 6: mysterybox.v1.CreateProjectRequest
+	(*GetProjectRequest)(nil),            // 7: mysterybox.v1.GetProjectRequest
+	(*ListProjectsRequest)(nil),          // 8: mysterybox.v1.ListProjectsRequest
+	(*ListProjectsResponse)(nil),         // 9: mysterybox.v1.ListProjectsResponse
+	(*DeleteProjectRequest)(nil),         // 10: mysterybox.v1.DeleteProjectRequest
+	(*DeleteProjectResponse)(nil),        // 11: mysterybox.v1.DeleteProjectResponse
+	(*Account)(nil),                      // 12: mysterybox.v1.Account
+	(*AccountSpec)(nil),                  // 13: mysterybox.v1.AccountSpec
+	(*AccountStatus)(nil),                // 14: mysterybox.v1.AccountStatus
+	(*CreateAccountRequest)(nil),         // 15: mysterybox.v1.CreateAccountRequest
+	(*GetAccountRequest)(nil),            // 16: mysterybox.v1.GetAccountRequest
+	(*ListAccountsRequest)(nil),          // 17: mysterybox.v1.ListAccountsRequest
+	(*ListAccountsResponse)(nil),         // 18: mysterybox.v1.ListAccountsResponse
+	(*DeleteAccountRequest)(nil),         // 19: mysterybox.v1.DeleteAccountRequest
+	(*DeleteAccountResponse)(nil),        // 20: mysterybox.v1.DeleteAccountResponse
+	(*Token)(nil),                        // 21: mysterybox.v1.Token
+	(*TokenSpec)(nil),                    // 22: mysterybox.v1.TokenSpec
+	(*TokenStatus)(nil),                  // 23: mysterybox.v1.TokenStatus
+	(*CreateTokenRequest)(nil),           // 24: mysterybox.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),          // 25: mysterybox.v1.CreateTokenResponse
+	(*GetTokenRequest)(nil),              // 26: mysterybox.v1.GetTokenRequest
+	(*ListTokensRequest)(nil),            // 27: mysterybox.v1.ListTokensRequest
+	(*ListTokensResponse)(nil),           // 28: mysterybox.v1.ListTokensResponse
+	(*RevokeTokenRequest)(nil),           // 29: mysterybox.v1.RevokeTokenRequest
+	(*RevokeTokenResponse)(nil),          // 30: mysterybox.v1.RevokeTokenResponse
+	(*AccessBinding)(nil),                // 31: mysterybox.v1.AccessBinding
+	(*AccessBindingSpec)(nil),            // 32: mysterybox.v1.AccessBindingSpec
+	(*CreateAccessBindingRequest)(nil),   // 33: mysterybox.v1.CreateAccessBindingRequest
+	(*GetAccessBindingRequest)(nil),      // 34: mysterybox.v1.GetAccessBindingRequest
+	(*ListAccessBindingsRequest)(nil),    // 35: mysterybox.v1.ListAccessBindingsRequest
+	(*ListAccessBindingsResponse)(nil),   // 36: mysterybox.v1.ListAccessBindingsResponse
+	(*DeleteAccessBindingRequest)(nil),   // 37: mysterybox.v1.DeleteAccessBindingRequest
+	(*DeleteAccessBindingResponse)(nil),  // 38: mysterybox.v1.DeleteAccessBindingResponse
+	(*PayloadEntry)(nil),                 // 39: mysterybox.v1.PayloadEntry
+	(*Payload)(nil),                      // 40: mysterybox.v1.Payload
+	(*Secret)(nil),                       // 41: mysterybox.v1.Secret
+	(*SecretSpec)(nil),                   // 42: mysterybox.v1.SecretSpec
+	(*SecretStatus)(nil),                 // 43: mysterybox.v1.SecretStatus
+	(*CreateSecretRequest)(nil),          // 44: mysterybox.v1.CreateSecretRequest
+	(*GetSecretRequest)(nil),             // 45: mysterybox.v1.GetSecretRequest
+	(*GetSecretByNameRequest)(nil),       // 46: mysterybox.v1.GetSecretByNameRequest
+	(*ListSecretsRequest)(nil),           // 47: mysterybox.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),          // 48: mysterybox.v1.ListSecretsResponse
+	(*UpdateSecretRequest)(nil),          // 49: mysterybox.v1.UpdateSecretRequest
+	(*DeleteSecretRequest)(nil),          // 50: mysterybox.v1.DeleteSecretRequest
+	(*UndeleteSecretRequest)(nil),        // 51: mysterybox.v1.UndeleteSecretRequest
+	(*SecretVersion)(nil),                // 52: mysterybox.v1.SecretVersion
+	(*SecretVersionSpec)(nil),            // 53: mysterybox.v1.SecretVersionSpec
+	(*SecretVersionStatus)(nil),          // 54: mysterybox.v1.SecretVersionStatus
+	(*CreateSecretVersionRequest)(nil),   // 55: mysterybox.v1.CreateSecretVersionRequest
+	(*GetSecretVersionRequest)(nil),      // 56: mysterybox.v1.GetSecretVersionRequest
+	(*ListSecretVersionsRequest)(nil),    // 57: mysterybox.v1.ListSecretVersionsRequest
+	(*ListSecretVersionsResponse)(nil),   // 58: mysterybox.v1.ListSecretVersionsResponse
+	(*DeleteSecretVersionRequest)(nil),   // 59: mysterybox.v1.DeleteSecretVersionRequest
+	(*UndeleteSecretVersionRequest)(nil), // 60: mysterybox.v1.UndeleteSecretVersionRequest
+	(*GetPayloadRequest)(nil),            // 61: mysterybox.v1.GetPayloadRequest
+	(*GetPayloadResponse)(nil),           // 62: mysterybox.v1.GetPayloadResponse
+	(*GetPayloadByKeyRequest)(nil),       // 63: mysterybox.v1.GetPayloadByKeyRequest
+	(*GetPayloadByKeyResponse)(nil),      // 64: mysterybox.v1.GetPayloadByKeyResponse
+	(*ClusterStatusRequest)(nil),         // 65: mysterybox.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),        // 66: mysterybox.v1.ClusterStatusResponse
+	(*Member)(nil),                       // 67: mysterybox.v1.Member
+	(*ListMembersRequest)(nil),           // 68: mysterybox.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),          // 69: mysterybox.v1.ListMembersResponse
+	(*JoinRequest)(nil),                  // 70: mysterybox.v1.JoinRequest
+	(*JoinResponse)(nil),                 // 71: mysterybox.v1.JoinResponse
+	(*RemoveNodeRequest)(nil),            // 72: mysterybox.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),           // 73: mysterybox.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),    // 74: mysterybox.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil),   // 75: mysterybox.v1.TransferLeadershipResponse
+	(*RewrapRequest)(nil),                // 76: mysterybox.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 77: mysterybox.v1.RewrapResponse
+	nil,                                  // 78: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 79: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 80: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 81: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	51, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	51, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	50, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
-	1,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
-	3,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
-	4,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
-	2,  // 6: mysterybox.v1.CreateProjectRequest.project:type_name -> mysterybox.v1.Project
-	2,  // 7: mysterybox.v1.ListProjectsResponse.projects:type_name -> mysterybox.v1.Project
-	11, // 8: mysterybox.v1.Payload.entries:type_name -> mysterybox.v1.PayloadEntry
-	1,  // 9: mysterybox.v1.Secret.metadata:type_name -> mysterybox.v1.Metadata
-	14, // 10: mysterybox.v1.Secret.spec:type_name -> mysterybox.v1.SecretSpec
-	15, // 11: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
-	25, // 12: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
-	0,  // 13: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	51, // 14: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	51, // 15: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
-	13, // 16: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	13, // 17: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
-	13, // 18: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	52, // 19: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
-	1,  // 20: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
-	25, // 21: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
-	26, // 22: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
-	12, // 23: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
-	0,  // 24: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	51, // 25: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	51, // 26: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
-	24, // 27: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
-	24, // 28: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
-	11, // 29: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
-	11, // 30: mysterybox.v1.GetPayloadByKeyResponse.entry:type_name -> mysterybox.v1.PayloadEntry
-	39, // 31: mysterybox.v1.ListMembersResponse.members:type_name -> mysterybox.v1.Member
-	39, // 32: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
-	5,  // 33: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
-	6,  // 34: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
-	7,  // 35: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
-	9,  // 36: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
-	16, // 37: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
-	17, // 38: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
-	18, // 39: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
-	19, // 40: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
-	21, // 41: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
-	22, // 42: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
-	23, // 43: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
-	27, // 44: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
-	28, // 45: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
-	29, // 46: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
-	31, // 47: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
-	32, // 48: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
-	33, // 49: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
-	35, // 50: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
-	37, // 51: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
-	40, // 52: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
-	42, // 53: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
-	44, // 54: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
-	46, // 55: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	48, // 56: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
-	2,  // 57: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	2,  // 58: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	8,  // 59: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	10, // 60: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	13, // 61: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	13, // 62: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	13, // 63: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	20, // 64: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	13, // 65: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	13, // 66: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	13, // 67: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	24, // 68: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	24, // 69: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	30, // 70: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	24, // 71: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	24, // 72: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	34, // 73: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	36, // 74: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	38, // 75: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	41, // 76: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	43, // 77: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	45, // 78: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	47, // 79: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	49, // 80: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
-	57, // [57:81] is the sub-list for method output_type
-	33, // [33:57] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	79, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	79, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	78, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	2,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
+	4,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
+	5,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
+	3,  // 6: mysterybox.v1.CreateProjectRequest.project:type_name -> mysterybox.v1.Project
+	3,  // 7: mysterybox.v1.ListProjectsResponse.projects:type_name -> mysterybox.v1.Project
+	2,  // 8: mysterybox.v1.Account.metadata:type_name -> mysterybox.v1.Metadata
+	13, // 9: mysterybox.v1.Account.spec:type_name -> mysterybox.v1.AccountSpec
+	14, // 10: mysterybox.v1.Account.status:type_name -> mysterybox.v1.AccountStatus
+	1,  // 11: mysterybox.v1.AccountSpec.type:type_name -> mysterybox.v1.AccountType
+	12, // 12: mysterybox.v1.CreateAccountRequest.account:type_name -> mysterybox.v1.Account
+	12, // 13: mysterybox.v1.ListAccountsResponse.accounts:type_name -> mysterybox.v1.Account
+	2,  // 14: mysterybox.v1.Token.metadata:type_name -> mysterybox.v1.Metadata
+	22, // 15: mysterybox.v1.Token.spec:type_name -> mysterybox.v1.TokenSpec
+	23, // 16: mysterybox.v1.Token.status:type_name -> mysterybox.v1.TokenStatus
+	79, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
+	80, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	21, // 19: mysterybox.v1.CreateTokenResponse.token:type_name -> mysterybox.v1.Token
+	21, // 20: mysterybox.v1.ListTokensResponse.tokens:type_name -> mysterybox.v1.Token
+	2,  // 21: mysterybox.v1.AccessBinding.metadata:type_name -> mysterybox.v1.Metadata
+	32, // 22: mysterybox.v1.AccessBinding.spec:type_name -> mysterybox.v1.AccessBindingSpec
+	31, // 23: mysterybox.v1.CreateAccessBindingRequest.binding:type_name -> mysterybox.v1.AccessBinding
+	31, // 24: mysterybox.v1.ListAccessBindingsResponse.bindings:type_name -> mysterybox.v1.AccessBinding
+	39, // 25: mysterybox.v1.Payload.entries:type_name -> mysterybox.v1.PayloadEntry
+	2,  // 26: mysterybox.v1.Secret.metadata:type_name -> mysterybox.v1.Metadata
+	42, // 27: mysterybox.v1.Secret.spec:type_name -> mysterybox.v1.SecretSpec
+	43, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
+	53, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
+	0,  // 30: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
+	79, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	79, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	41, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
+	41, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
+	41, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
+	81, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 37: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
+	53, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
+	54, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
+	40, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
+	0,  // 41: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
+	79, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	79, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	52, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
+	52, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
+	39, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
+	39, // 47: mysterybox.v1.GetPayloadByKeyResponse.entry:type_name -> mysterybox.v1.PayloadEntry
+	67, // 48: mysterybox.v1.ListMembersResponse.members:type_name -> mysterybox.v1.Member
+	67, // 49: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
+	6,  // 50: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
+	7,  // 51: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
+	8,  // 52: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
+	10, // 53: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
+	15, // 54: mysterybox.v1.IdentityService.CreateAccount:input_type -> mysterybox.v1.CreateAccountRequest
+	16, // 55: mysterybox.v1.IdentityService.GetAccount:input_type -> mysterybox.v1.GetAccountRequest
+	17, // 56: mysterybox.v1.IdentityService.ListAccounts:input_type -> mysterybox.v1.ListAccountsRequest
+	19, // 57: mysterybox.v1.IdentityService.DeleteAccount:input_type -> mysterybox.v1.DeleteAccountRequest
+	24, // 58: mysterybox.v1.IdentityService.CreateToken:input_type -> mysterybox.v1.CreateTokenRequest
+	26, // 59: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
+	27, // 60: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
+	29, // 61: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
+	33, // 62: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
+	34, // 63: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
+	35, // 64: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
+	37, // 65: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
+	44, // 66: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
+	45, // 67: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
+	46, // 68: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
+	47, // 69: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
+	49, // 70: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
+	50, // 71: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
+	51, // 72: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
+	55, // 73: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
+	56, // 74: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
+	57, // 75: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
+	59, // 76: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
+	60, // 77: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
+	61, // 78: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
+	63, // 79: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
+	65, // 80: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
+	68, // 81: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
+	70, // 82: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
+	72, // 83: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
+	74, // 84: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
+	76, // 85: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	3,  // 86: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	3,  // 87: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	9,  // 88: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	11, // 89: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	12, // 90: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
+	12, // 91: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
+	18, // 92: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
+	20, // 93: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
+	25, // 94: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
+	21, // 95: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
+	28, // 96: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
+	30, // 97: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
+	31, // 98: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	31, // 99: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	36, // 100: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
+	38, // 101: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
+	41, // 102: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	41, // 103: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	41, // 104: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	48, // 105: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	41, // 106: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	41, // 107: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	41, // 108: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	52, // 109: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	52, // 110: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	58, // 111: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	52, // 112: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	52, // 113: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	62, // 114: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	64, // 115: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	66, // 116: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	69, // 117: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	71, // 118: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	73, // 119: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	75, // 120: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	77, // 121: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	86, // [86:122] is the sub-list for method output_type
+	50, // [50:86] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_mysterybox_proto_init() }
@@ -3252,7 +4833,7 @@ func file_mysterybox_proto_init() {
 	if File_mysterybox_proto != nil {
 		return
 	}
-	file_mysterybox_proto_msgTypes[10].OneofWrappers = []any{
+	file_mysterybox_proto_msgTypes[37].OneofWrappers = []any{
 		(*PayloadEntry_StringValue)(nil),
 		(*PayloadEntry_BinaryValue)(nil),
 	}
@@ -3261,8 +4842,8 @@ func file_mysterybox_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   50,
+			NumEnums:      2,
+			NumMessages:   77,
 			NumExtensions: 0,
 			NumServices:   6,
 		},
