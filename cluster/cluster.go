@@ -72,6 +72,7 @@ type Node struct {
 	mu         sync.Mutex
 	onLeader   []func(ctx context.Context)
 	leaderStop context.CancelFunc
+	leaderCtx  context.Context
 	notifyCh   chan bool
 	closed     chan struct{}
 	watchDone  chan struct{}
@@ -214,6 +215,10 @@ func (n *Node) OnLeader(fn func(ctx context.Context)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.onLeader = append(n.onLeader, fn)
+	if n.leaderCtx != nil && n.leaderCtx.Err() == nil {
+		// Leadership began before fn was registered: start it now.
+		go fn(n.leaderCtx)
+	}
 }
 
 // watchLeadership drains Raft's notify channel without ever blocking Raft:
@@ -228,12 +233,12 @@ func (n *Node) watchLeadership() {
 			n.mu.Lock()
 			if n.leaderStop != nil {
 				n.leaderStop()
-				n.leaderStop = nil
+				n.leaderStop, n.leaderCtx = nil, nil
 			}
 			n.readyTerm.Store(0)
 			if isLeader {
 				ctx, cancel := context.WithCancel(context.Background())
-				n.leaderStop = cancel
+				n.leaderStop, n.leaderCtx = cancel, ctx
 				go n.establishLeadership(ctx, append([]func(context.Context){}, n.onLeader...))
 			}
 			n.mu.Unlock()

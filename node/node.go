@@ -9,12 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/api/server"
@@ -42,6 +45,12 @@ type Config struct {
 	// to join through otherwise.
 	Bootstrap bool
 	JoinAddrs []string
+	// JoinToken authenticates the join request (a region admin token).
+	JoinToken string
+	// AdminTokenFile, with Bootstrap: where the region's first admin token
+	// is written (mode 0600) when the region has no admin yet. Never
+	// rewritten once the region has one.
+	AdminTokenFile string
 
 	Keyring             *region.Keyring
 	PurgeAfter          time.Duration
@@ -66,11 +75,12 @@ type Node struct {
 	Raft  *cluster.Node
 	API   *server.Server
 
-	grpc     *grpc.Server
-	lis      net.Listener
-	grpcAddr string
-	stopJoin context.CancelFunc
-	served   chan struct{}
+	grpc       *grpc.Server
+	lis        net.Listener
+	grpcAddr   string
+	stopJoin   context.CancelFunc
+	adminToken string
+	served     chan struct{}
 }
 
 // raftAdapter gives the API the FSM's applied index (which counts entries
@@ -153,7 +163,16 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	}
 	n.Raft.OnLeader(n.API.RunLeaderTasks)
 
-	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(4 << 20))
+	if cfg.Bootstrap && cfg.AdminTokenFile != "" {
+		if err := n.prepareAdminToken(); err != nil {
+			return nil, err
+		}
+	}
+	n.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(n.API.UnaryInterceptor),
+		grpc.ChainStreamInterceptor(n.API.StreamInterceptor),
+	)
 	n.API.Register(n.grpc)
 	go func() {
 		defer close(n.served)
@@ -171,6 +190,68 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	logger.Info("node started", "region", cfg.Region, "node_id", cfg.NodeID, "grpc", n.grpcAddr, "raft", n.Raft.RaftAddr())
 	return n, nil
 }
+
+// prepareAdminToken makes sure the bootstrap admin token file exists while
+// the region has no admin (reusing one left by a crash before the bootstrap
+// committed), and registers the leader task that creates the admin.
+func (n *Node) prepareAdminToken() error {
+	done, err := n.API.Bootstrapped()
+	if err != nil || done {
+		return err
+	}
+	token, err := readOrCreateToken(n.cfg.AdminTokenFile, n.cfg.Region)
+	if err != nil {
+		return err
+	}
+	n.adminToken = token
+	n.Raft.OnLeader(func(ctx context.Context) {
+		for ctx.Err() == nil {
+			applied, err := n.API.BootstrapAdmin(ctx, token)
+			if err == nil {
+				if applied {
+					n.logger.Info("created the region's admin account; its token is in the admin token file", "file", n.cfg.AdminTokenFile)
+				}
+				return
+			}
+			n.logger.Warn("creating the region's admin failed; retrying", "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	})
+	return nil
+}
+
+// readOrCreateToken returns the token in path, creating the file (0600)
+// with a new token of region if it does not exist.
+func readOrCreateToken(path, region string) (string, error) {
+	if raw, err := os.ReadFile(path); err == nil {
+		tok := strings.TrimSpace(string(raw))
+		if !strings.HasPrefix(tok, "mbt1."+region+".") {
+			return "", fmt.Errorf("node: %s does not hold a token of region %s", path, region)
+		}
+		return tok, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("node: read admin token file: %w", err)
+	}
+	tok := server.NewToken(region)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("node: write admin token file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("node: write admin token file: %w", err)
+	}
+	return tok, nil
+}
+
+// AdminToken is the bootstrap admin token this node created or reused at
+// start, or "" when the region already had its admin.
+func (n *Node) AdminToken() string { return n.adminToken }
 
 // GRPCAddr is the address clients and peers reach this node's API at.
 func (n *Node) GRPCAddr() string { return n.grpcAddr }
@@ -213,6 +294,9 @@ func (n *Node) joinVia(ctx context.Context, addr string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	if n.cfg.JoinToken != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+n.cfg.JoinToken)
+	}
 	_, err = pb.NewClusterServiceClient(conn).Join(ctx, &pb.JoinRequest{
 		NodeId: n.cfg.NodeID, RaftAddress: n.Raft.RaftAddr(), GrpcAddress: n.grpcAddr,
 	})

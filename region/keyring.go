@@ -322,3 +322,31 @@ func (k *Keyring) Has(id string) bool {
 	_, ok := k.keys[id]
 	return ok
 }
+
+// SealValue seals a small secret value (such as a token's secret, kept
+// only so that a retried call can return it) under the active KEK, bound
+// to ad.
+func (k *Keyring) SealValue(ad string, plain []byte) (kekID string, sealed []byte, err error) {
+	nonce, ct, err := seal(k.keys[k.active], plain, []byte("mysterybox/value/v1\x00"+ad))
+	if err != nil {
+		return "", nil, err
+	}
+	return k.active, append(nonce, ct...), nil
+}
+
+// OpenValue opens what SealValue sealed.
+func (k *Keyring) OpenValue(kekID, ad string, sealed []byte) ([]byte, error) {
+	kek, ok := k.keys[kekID]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownKey, kekID)
+	}
+	ns := kek.NonceSize()
+	if len(sealed) < ns {
+		return nil, fmt.Errorf("%w: sealed value is truncated", ErrTampered)
+	}
+	plain, err := kek.Open(nil, sealed[:ns], sealed[ns:], []byte("mysterybox/value/v1\x00"+ad))
+	if err != nil {
+		return nil, fmt.Errorf("%w: sealed value", ErrTampered)
+	}
+	return plain, nil
+}

@@ -25,6 +25,9 @@ type clusterService struct {
 // Status describes this node; it is always answered locally.
 func (x *clusterService) Status(ctx context.Context, _ *pb.ClusterStatusRequest) (*pb.ClusterStatusResponse, error) {
 	s := x.s
+	if err := s.check(ctx, s.regionChain()); err != nil {
+		return nil, err
+	}
 	stats := s.raft.Stats()
 	leaderID, _ := s.raft.Leader()
 	out := &pb.ClusterStatusResponse{
@@ -74,6 +77,9 @@ func parseUint(s string) uint64 {
 // and, where the node answers within a second, its applied index.
 func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest) (*pb.ListMembersResponse, error) {
 	s := x.s
+	if err := s.check(ctx, s.regionChain()); err != nil {
+		return nil, err
+	}
 	servers, err := s.raft.Servers()
 	if err != nil {
 		return nil, toStatus(err)
@@ -156,6 +162,9 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 		out := &pb.JoinResponse{}
 		return out, s.fwd.forward(ctx, req, out)
 	}
+	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+		return nil, err
+	}
 	if err := s.raft.AddVoter(req.GetNodeId(), req.GetRaftAddress()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -180,6 +189,9 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	if !s.raft.AcceptsWrites() {
 		out := &pb.RemoveNodeResponse{}
 		return out, s.fwd.forward(ctx, req, out)
+	}
+	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+		return nil, err
 	}
 	servers, err := s.raft.Servers()
 	if err != nil {
@@ -207,6 +219,9 @@ func (x *clusterService) TransferLeadership(ctx context.Context, req *pb.Transfe
 	if !s.raft.AcceptsWrites() {
 		out := &pb.TransferLeadershipResponse{}
 		return out, s.fwd.forward(ctx, req, out)
+	}
+	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+		return nil, err
 	}
 	if req.GetNodeId() == s.cfg.NodeID {
 		return nil, invalid("node_id", "%s is already the leader", req.GetNodeId())

@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/base32"
 	"encoding/binary"
 	"strings"
@@ -10,9 +11,13 @@ import (
 
 // ID prefixes of the resource types.
 const (
-	prefixProject = "project-"
-	prefixSecret  = "mbsec-"
-	prefixVersion = "mbsecver-"
+	prefixProject        = "project-"
+	prefixSecret         = "mbsec-"
+	prefixVersion        = "mbsecver-"
+	prefixAccountService = "serviceaccount-"
+	prefixAccountUser    = "useraccount-"
+	prefixToken          = "token-"
+	prefixBinding        = "accessbinding-"
 )
 
 var idEncoding = base32.HexEncoding.WithPadding(base32.NoPadding)
@@ -28,4 +33,14 @@ func newID(prefix string) string {
 		panic("crypto/rand failed: " + err.Error())
 	}
 	return prefix + strings.ToLower(idEncoding.EncodeToString(b[:]))
+}
+
+// NewToken returns a new bearer token of region: mbt1.<region>.<token-id>.<secret>
+// with 256 bits of randomness in the secret.
+func NewToken(region string) string {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return tokenVersion + "." + region + "." + newID(prefixToken) + "." + base64.RawURLEncoding.EncodeToString(secret)
 }

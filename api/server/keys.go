@@ -102,6 +102,9 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 		}
 		return out, nil
 	}
+	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+		return nil, err
+	}
 	kr := s.keyring()
 	op := &fsmpb.RewrapVersions{}
 	err := s.store.Read(func(v *store.View) error {

@@ -57,7 +57,7 @@ func (x *payloadService) Get(ctx context.Context, req *pb.GetPayloadRequest) (*p
 			return nil, err
 		}
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.GetPayloadResponse, error) {
+	return query(ctx, x.s, req, x.s.secretChain(permPayload, req.GetSecretId()), func(v *store.View, _ *caller) (*pb.GetPayloadResponse, error) {
 		rec, err := readableVersion(v, req.GetSecretId(), req.GetVersionId())
 		if err != nil {
 			return nil, err
@@ -91,7 +91,7 @@ func (x *payloadService) GetByKey(ctx context.Context, req *pb.GetPayloadByKeyRe
 	if k := req.GetKey(); k == "" || len(k) > maxEntryKeyChars || !entryKeyPattern.MatchString(k) {
 		return nil, invalid("key", "must be 1-%d characters of [A-Za-z0-9_.-]", maxEntryKeyChars)
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.GetPayloadByKeyResponse, error) {
+	return query(ctx, x.s, req, x.s.secretChain(permPayload, req.GetSecretId()), func(v *store.View, _ *caller) (*pb.GetPayloadByKeyResponse, error) {
 		rec, err := readableVersion(v, req.GetSecretId(), req.GetVersionId())
 		if err != nil {
 			return nil, err

@@ -20,7 +20,7 @@ func (x *secretService) Create(ctx context.Context, req *pb.CreateSecretRequest)
 	if err := validateCreateSecret(req); err != nil {
 		return nil, err
 	}
-	return mutate[*pb.Secret](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.Secret](ctx, x.s, req, x.s.projectChain(permWrite, req.GetSecret().GetMetadata().GetParentId()), func() (*fsmpb.Command, error) {
 		in := req.GetSecret()
 		secret := &pb.Secret{
 			Metadata: &pb.Metadata{
@@ -84,7 +84,7 @@ func (x *secretService) Get(ctx context.Context, req *pb.GetSecretRequest) (*pb.
 	if err := validateID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.Secret, error) {
+	return query(ctx, x.s, req, x.s.secretChain(permView, req.GetId()), func(v *store.View, _ *caller) (*pb.Secret, error) {
 		return visibleSecret(v, req.GetId(), req.GetShowScheduledForDeletion())
 	})
 }
@@ -96,7 +96,7 @@ func (x *secretService) GetByName(ctx context.Context, req *pb.GetSecretByNameRe
 	if err := validateName("name", req.GetName()); err != nil {
 		return nil, err
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.Secret, error) {
+	return query(ctx, x.s, req, x.s.projectChain(permView, req.GetParentId()), func(v *store.View, _ *caller) (*pb.Secret, error) {
 		id, err := v.SecretIDByName(req.GetParentId(), req.GetName())
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "no secret named %q in project %s", req.GetName(), req.GetParentId())
@@ -116,7 +116,7 @@ func (x *secretService) List(ctx context.Context, req *pb.ListSecretsRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.ListSecretsResponse, error) {
+	return query(ctx, x.s, req, x.s.projectChain(permView, req.GetParentId()), func(v *store.View, _ *caller) (*pb.ListSecretsResponse, error) {
 		if _, err := v.Project(req.GetParentId()); err != nil {
 			return nil, notFoundOr(err, "project", req.GetParentId())
 		}
@@ -150,7 +150,7 @@ func (x *secretService) Update(ctx context.Context, req *pb.UpdateSecretRequest)
 	if err != nil {
 		return nil, err
 	}
-	return mutate[*pb.Secret](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.Secret](ctx, x.s, req, x.s.secretChain(permWrite, req.GetSecret().GetMetadata().GetId()), func() (*fsmpb.Command, error) {
 		in := req.GetSecret()
 		return &fsmpb.Command{Op: &fsmpb.Command_UpdateSecret{UpdateSecret: &fsmpb.UpdateSecret{
 			Id:               in.GetMetadata().GetId(),
@@ -168,7 +168,7 @@ func (x *secretService) Delete(ctx context.Context, req *pb.DeleteSecretRequest)
 	if err := validateID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	return mutate[*pb.Secret](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.Secret](ctx, x.s, req, x.s.secretChain(permWrite, req.GetId()), func() (*fsmpb.Command, error) {
 		return &fsmpb.Command{Op: &fsmpb.Command_DeleteSecret{DeleteSecret: &fsmpb.DeleteSecret{
 			Id: req.GetId(), ResourceVersion: req.GetResourceVersion(), PurgeAfterNanos: int64(x.s.cfg.PurgeAfter),
 		}}}, nil
@@ -184,7 +184,7 @@ func (x *secretService) Undelete(ctx context.Context, req *pb.UndeleteSecretRequ
 			return nil, err
 		}
 	}
-	return mutate[*pb.Secret](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.Secret](ctx, x.s, req, x.s.secretChain(permWrite, req.GetId()), func() (*fsmpb.Command, error) {
 		return &fsmpb.Command{Op: &fsmpb.Command_UndeleteSecret{UndeleteSecret: &fsmpb.UndeleteSecret{
 			Id: req.GetId(), Name: req.GetName(), ResourceVersion: req.GetResourceVersion(),
 		}}}, nil

@@ -18,6 +18,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -149,9 +151,10 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 	return r.Response, nil
 }
 
-// mutate runs a write: forward it when this node is not the leader,
-// otherwise build the command and propose it.
-func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, build func() (*fsmpb.Command, error)) (T, error) {
+// mutate runs a write: forward it when this node is not the leader;
+// otherwise authorize the caller against the leader's state, build the
+// command and propose it.
+func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, acc access, build func() (*fsmpb.Command, error)) (T, error) {
 	var zero T
 	if !s.raft.AcceptsWrites() {
 		out := newMessage[T]()
@@ -159,6 +162,9 @@ func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, 
 			return zero, err
 		}
 		return out, nil
+	}
+	if err := s.leaderCheck(ctx, acc); err != nil {
+		return zero, err
 	}
 	cmd, err := build()
 	if err != nil {
@@ -175,17 +181,63 @@ func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, 
 	return out, nil
 }
 
+// leaderCheck authorizes a call about to be served by this leader, once
+// the leader's state holds every acknowledged write (a revocation that
+// returned is seen here).
+func (s *Server) leaderCheck(ctx context.Context, acc access) error {
+	if err := s.awaitBarrier(ctx); err != nil {
+		return err
+	}
+	return s.check(ctx, acc)
+}
+
+// check authorizes the call against this node's current state.
+func (s *Server) check(ctx context.Context, acc access) error {
+	return toStatus(s.store.Read(func(v *store.View) error {
+		_, err := s.authorize(ctx, v, acc)
+		return err
+	}))
+}
+
+// awaitBarrier waits, briefly, for a new leader's post-election barrier.
+func (s *Server) awaitBarrier(ctx context.Context) error {
+	if s.raft.IsLeader() {
+		return nil
+	}
+	deadline := time.NewTimer(leaderWait)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !s.raft.IsLeader() {
+		if !s.raft.AcceptsWrites() {
+			return status.Error(codes.Unavailable, "leadership changed while the call waited; retry")
+		}
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-deadline.C:
+			return status.Error(codes.Unavailable, "this node is still establishing leadership; retry")
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
 // query runs a read: stale reads answer from the local store; linearizable
 // ones are served by the leader after a read barrier, forwarded otherwise.
-func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, read func(v *store.View) (T, error)) (T, error) {
+// The caller is authorized against the same view the read uses.
+func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, acc access, read func(v *store.View, c *caller) (T, error)) (T, error) {
 	var zero T
 	if !isStale(ctx) {
-		if !s.raft.IsLeader() {
+		if !s.raft.IsLeader() && !s.raft.AcceptsWrites() {
 			out := newMessage[T]()
 			if err := s.fwd.forward(ctx, req, out); err != nil {
 				return zero, err
 			}
 			return out, nil
+		}
+		if err := s.awaitBarrier(ctx); err != nil {
+			return zero, err
 		}
 		if err := s.raft.ReadBarrier(ctx); err != nil {
 			return zero, toStatus(err)
@@ -193,8 +245,11 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, r
 	}
 	var out T
 	err := s.store.Read(func(v *store.View) error {
-		var err error
-		out, err = read(v)
+		c, err := s.authorize(ctx, v, acc)
+		if err != nil {
+			return err
+		}
+		out, err = read(v, c)
 		return err
 	})
 	if err != nil {

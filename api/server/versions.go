@@ -18,7 +18,7 @@ func (x *versionService) Create(ctx context.Context, req *pb.CreateSecretVersion
 	if err := validateCreateVersion(req); err != nil {
 		return nil, err
 	}
-	return mutate[*pb.SecretVersion](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.SecretVersion](ctx, x.s, req, x.s.secretChain(permWrite, req.GetVersion().GetMetadata().GetParentId()), func() (*fsmpb.Command, error) {
 		cv, err := x.s.stampVersion(req.GetVersion().GetMetadata().GetParentId(), req.GetVersion().GetSpec())
 		if err != nil {
 			return nil, err
@@ -55,7 +55,7 @@ func (x *versionService) Get(ctx context.Context, req *pb.GetSecretVersionReques
 	if err := validateID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.SecretVersion, error) {
+	return query(ctx, x.s, req, x.s.versionChain(permView, req.GetId()), func(v *store.View, _ *caller) (*pb.SecretVersion, error) {
 		return visibleVersion(v, req.GetId(), req.GetShowScheduledForDeletion())
 	})
 }
@@ -75,7 +75,7 @@ func (x *versionService) List(ctx context.Context, req *pb.ListSecretVersionsReq
 		}
 		after = int64(beUint64(pg.after))
 	}
-	return query(ctx, x.s, req, func(v *store.View) (*pb.ListSecretVersionsResponse, error) {
+	return query(ctx, x.s, req, x.s.secretChain(permView, req.GetParentId()), func(v *store.View, _ *caller) (*pb.ListSecretVersionsResponse, error) {
 		if _, err := visibleSecret(v, req.GetParentId(), req.GetShowScheduledForDeletion()); err != nil {
 			return nil, err
 		}
@@ -119,7 +119,7 @@ func (x *versionService) Delete(ctx context.Context, req *pb.DeleteSecretVersion
 	if err := validateID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	return mutate[*pb.SecretVersion](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.SecretVersion](ctx, x.s, req, x.s.versionChain(permWrite, req.GetId()), func() (*fsmpb.Command, error) {
 		return &fsmpb.Command{Op: &fsmpb.Command_DeleteVersion{DeleteVersion: &fsmpb.DeleteVersion{
 			Id: req.GetId(), ResourceVersion: req.GetResourceVersion(), PurgeAfterNanos: int64(x.s.cfg.PurgeAfter),
 		}}}, nil
@@ -130,7 +130,7 @@ func (x *versionService) Undelete(ctx context.Context, req *pb.UndeleteSecretVer
 	if err := validateID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	return mutate[*pb.SecretVersion](ctx, x.s, req, func() (*fsmpb.Command, error) {
+	return mutate[*pb.SecretVersion](ctx, x.s, req, x.s.versionChain(permWrite, req.GetId()), func() (*fsmpb.Command, error) {
 		return &fsmpb.Command{Op: &fsmpb.Command_UndeleteVersion{UndeleteVersion: &fsmpb.UndeleteVersion{
 			Id: req.GetId(), ResourceVersion: req.GetResourceVersion(),
 		}}}, nil

@@ -40,7 +40,9 @@ type Cluster struct {
 	Region  string
 	Keyring *region.Keyring
 	Nodes   []*Node
-	nextID  int
+	// AdminToken is the region admin's token; Conn sends it with every call.
+	AdminToken string
+	nextID     int
 }
 
 // Node is one member; N is nil while it is stopped.
@@ -72,9 +74,15 @@ func New(t testing.TB, opts Options) *Cluster {
 	c := &Cluster{t: t, opts: opts, Region: "test-region1", Keyring: kr}
 	t.Cleanup(c.Close)
 	for i := 0; i < opts.Nodes; i++ {
-		c.AddNode()
+		n := c.AddNode()
 		if i == 0 {
 			c.WaitLeader()
+			Eventually(t, 10*time.Second, "the bootstrap admin", func() error {
+				if done, err := n.N.API.Bootstrapped(); err != nil || !done {
+					return fmt.Errorf("not bootstrapped yet (%v)", err)
+				}
+				return nil
+			})
 		}
 	}
 	c.WaitMembers(opts.Nodes)
@@ -115,7 +123,9 @@ func (c *Cluster) AddNode() *Node {
 	}
 	if len(c.Nodes) == 0 {
 		cfg.Bootstrap = true
+		cfg.AdminTokenFile = filepath.Join(dir, "admin.token")
 	} else {
+		cfg.JoinToken = c.AdminToken
 		for _, n := range c.Nodes {
 			if n.N != nil {
 				cfg.JoinAddrs = append(cfg.JoinAddrs, n.Cfg.GRPCAddr)
@@ -124,13 +134,13 @@ func (c *Cluster) AddNode() *Node {
 	}
 	// One lazy connection per node for its whole life, so concurrent test
 	// clients never race with Stop/Restart (the address does not change).
-	conn, err := grpc.NewClient(cfg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	n := &Node{ID: id, Dir: dir, Cfg: cfg, conn: conn}
+	n := &Node{ID: id, Dir: dir, Cfg: cfg}
 	c.Nodes = append(c.Nodes, n)
 	c.start(n)
+	if cfg.Bootstrap {
+		c.AdminToken = n.N.AdminToken()
+	}
+	n.conn = c.Dial(n, c.AdminToken)
 	return n
 }
 
@@ -189,11 +199,34 @@ func (c *Cluster) Restart(n *Node) {
 func (c *Cluster) Close() {
 	for _, n := range c.Nodes {
 		c.Stop(n)
-		n.conn.Close()
 	}
 }
 
-// Conn returns a client connection to n's gRPC API. It is safe to use
+// Dial opens a connection to n that sends token with every call (none when
+// token is empty).
+func (c *Cluster) Dial(n *Node, token string) *grpc.ClientConn {
+	c.t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(token)))
+	}
+	conn, err := grpc.NewClient(n.Cfg.GRPCAddr, opts...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+type bearerCreds string
+
+func (b bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearerCreds) RequireTransportSecurity() bool { return false }
+
+// Conn returns a client connection to n's gRPC API, as the region admin. It is safe to use
 // from any goroutine, also while n is stopped (calls fail UNAVAILABLE).
 func (c *Cluster) Conn(n *Node) *grpc.ClientConn { return n.conn }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -33,6 +34,8 @@ type options struct {
 	raftAdvertise   string
 	bootstrap       bool
 	joinRaft        []string
+	joinTokenFile   string
+	adminTokenFile  string
 	masterKeyFile   string
 	purgeAfter      time.Duration
 	logLevel        string
@@ -64,6 +67,8 @@ func run(args []string) int {
 	f.StringVar(&o.raftAdvertise, "raft-advertise", "", "Raft address peers dial (default: --raft-addr, with the gRPC host if none)")
 	f.BoolVar(&o.bootstrap, "bootstrap", false, "start a new region with this node as its first voter (only when it has no Raft state)")
 	f.StringSliceVar(&o.joinRaft, "join-raft", nil, "gRPC addresses (host:port,...) of members of the region to join through")
+	f.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding a region admin token, sent with --join-raft requests")
+	f.StringVar(&o.adminTokenFile, "bootstrap-admin-token-file", "", "with --bootstrap: where to write the region's first admin token (mode 0600), once")
 	f.StringVar(&o.masterKeyFile, "master-key-file", "", "the region's keyring (JSON; see docs/operations.md)")
 	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
 	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
@@ -133,16 +138,24 @@ func keygenCommand() *cobra.Command {
 func serve(cmd *cobra.Command, o *options) error {
 	logger := hclog.New(&hclog.LoggerOptions{Name: "mysteryboxd", Level: hclog.LevelFromString(o.logLevel), Output: os.Stderr})
 	cfg := node.Config{
-		Region:        o.region,
-		NodeID:        o.nodeID,
-		DataDir:       o.dataDir,
-		GRPCAddr:      o.grpcAddr,
-		GRPCAdvertise: o.grpcAdvertise,
-		RaftAddr:      o.raftAddr,
-		RaftAdvertise: o.raftAdvertise,
-		Bootstrap:     o.bootstrap,
-		JoinAddrs:     o.joinRaft,
-		PurgeAfter:    o.purgeAfter,
+		Region:         o.region,
+		NodeID:         o.nodeID,
+		DataDir:        o.dataDir,
+		GRPCAddr:       o.grpcAddr,
+		GRPCAdvertise:  o.grpcAdvertise,
+		RaftAddr:       o.raftAddr,
+		RaftAdvertise:  o.raftAdvertise,
+		Bootstrap:      o.bootstrap,
+		JoinAddrs:      o.joinRaft,
+		AdminTokenFile: o.adminTokenFile,
+		PurgeAfter:     o.purgeAfter,
+	}
+	if o.joinTokenFile != "" {
+		raw, err := os.ReadFile(o.joinTokenFile)
+		if err != nil {
+			return usageError{fmt.Errorf("--join-token-file: %v", err)}
+		}
+		cfg.JoinToken = strings.TrimSpace(string(raw))
 	}
 	if o.dev {
 		if err := devDefaults(cmd, &cfg, logger); err != nil {
@@ -161,6 +174,12 @@ func serve(cmd *cobra.Command, o *options) error {
 		}
 		cfg.Keyring = kr
 	}
+	if !regionPattern.MatchString(cfg.Region) {
+		return usageError{fmt.Errorf("--region %q must match %s", cfg.Region, regionPattern)}
+	}
+	if cfg.Bootstrap && cfg.AdminTokenFile == "" {
+		return usageError{errors.New("--bootstrap needs --bootstrap-admin-token-file: the region's first admin token is written there")}
+	}
 	if o.purgeAfter <= 0 {
 		return usageError{errors.New("--purge-after must be positive")}
 	}
@@ -168,13 +187,12 @@ func serve(cmd *cobra.Command, o *options) error {
 		return usageError{err}
 	}
 
-	logger.Warn("authentication is not enforced yet: every call is served unauthenticated (tokens and roles arrive with the identity work)")
 	n, err := node.Start(cfg, logger)
 	if err != nil {
 		return err
 	}
 	if o.dev {
-		printDevBanner(n.GRPCAddr(), cfg.DataDir)
+		printDevBanner(n.GRPCAddr(), cfg.AdminTokenFile, n.AdminToken())
 	}
 
 	keyringPath := o.masterKeyFile
@@ -224,6 +242,9 @@ func devDefaults(cmd *cobra.Command, cfg *node.Config, logger hclog.Logger) erro
 		cfg.RaftAddr = "127.0.0.1:7701"
 	}
 	cfg.Bootstrap = true
+	if cfg.AdminTokenFile == "" {
+		cfg.AdminTokenFile = filepath.Join(cfg.DataDir, "admin.token")
+	}
 	for _, a := range []string{cfg.GRPCAddr, cfg.RaftAddr} {
 		if !isLoopback(a) {
 			return usageError{fmt.Errorf("--dev serves plaintext and listens on loopback only; %q is not a loopback address", a)}
@@ -307,15 +328,23 @@ func firstNonEmpty(a, b string) string {
 	return b
 }
 
-func printDevBanner(grpcAddr, dataDir string) {
-	fmt.Printf(`MysteryBox dev region "local1" is serving on %s (data in %s).
+var regionPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+func printDevBanner(grpcAddr, tokenFile, newToken string) {
+	tokenLine := "The region admin's token is in " + tokenFile + " (created at the first start)."
+	if newToken != "" {
+		tokenLine = "Region admin token (also in " + tokenFile + ", mode 0600):\n  " + newToken
+	}
+	fmt.Printf(`MysteryBox dev region "local1" is serving on %s.
+%s
 
 In another shell:
   export MYSTERYBOX_ENDPOINTS=%s
+  export MYSTERYBOX_TOKEN=$(cat %s)
   bin/mbox project create --name demo
   bin/mbox secret create --parent-id <project-id> --name db --payload password=s3cret
   bin/mbox payload get-by-key --secret-id <secret-id> --key password
 
 Stop with Ctrl-C; data survives a restart.
-`, grpcAddr, dataDir, grpcAddr)
+`, grpcAddr, tokenLine, grpcAddr, tokenFile)
 }

@@ -1,0 +1,320 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// Roles of SPEC 3.
+const (
+	RoleViewer        = "mysterybox.viewer"
+	RolePayloadViewer = "mysterybox.payload-viewer"
+	RoleEditor        = "mysterybox.editor"
+	RoleAdmin         = "mysterybox.admin"
+	RoleRegionAdmin   = "admin"
+)
+
+// perm is what a call needs on its resource.
+type perm int
+
+const (
+	permView        perm = iota + 1 // metadata of secrets, versions, projects
+	permPayload                     // payload values
+	permWrite                       // create/update/delete secrets and versions
+	permBindings                    // manage access bindings on the resource
+	permRegionAdmin                 // projects, accounts, tokens, cluster
+)
+
+var permNames = map[perm]string{
+	permView: "view", permPayload: "read payloads of", permWrite: "change",
+	permBindings: "manage access bindings on", permRegionAdmin: "administer",
+}
+
+var rolePerms = map[string][]perm{
+	RoleViewer:        {permView},
+	RolePayloadViewer: {permView, permPayload},
+	RoleEditor:        {permView, permWrite},
+	RoleAdmin:         {permView, permPayload, permWrite, permBindings},
+	RoleRegionAdmin:   {permView, permPayload, permWrite, permBindings, permRegionAdmin},
+}
+
+func validRole(r string) bool { _, ok := rolePerms[r]; return ok }
+
+// Token format: mbt1.<region>.<token-id>.<secret>.
+const tokenVersion = "mbt1"
+
+// bearer is a parsed, not yet authenticated, token.
+type bearer struct {
+	region, tokenID, secret string
+}
+
+type bearerKey struct{}
+
+// exemptMethods need no token.
+func exempt(method string) bool {
+	return strings.HasPrefix(method, "/grpc.health.v1.") || strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+func parseBearer(ctx context.Context) (*bearer, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get(mdAuth)
+	if len(vals) == 0 {
+		return nil, status.Error(codes.Unauthenticated, "no token: send metadata `authorization: Bearer <token>`")
+	}
+	v := vals[0]
+	if len(v) < 7 || !strings.EqualFold(v[:7], "bearer ") {
+		return nil, status.Error(codes.Unauthenticated, "authorization must be `Bearer <token>`")
+	}
+	parts := strings.Split(strings.TrimSpace(v[7:]), ".")
+	if len(parts) != 4 || parts[0] != tokenVersion || parts[1] == "" || !strings.HasPrefix(parts[2], prefixToken) || parts[3] == "" {
+		return nil, status.Error(codes.Unauthenticated, "malformed token: want mbt1.<region>.<token-id>.<secret>")
+	}
+	return &bearer{region: parts[1], tokenID: parts[2], secret: parts[3]}, nil
+}
+
+// UnaryInterceptor rejects calls without a well-formed token, and tokens of
+// another region, before anything else runs; also on forwarded calls, so
+// the leader checks again. Token validity and roles are checked by each
+// endpoint against the state it reads (the leader's for linearizable calls).
+func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if exempt(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	b, err := parseBearer(ctx)
+	if err != nil {
+		s.logRefusal(info.FullMethod, "", err)
+		return nil, err
+	}
+	if b.region != s.cfg.Region {
+		err := status.Errorf(codes.PermissionDenied, "token of region %s presented to region %s: only accounts of region %s may call it", b.region, s.cfg.Region, s.cfg.Region)
+		s.logRefusal(info.FullMethod, "", err)
+		return nil, err
+	}
+	return handler(context.WithValue(ctx, bearerKey{}, b), req)
+}
+
+// StreamInterceptor applies the same region rule to streaming calls.
+func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if exempt(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	b, err := parseBearer(ss.Context())
+	if err == nil && b.region != s.cfg.Region {
+		err = status.Errorf(codes.PermissionDenied, "token of region %s presented to region %s: only accounts of region %s may call it", b.region, s.cfg.Region, s.cfg.Region)
+	}
+	if err != nil {
+		s.logRefusal(info.FullMethod, "", err)
+		return err
+	}
+	return handler(srv, ss)
+}
+
+func (s *Server) logRefusal(method, accountID string, err error) {
+	st, _ := status.FromError(err)
+	s.logger.Warn("call refused", "method", method, "account_id", accountID, "code", st.Code().String(), "reason", st.Message())
+}
+
+// caller is an authenticated account and the roles it holds, by resource.
+type caller struct {
+	accountID string
+	roles     map[string][]string
+}
+
+func (c *caller) has(p perm, chain []string) bool {
+	for _, res := range chain {
+		for _, role := range c.roles[res] {
+			for _, rp := range rolePerms[role] {
+				if rp == p {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// authenticate resolves the call's token against a view of the state.
+func (s *Server) authenticate(ctx context.Context, v *store.View) (*caller, error) {
+	b, ok := ctx.Value(bearerKey{}).(*bearer)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "no token")
+	}
+	rec, err := v.Token(b.tokenID)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.Unauthenticated, "unknown or revoked token %s", b.tokenID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(b.secret))
+	if subtle.ConstantTimeCompare(sum[:], rec.GetSecretHash()) != 1 {
+		return nil, status.Errorf(codes.Unauthenticated, "unknown or revoked token %s", b.tokenID)
+	}
+	if exp := rec.GetToken().GetSpec().GetExpiresAt(); exp != nil && !time.Now().Before(exp.AsTime()) {
+		return nil, status.Errorf(codes.Unauthenticated, "token %s expired at %s", b.tokenID, exp.AsTime().UTC().Format(time.RFC3339))
+	}
+	accountID := rec.GetToken().GetMetadata().GetParentId()
+	bindings, err := v.BindingsOfAccount(accountID)
+	if err != nil {
+		return nil, err
+	}
+	c := &caller{accountID: accountID, roles: map[string][]string{}}
+	for _, ab := range bindings {
+		res := ab.GetSpec().GetResourceId()
+		c.roles[res] = append(c.roles[res], ab.GetSpec().GetRole())
+	}
+	return c, nil
+}
+
+// access is what an endpoint requires: a permission on a resource, whose
+// chain (the resource, its parents, the region) is resolved from the state.
+type access struct {
+	perm  perm
+	chain func(v *store.View) ([]string, error)
+}
+
+// authorize authenticates the call and checks its permission, both against
+// v. It returns the caller for endpoints that filter by permission.
+func (s *Server) authorize(ctx context.Context, v *store.View, a access) (*caller, error) {
+	method, _ := grpc.Method(ctx)
+	c, err := s.authenticate(ctx, v)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			s.logRefusal(method, "", err)
+		}
+		return nil, err
+	}
+	if a.perm == 0 {
+		return c, nil
+	}
+	chain, err := a.chain(v)
+	if err != nil {
+		return nil, err
+	}
+	if !c.has(a.perm, chain) {
+		err := status.Errorf(codes.PermissionDenied, "account %s may not %s %s", c.accountID, permNames[a.perm], chain[0])
+		s.logRefusal(method, c.accountID, err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// ---------------------------------------------------------------- chains
+
+// Chains list a resource and its parents up to the region. A resource that
+// does not exist yields only the region, so that a caller without a
+// region-wide role learns nothing about which ids exist.
+
+func (s *Server) regionChain() access {
+	return access{perm: permRegionAdmin, chain: func(*store.View) ([]string, error) { return []string{s.cfg.Region}, nil }}
+}
+
+func (s *Server) projectChain(p perm, projectID string) access {
+	return access{perm: p, chain: func(v *store.View) ([]string, error) {
+		return []string{projectID, s.cfg.Region}, nil
+	}}
+}
+
+func (s *Server) secretChain(p perm, secretID string) access {
+	return access{perm: p, chain: func(v *store.View) ([]string, error) {
+		return s.secretParents(v, secretID)
+	}}
+}
+
+func (s *Server) secretParents(v *store.View, secretID string) ([]string, error) {
+	rec, err := v.Secret(secretID)
+	if errors.Is(err, store.ErrNotFound) {
+		return []string{s.cfg.Region}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return []string{secretID, rec.GetSecret().GetMetadata().GetParentId(), s.cfg.Region}, nil
+}
+
+func (s *Server) versionChain(p perm, versionID string) access {
+	return access{perm: p, chain: func(v *store.View) ([]string, error) {
+		rec, err := v.Version(versionID)
+		if errors.Is(err, store.ErrNotFound) {
+			return []string{s.cfg.Region}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		return s.secretParents(v, rec.GetVersion().GetMetadata().GetParentId())
+	}}
+}
+
+// resourceChain is the chain of a binding's resource: the region, a
+// project or a secret.
+func (s *Server) resourceChain(v *store.View, resourceID string) ([]string, error) {
+	switch fsm.ResourceKind(resourceID) {
+	case "project":
+		return []string{resourceID, s.cfg.Region}, nil
+	case "secret":
+		return s.secretParents(v, resourceID)
+	default:
+		return []string{s.cfg.Region}, nil
+	}
+}
+
+// ---------------------------------------------------------------- bootstrap
+
+// BootstrapAdmin creates the region's first admin account with the given
+// token, unless the region already has one. It returns whether it did.
+func (s *Server) BootstrapAdmin(ctx context.Context, token string) (bool, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 4 || parts[0] != tokenVersion || parts[1] != s.cfg.Region {
+		return false, fmt.Errorf("bootstrap token is not a token of region %s", s.cfg.Region)
+	}
+	sum := sha256.Sum256([]byte(parts[3]))
+	acct := &pb.Account{
+		Metadata: &pb.Metadata{Id: newID(prefixAccountUser), ParentId: s.cfg.Region, Name: "admin"},
+		Spec:     &pb.AccountSpec{Type: pb.AccountType_USER, Description: "region administrator created at bootstrap"},
+		Status:   &pb.AccountStatus{Region: s.cfg.Region},
+	}
+	tok := &fsmpb.TokenRecord{
+		Token: &pb.Token{
+			Metadata: &pb.Metadata{Id: parts[2], ParentId: acct.GetMetadata().GetId()},
+			Spec:     &pb.TokenSpec{Description: "bootstrap admin token"},
+			Status:   &pb.TokenStatus{Region: s.cfg.Region},
+		},
+		SecretHash: sum[:],
+	}
+	ab := &pb.AccessBinding{
+		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
+		Spec:     &pb.AccessBindingSpec{ResourceId: s.cfg.Region, AccountId: acct.GetMetadata().GetId(), Role: RoleRegionAdmin},
+	}
+	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab}}})
+	if err != nil {
+		return false, err
+	}
+	r, _ := resp.(*fsmpb.BootstrapResult)
+	return r.GetApplied(), nil
+}
+
+// Bootstrapped reports whether this node's state has the region's admin.
+func (s *Server) Bootstrapped() (bool, error) {
+	var done bool
+	err := s.store.Read(func(v *store.View) error {
+		var err error
+		done, err = v.Bootstrapped()
+		return err
+	})
+	return done, err
+}
