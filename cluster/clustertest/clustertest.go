@@ -23,6 +23,8 @@ import (
 
 // Options tune the region under test.
 type Options struct {
+	// Region name (default test-region1).
+	Region            string
 	Nodes             int
 	PurgeAfter        time.Duration
 	SnapshotThreshold uint64
@@ -71,7 +73,10 @@ func New(t testing.TB, opts Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &Cluster{t: t, opts: opts, Region: "test-region1", Keyring: kr}
+	if opts.Region == "" {
+		opts.Region = "test-region1"
+	}
+	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr}
 	t.Cleanup(c.Close)
 	for i := 0; i < opts.Nodes; i++ {
 		n := c.AddNode()
