@@ -2,7 +2,7 @@
 //
 // A Client holds one gRPC connection per configured endpoint and implements
 // grpc.ClientConnInterface itself, so the generated service clients returned
-// by Secrets, Versions, Payloads, Identity and Cluster all go through one
+// by Secrets, Versions, Payloads, Identity, Cluster and Admin all go through one
 // call path that:
 //
 //   - sends "authorization: Bearer <token>" when a token is configured;
@@ -184,6 +184,9 @@ func (c *Client) Identity() mbv1.IdentityServiceClient { return mbv1.NewIdentity
 // Cluster returns the ClusterService client.
 func (c *Client) Cluster() mbv1.ClusterServiceClient { return mbv1.NewClusterServiceClient(c) }
 
+// Admin returns the AdminService client (key rewrap).
+func (c *Client) Admin() mbv1.AdminServiceClient { return mbv1.NewAdminServiceClient(c) }
+
 // WithIdempotencyKey returns a context whose mutations carry key instead of a
 // generated one, e.g. to retry a logical operation across process restarts.
 func WithIdempotencyKey(ctx context.Context, key string) context.Context {
@@ -205,8 +208,9 @@ func NewIdempotencyKey() string {
 // IsMutation reports whether the full gRPC method name (as in
 // "/mysterybox.v1.SecretService/Create") changes state. Reads are the
 // methods named Get*, List*, Status, Members and Regions; everything else,
-// including methods added later, is treated as a mutation so it is never
-// retried without an idempotency key.
+// including methods added later (IdentityService/RevokeToken,
+// AdminService/Rewrap, ...), is treated as a mutation so it is never retried
+// without an idempotency key.
 func IsMutation(fullMethod string) bool {
 	name := fullMethod[strings.LastIndex(fullMethod, "/")+1:]
 	switch {

@@ -316,6 +316,16 @@ func TestIsMutation(t *testing.T) {
 		"/mysterybox.v1.ClusterService/Join":                    true,
 		"/mysterybox.v1.ClusterService/RemoveNode":              true,
 		"/mysterybox.v1.ClusterService/TransferLeadership":      true,
+		"/mysterybox.v1.IdentityService/CreateAccount":          true,
+		"/mysterybox.v1.IdentityService/DeleteAccount":          true,
+		"/mysterybox.v1.IdentityService/CreateToken":            true,
+		"/mysterybox.v1.IdentityService/RevokeToken":            true,
+		"/mysterybox.v1.IdentityService/CreateAccessBinding":    true,
+		"/mysterybox.v1.IdentityService/DeleteAccessBinding":    true,
+		"/mysterybox.v1.AdminService/Rewrap":                    true,
+		"/mysterybox.v1.IdentityService/GetToken":               false,
+		"/mysterybox.v1.IdentityService/ListTokens":             false,
+		"/mysterybox.v1.IdentityService/ListAccessBindings":     false,
 		"/mysterybox.v1.SecretService/Get":                      false,
 		"/mysterybox.v1.SecretService/GetByName":                false,
 		"/mysterybox.v1.SecretService/List":                     false,
@@ -329,6 +339,76 @@ func TestIsMutation(t *testing.T) {
 	for m, want := range cases {
 		if got := IsMutation(m); got != want {
 			t.Errorf("IsMutation(%q) = %v, want %v", m, got, want)
+		}
+	}
+}
+
+// fakeAdminIdentity serves AdminService.Rewrap and IdentityService.RevokeToken
+// with the fakeSecrets recording and failure injection.
+type fakeAdminIdentity struct {
+	mbv1.UnimplementedAdminServiceServer
+	mbv1.UnimplementedIdentityServiceServer
+	*fakeSecrets
+}
+
+func (f *fakeAdminIdentity) Rewrap(ctx context.Context, _ *mbv1.RewrapRequest) (*mbv1.RewrapResponse, error) {
+	if err := f.record(ctx, "Rewrap"); err != nil {
+		return nil, err
+	}
+	return &mbv1.RewrapResponse{ActiveKeyId: "k2"}, nil
+}
+
+func (f *fakeAdminIdentity) RevokeToken(ctx context.Context, _ *mbv1.RevokeTokenRequest) (*mbv1.RevokeTokenResponse, error) {
+	if err := f.record(ctx, "RevokeToken"); err != nil {
+		return nil, err
+	}
+	return &mbv1.RevokeTokenResponse{}, nil
+}
+
+// TestAdminAndRevokeAreRetriedMutations: Rewrap and RevokeToken carry an
+// idempotency key, the same on every retry after UNAVAILABLE.
+func TestAdminAndRevokeAreRetriedMutations(t *testing.T) {
+	f := &fakeAdminIdentity{fakeSecrets: &fakeSecrets{}}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	mbv1.RegisterAdminServiceServer(srv, f)
+	mbv1.RegisterIdentityServiceServer(srv, f)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	c := newClient(t, Config{Endpoints: []string{lis.Addr().String()}})
+	ctx := context.Background()
+
+	for _, call := range []struct {
+		name string
+		do   func() error
+	}{
+		{"Rewrap", func() error { _, err := c.Admin().Rewrap(ctx, &mbv1.RewrapRequest{BatchSize: 10}); return err }},
+		{"RevokeToken", func() error {
+			_, err := c.Identity().RevokeToken(ctx, &mbv1.RevokeTokenRequest{Id: "token-1"})
+			return err
+		}},
+	} {
+		f.mu.Lock()
+		f.calls, f.failN, f.failCode = nil, 2, codes.Unavailable
+		f.mu.Unlock()
+		if err := call.do(); err != nil {
+			t.Fatalf("%s: %v", call.name, err)
+		}
+		calls := f.seen()
+		if len(calls) != 3 {
+			t.Fatalf("%s: attempts = %d, want 3", call.name, len(calls))
+		}
+		key := one(calls[0].md, HeaderIdempotencyKey)
+		if len(key) < 16 {
+			t.Fatalf("%s: idempotency key = %q", call.name, key)
+		}
+		for i, cl := range calls {
+			if got := one(cl.md, HeaderIdempotencyKey); got != key || cl.method != call.name {
+				t.Errorf("%s attempt %d: %s key %q, want %q", call.name, i, cl.method, got, key)
+			}
 		}
 	}
 }

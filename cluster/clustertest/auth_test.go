@@ -100,16 +100,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 	bP := bindingOnP.GetBindings()[0].GetMetadata().GetId()
 
 	callers := map[string]identity{
-		"none":           newIdentity(t, c, n, "none", 0),
-		"viewer@P":       newIdentity(t, c, n, "viewer-p", 0, [2]string{P, "mysterybox.viewer"}),
-		"payload@P":      newIdentity(t, c, n, "payload-p", 0, [2]string{P, "mysterybox.payload-viewer"}),
-		"editor@P":       newIdentity(t, c, n, "editor-p", 0, [2]string{P, "mysterybox.editor"}),
-		"admin@P":        newIdentity(t, c, n, "admin-p", 0, [2]string{P, "mysterybox.admin"}),
-		"viewer@S":       newIdentity(t, c, n, "viewer-s", 0, [2]string{S, "mysterybox.viewer"}),
-		"payload@S":      newIdentity(t, c, n, "payload-s", 0, [2]string{S, "mysterybox.payload-viewer"}),
-		"editor@S":       newIdentity(t, c, n, "editor-s", 0, [2]string{S, "mysterybox.editor"}),
-		"admin@S":        newIdentity(t, c, n, "admin-s", 0, [2]string{S, "mysterybox.admin"}),
-		"region-admin":   newIdentity(t, c, n, "region-admin", 0, [2]string{region, "admin"}),
+		"none":            newIdentity(t, c, n, "none", 0),
+		"viewer@P":        newIdentity(t, c, n, "viewer-p", 0, [2]string{P, "mysterybox.viewer"}),
+		"payload@P":       newIdentity(t, c, n, "payload-p", 0, [2]string{P, "mysterybox.payload-viewer"}),
+		"editor@P":        newIdentity(t, c, n, "editor-p", 0, [2]string{P, "mysterybox.editor"}),
+		"admin@P":         newIdentity(t, c, n, "admin-p", 0, [2]string{P, "mysterybox.admin"}),
+		"viewer@S":        newIdentity(t, c, n, "viewer-s", 0, [2]string{S, "mysterybox.viewer"}),
+		"payload@S":       newIdentity(t, c, n, "payload-s", 0, [2]string{S, "mysterybox.payload-viewer"}),
+		"editor@S":        newIdentity(t, c, n, "editor-s", 0, [2]string{S, "mysterybox.editor"}),
+		"admin@S":         newIdentity(t, c, n, "admin-s", 0, [2]string{S, "mysterybox.admin"}),
+		"region-admin":    newIdentity(t, c, n, "region-admin", 0, [2]string{region, "admin"}),
 		"unauthenticated": {},
 	}
 	var (

@@ -24,8 +24,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
 var (
@@ -172,8 +175,37 @@ func startServer() (*testServer, error) {
 	// tests keep passing once the dev server enforces authentication.
 	if b, err := os.ReadFile(filepath.Join(s.dataDir, "admin.token")); err == nil {
 		s.token = strings.TrimSpace(string(b))
+		// The file is written before the region's admin account is
+		// committed (health says SERVING earlier): wait until the token
+		// is accepted.
+		for !tokenAccepted(s.addr, s.token) {
+			select {
+			case <-s.done:
+				return nil, fmt.Errorf("mysteryboxd exited: %v\n%s", s.waitErr, s.logTail())
+			case <-time.After(100 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				s.cmd.Process.Kill()
+				<-s.done
+				return nil, fmt.Errorf("the admin token in admin.token not accepted after 90s\n%s", s.logTail())
+			}
+		}
 	}
 	return s, nil
+}
+
+// tokenAccepted reports whether an authenticated read succeeds with token.
+func tokenAccepted(addr, token string) bool {
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	_, err = mbv1.NewIdentityServiceClient(conn).ListProjects(ctx, &mbv1.ListProjectsRequest{PageSize: 1})
+	return err == nil
 }
 
 func serving(addr string) bool {

@@ -38,11 +38,14 @@ type fake struct {
 	mu    sync.Mutex
 	calls []fakeCall
 	addr  string
+	// admin is the AdminService; tests set its Rewrap state (under mu).
+	admin *fakeAdmin
 }
 
 func startFakeServer(t *testing.T) *fake {
 	t.Helper()
 	f := &fake{}
+	f.admin = &fakeAdmin{f: f}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +53,8 @@ func startFakeServer(t *testing.T) *fake {
 	srv := grpc.NewServer()
 	mbv1.RegisterSecretServiceServer(srv, f)
 	mbv1.RegisterClusterServiceServer(srv, f)
+	mbv1.RegisterIdentityServiceServer(srv, &fakeIdentity{f: f})
+	mbv1.RegisterAdminServiceServer(srv, f.admin)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	f.addr = lis.Addr().String()
@@ -412,6 +417,18 @@ func TestUsageErrors(t *testing.T) {
 		{"-o", "xml", "project", "list"},
 		{"--timeout", "soon", "project", "list"},
 		{"--endpoints", "", "project", "list"},
+		{"account"},
+		{"account", "create"},
+		{"account", "create", "--name", "x", "--type", "robot"},
+		{"account", "get"},
+		{"token", "create"},
+		{"token", "create", "--account-id", "a", "--ttl", "1w"},
+		{"token", "list"},
+		{"token", "revoke"},
+		{"access-binding", "create", "--resource-id", "r", "--account-id", "a", "--role", "owner"},
+		{"access-binding", "list"},
+		{"admin", "rewrap", "--batch-size", "0"},
+		{"admin", "rewrap", "extra"},
 	} {
 		// No server listens at the default endpoint's replacement: a usage
 		// error must be reported before any call is made.

@@ -50,6 +50,9 @@ type app struct {
 	// stdoutTTY reports whether stdout is a terminal; get-by-key adds a
 	// newline only then, and refuses to dump binary values there.
 	stdoutTTY bool
+	// stderrTTY reports whether stderr is a terminal; progress lines (admin
+	// rewrap) are shown only then.
+	stderrTTY bool
 
 	endpoints   string
 	token       string
@@ -68,6 +71,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if f, ok := stdout.(*os.File); ok {
 		a.stdoutTTY = term.IsTerminal(int(f.Fd()))
 	}
+	if f, ok := stderr.(*os.File); ok {
+		a.stderrTTY = term.IsTerminal(int(f.Fd()))
+	}
+	return a.execute(ctx, args)
+}
+
+// execute runs the command line args with a's streams and returns the exit
+// code; tests call it directly to simulate a terminal.
+func (a *app) execute(ctx context.Context, args []string) int {
+	stdin, stdout, stderr := a.stdin, a.stdout, a.stderr
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetIn(stdin)
@@ -108,7 +121,8 @@ Exit codes: 0 ok, 1 other error, 2 usage, 3 not found,
 	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call, retries included (0: none)")
 	pf.StringVar(&a.consistency, "consistency", "", "read consistency: linearizable (default) or stale")
 
-	root.AddCommand(a.projectCmd(), a.secretCmd(), a.versionCmd(), a.payloadCmd(), a.clusterCmd())
+	root.AddCommand(a.projectCmd(), a.secretCmd(), a.versionCmd(), a.payloadCmd(), a.clusterCmd(),
+		a.accountCmd(), a.tokenCmd(), a.accessBindingCmd(), a.adminCmd())
 	wrapRunE(root)
 	return root
 }

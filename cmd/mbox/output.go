@@ -280,6 +280,106 @@ func membersText(ms []*mbv1.Member) func(io.Writer) {
 	}
 }
 
+func accountText(acc *mbv1.Account) func(io.Writer) {
+	return func(w io.Writer) {
+		md := acc.GetMetadata()
+		writeKV(w, []kv{
+			{"id", md.GetId()},
+			{"name", md.GetName()},
+			{"type", accountType(acc.GetSpec().GetType())},
+			{"description", acc.GetSpec().GetDescription()},
+			{"region", acc.GetStatus().GetRegion()},
+			{"labels", labels(md.GetLabels())},
+			{"resource_version", i64(md.GetResourceVersion())},
+			{"created_at", ts(md.GetCreatedAt())},
+			{"updated_at", ts(md.GetUpdatedAt())},
+		})
+	}
+}
+
+func accountsText(as []*mbv1.Account) func(io.Writer) {
+	return func(w io.Writer) {
+		rows := make([][]string, 0, len(as))
+		for _, acc := range as {
+			md := acc.GetMetadata()
+			rows = append(rows, []string{md.GetId(), md.GetName(), accountType(acc.GetSpec().GetType()),
+				ts(md.GetCreatedAt()), acc.GetSpec().GetDescription()})
+		}
+		writeTable(w, []string{"ID", "NAME", "TYPE", "CREATED", "DESCRIPTION"}, rows)
+	}
+}
+
+// accountType is the enum name, as in JSON (SERVICE, USER).
+func accountType(t mbv1.AccountType) string {
+	if t == mbv1.AccountType_ACCOUNT_TYPE_UNSPECIFIED {
+		return ""
+	}
+	return t.String()
+}
+
+// tokenText shows a token's metadata. A Token message never holds the
+// bearer string, which exists only in CreateTokenResponse.secret.
+func tokenText(tok *mbv1.Token) func(io.Writer) {
+	return func(w io.Writer) {
+		md := tok.GetMetadata()
+		writeKV(w, []kv{
+			{"id", md.GetId()},
+			{"account_id", md.GetParentId()},
+			{"description", tok.GetSpec().GetDescription()},
+			{"expires_at", expiry(tok.GetSpec().GetExpiresAt())},
+			{"region", tok.GetStatus().GetRegion()},
+			{"resource_version", i64(md.GetResourceVersion())},
+			{"created_at", ts(md.GetCreatedAt())},
+		})
+	}
+}
+
+func tokensText(toks []*mbv1.Token) func(io.Writer) {
+	return func(w io.Writer) {
+		rows := make([][]string, 0, len(toks))
+		for _, tok := range toks {
+			md := tok.GetMetadata()
+			rows = append(rows, []string{md.GetId(), md.GetParentId(), ts(md.GetCreatedAt()),
+				expiry(tok.GetSpec().GetExpiresAt()), tok.GetSpec().GetDescription()})
+		}
+		writeTable(w, []string{"ID", "ACCOUNT_ID", "CREATED", "EXPIRES", "DESCRIPTION"}, rows)
+	}
+}
+
+// expiry is a token's expiry time, "never" when it has none.
+func expiry(t *timestamppb.Timestamp) string {
+	if s := ts(t); s != "" {
+		return s
+	}
+	return "never"
+}
+
+func bindingText(b *mbv1.AccessBinding) func(io.Writer) {
+	return func(w io.Writer) {
+		md, sp := b.GetMetadata(), b.GetSpec()
+		writeKV(w, []kv{
+			{"id", md.GetId()},
+			{"resource_id", sp.GetResourceId()},
+			{"account_id", sp.GetAccountId()},
+			{"role", sp.GetRole()},
+			{"resource_version", i64(md.GetResourceVersion())},
+			{"created_at", ts(md.GetCreatedAt())},
+		})
+	}
+}
+
+func bindingsText(bs []*mbv1.AccessBinding) func(io.Writer) {
+	return func(w io.Writer) {
+		rows := make([][]string, 0, len(bs))
+		for _, b := range bs {
+			sp := b.GetSpec()
+			rows = append(rows, []string{b.GetMetadata().GetId(), sp.GetResourceId(), sp.GetAccountId(), sp.GetRole(),
+				ts(b.GetMetadata().GetCreatedAt())})
+		}
+		writeTable(w, []string{"ID", "RESOURCE_ID", "ACCOUNT_ID", "ROLE", "CREATED"}, rows)
+	}
+}
+
 // payloadText prints one "key=value" line per entry. Values that would break
 // the one-line-per-entry shape are Go-quoted; binary values are written as
 // "key:base64=<base64>" (':' cannot occur in a key, so this is unambiguous).

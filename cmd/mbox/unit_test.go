@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -263,5 +264,45 @@ func TestWriteTableNoTrailingBlanks(t *testing.T) {
 	want := "ID           DESCRIPTION\nmbsecver-1\nmbsecver-22  two words\n"
 	if buf.String() != want {
 		t.Errorf("got %q, want %q", buf.String(), want)
+	}
+}
+
+func TestParseTTL(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"0":       0,
+		"0d":      0,
+		"30d":     30 * 24 * time.Hour,
+		"1d12h":   36 * time.Hour,
+		"12h":     12 * time.Hour,
+		"90m":     90 * time.Minute,
+		"1h30m":   90 * time.Minute,
+		" 7d ":    7 * 24 * time.Hour,
+		"2d30m5s": 48*time.Hour + 30*time.Minute + 5*time.Second,
+	} {
+		got, err := parseTTL(in)
+		if err != nil || got != want {
+			t.Errorf("parseTTL(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "-1h", "-1d", "1.5d", "1d-1h", "1d2d", "30", "soon", "106752d", "106751d24h"} {
+		if _, err := parseTTL(in); err == nil {
+			t.Errorf("parseTTL(%q): want an error", in)
+		} else if name, _, exit := classify(err); name != "USAGE" || exit != exitUsage {
+			t.Errorf("parseTTL(%q): %s exit %d, want USAGE exit 2", in, name, exit)
+		}
+	}
+}
+
+func TestCheckRole(t *testing.T) {
+	for _, r := range []string{"mysterybox.viewer", "mysterybox.payload-viewer", "mysterybox.editor", "mysterybox.admin", "admin"} {
+		if err := checkRole(r); err != nil {
+			t.Errorf("checkRole(%q) = %v", r, err)
+		}
+	}
+	for _, r := range []string{"", "viewer", "mysterybox.Admin", " admin", "mysterybox.payload_viewer"} {
+		name, _, exit := classify(checkRole(r))
+		if name != "USAGE" || exit != exitUsage {
+			t.Errorf("checkRole(%q): %s exit %d, want USAGE exit 2", r, name, exit)
+		}
 	}
 }
