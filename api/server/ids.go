@@ -2,8 +2,8 @@ package server
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/base32"
+	"encoding/base64"
 	"encoding/binary"
 	"strings"
 	"time"
