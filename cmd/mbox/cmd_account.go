@@ -1,0 +1,158 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+func (a *app) accountCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "account",
+		Short: "Manage service and user accounts",
+		Args:  cobra.NoArgs,
+		RunE:  groupRunE,
+	}
+	cmd.AddCommand(a.accountCreateCmd(), a.accountListCmd(), a.accountGetCmd(), a.accountDeleteCmd())
+	return cmd
+}
+
+// parseAccountType maps --type to the enum.
+func parseAccountType(s string) (mbv1.AccountType, error) {
+	switch strings.ToLower(s) {
+	case "service":
+		return mbv1.AccountType_SERVICE, nil
+	case "user":
+		return mbv1.AccountType_USER, nil
+	}
+	return 0, usageErr("--type %q: want service or user", s)
+}
+
+func (a *app) accountCreateCmd() *cobra.Command {
+	var name, typ, description string
+	var labelFlags []string
+	cmd := &cobra.Command{
+		Use:   "create --name N [--type service|user]",
+		Short: "Create an account in the region",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := parseAccountType(typ)
+			if err != nil {
+				return err
+			}
+			lbls, err := parseLabels(labelFlags)
+			if err != nil {
+				return err
+			}
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			acc, err := cl.Identity().CreateAccount(cmd.Context(), &mbv1.CreateAccountRequest{Account: &mbv1.Account{
+				Metadata: &mbv1.Metadata{Name: name, Labels: lbls},
+				Spec:     &mbv1.AccountSpec{Type: t, Description: description},
+			}})
+			if err != nil {
+				return err
+			}
+			return a.emit(acc, accountText(acc))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "account name")
+	f.StringVar(&typ, "type", "service", "account type: service or user")
+	f.StringVar(&description, "description", "", "description")
+	f.StringArrayVar(&labelFlags, "label", nil, "label KEY=VALUE (repeatable)")
+	cmd.MarkFlagRequired("name")
+	return cmd
+}
+
+func (a *app) accountListCmd() *cobra.Command {
+	var pg paging
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the region's accounts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := pg.check(cmd); err != nil {
+				return err
+			}
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			resp := &mbv1.ListAccountsResponse{}
+			next, err := pg.each(func(size int32, token string) (string, error) {
+				r, err := cl.Identity().ListAccounts(cmd.Context(), &mbv1.ListAccountsRequest{PageSize: size, PageToken: token})
+				if err != nil {
+					return "", err
+				}
+				resp.Accounts = append(resp.Accounts, r.GetAccounts()...)
+				return r.GetNextPageToken(), nil
+			})
+			if err != nil {
+				return err
+			}
+			resp.NextPageToken = next
+			return a.emitList(resp, next, accountsText(resp.Accounts))
+		},
+	}
+	pg.register(cmd)
+	return cmd
+}
+
+func (a *app) accountGetCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get ID",
+		Short: "Show an account",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			acc, err := cl.Identity().GetAccount(cmd.Context(), &mbv1.GetAccountRequest{Id: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.emit(acc, accountText(acc))
+		},
+	}
+}
+
+func (a *app) accountDeleteCmd() *cobra.Command {
+	var rv int64
+	cmd := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete an account, revoking its tokens and removing its access bindings",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			resp, err := cl.Identity().DeleteAccount(cmd.Context(), &mbv1.DeleteAccountRequest{Id: args[0], ResourceVersion: rv})
+			if err != nil {
+				return err
+			}
+			return a.emit(resp, func(w io.Writer) {
+				fmt.Fprintf(w, "deleted account %s: revoked %s, removed %s\n", args[0],
+					plural(resp.GetRevokedTokens(), "token"), plural(resp.GetRemovedBindings(), "access binding"))
+			})
+		},
+	}
+	cmd.Flags().Int64Var(&rv, "resource-version", 0, "fail with ABORTED unless the account is at this version (0: any)")
+	return cmd
+}
+
+// plural is "1 token", "2 tokens".
+func plural(n int64, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
