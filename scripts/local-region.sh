@@ -16,12 +16,21 @@ up)
     args=(--region local1 --node-id "node$i" --data-dir "$dir/node$i"
           --grpc-addr "127.0.0.1:$((7700 + 10*i))" --raft-addr "127.0.0.1:$((7701 + 10*i))"
           --master-key-file "$dir/keyring.json")
-    if [ "$i" = 1 ]; then args+=(--bootstrap); else args+=(--join-raft 127.0.0.1:7710); fi
+    if [ "$i" = 1 ]; then
+      args+=(--bootstrap --bootstrap-admin-token-file "$dir/admin.token")
+    else
+      args+=(--join-raft 127.0.0.1:7710 --join-token-file "$dir/admin.token")
+    fi
     bin/mysteryboxd "${args[@]}" > "$dir/node$i.log" 2>&1 &
     echo $! > "$dir/node$i.pid"
+    if [ "$i" = 1 ]; then
+      # node1 writes the admin token the others join with.
+      for _ in $(seq 100); do [ -s "$dir/admin.token" ] && break; sleep 0.1; done
+    fi
   done
   echo "region local1 starting: endpoints 127.0.0.1:7710,127.0.0.1:7720,127.0.0.1:7730 (logs in $dir)"
   echo "  export MYSTERYBOX_ENDPOINTS=127.0.0.1:7710,127.0.0.1:7720,127.0.0.1:7730"
+  echo "  export MYSTERYBOX_TOKEN=\$(cat $dir/admin.token)"
   ;;
 down)
   for f in "$dir"/node*.pid; do
