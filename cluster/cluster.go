@@ -457,3 +457,27 @@ func (rb *readBarrier) run() {
 
 // Stats returns Raft's counters (term, indexes, last contact, ...).
 func (n *Node) Stats() map[string]string { return n.raft.Stats() }
+
+// HasState reports whether this node belongs to a Raft cluster: it was
+// bootstrapped, or has received a configuration or log from a leader.
+func (n *Node) HasState() bool {
+	if n.raft.LastIndex() > 0 {
+		return true
+	}
+	f := n.raft.GetConfiguration()
+	return f.Error() == nil && len(f.Configuration().Servers) > 0
+}
+
+// Term is the current Raft term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
+// BootstrapWith bootstraps a new cluster whose first voters are servers.
+// Every node of the initial set may call it with the same set; it fails
+// harmlessly on a node that already has state.
+func (n *Node) BootstrapWith(servers []ServerInfo) error {
+	conf := raft.Configuration{}
+	for _, s := range servers {
+		conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address), Suffrage: raft.Voter})
+	}
+	return n.raft.BootstrapCluster(conf).Error()
+}

@@ -6,12 +6,15 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -47,10 +50,22 @@ type Config struct {
 	JoinAddrs []string
 	// JoinToken authenticates the join request (a region admin token).
 	JoinToken string
-	// AdminTokenFile, with Bootstrap: where the region's first admin token
-	// is written (mode 0600) when the region has no admin yet. Never
-	// rewritten once the region has one.
+	// AdminTokenFile, with Bootstrap or BootstrapExpect: where the region's
+	// first admin token is written (mode 0600) while the region has no admin
+	// yet. Never rewritten once the region has one.
 	AdminTokenFile string
+
+	// Gossip: GossipAddr "" disables it. GossipSeeds are gossip addresses
+	// of any nodes of any region. BootstrapExpect bootstraps the region once
+	// that many of its nodes see each other and none has Raft state.
+	GossipAddr        string
+	GossipAdvertise   string
+	GossipSeeds       []string
+	GossipKey         []byte
+	BootstrapExpect   int
+	DeadNodeReapAfter time.Duration
+	// FastGossip uses loopback timings (tests).
+	FastGossip bool
 
 	Keyring             *region.Keyring
 	PurgeAfter          time.Duration
@@ -70,17 +85,26 @@ type Node struct {
 	cfg    Config
 	logger hclog.Logger
 
-	Store *store.Store
-	FSM   *fsm.FSM
-	Raft  *cluster.Node
-	API   *server.Server
+	Store  *store.Store
+	FSM    *fsm.FSM
+	Raft   *cluster.Node
+	API    *server.Server
+	Gossip *cluster.Gossip // nil without gossip
 
-	grpc       *grpc.Server
-	lis        net.Listener
-	grpcAddr   string
-	stopJoin   context.CancelFunc
-	adminToken string
-	served     chan struct{}
+	grpc      *grpc.Server
+	lis       net.Listener
+	grpcAddr  string
+	stopJoin  context.CancelFunc
+	bg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	stopAdmin context.CancelFunc
+	// pendingAdmin is this node's admin token (id and hash) while the
+	// region has no admin yet.
+	pendingAdmin atomic.Pointer[pendingAdmin]
+	stopGossip   context.CancelFunc
+	adminToken   string
+	served       chan struct{}
 }
 
 // raftAdapter gives the API the FSM's applied index (which counts entries
@@ -163,8 +187,14 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	}
 	n.Raft.OnLeader(n.API.RunLeaderTasks)
 
-	if cfg.Bootstrap && cfg.AdminTokenFile != "" {
+	if (cfg.Bootstrap || cfg.BootstrapExpect > 0) && cfg.AdminTokenFile != "" {
 		if err := n.prepareAdminToken(); err != nil {
+			return nil, err
+		}
+	}
+	n.Raft.OnLeader(n.bootstrapAdminTask)
+	if cfg.GossipAddr != "" {
+		if err := n.startGossip(); err != nil {
 			return nil, err
 		}
 	}
@@ -184,7 +214,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	if len(cfg.JoinAddrs) > 0 {
 		ctx, cancel := context.WithCancel(context.Background())
 		n.stopJoin = cancel
-		go n.joinLoop(ctx)
+		n.goBackground(func() { n.joinLoop(ctx) })
 	}
 	ok = true
 	logger.Info("node started", "region", cfg.Region, "node_id", cfg.NodeID, "grpc", n.grpcAddr, "raft", n.Raft.RaftAddr())
@@ -192,8 +222,10 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 }
 
 // prepareAdminToken makes sure the bootstrap admin token file exists while
-// the region has no admin (reusing one left by a crash before the bootstrap
-// committed), and registers the leader task that creates the admin.
+// the region has no admin (reusing one left by a crash before the admin was
+// created). Whichever node leads creates the admin: from this node's pending
+// token, or from one a peer of the region advertises in gossip (only its id
+// and hash travel). A node whose token lost to another's removes its file.
 func (n *Node) prepareAdminToken() error {
 	done, err := n.API.Bootstrapped()
 	if err != nil || done {
@@ -204,23 +236,84 @@ func (n *Node) prepareAdminToken() error {
 		return err
 	}
 	n.adminToken = token
-	n.Raft.OnLeader(func(ctx context.Context) {
-		for ctx.Err() == nil {
-			applied, err := n.API.BootstrapAdmin(ctx, token)
+	parts := strings.Split(token, ".")
+	sum := sha256.Sum256([]byte(parts[3]))
+	n.pendingAdmin.Store(&pendingAdmin{tokenID: parts[2], hash: sum[:]})
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stopAdmin = cancel
+	n.goBackground(func() { n.watchAdminBootstrap(ctx, parts[2]) })
+	return nil
+}
+
+type pendingAdmin struct {
+	tokenID string
+	hash    []byte
+}
+
+// bootstrapAdminTask runs on the leader until the region has its admin.
+func (n *Node) bootstrapAdminTask(ctx context.Context) {
+	for ctx.Err() == nil {
+		done, err := n.API.Bootstrapped()
+		if err == nil && done {
+			return
+		}
+		if p := n.choosePendingAdmin(); p != nil {
+			applied, err := n.API.BootstrapAdmin(ctx, p.tokenID, p.hash)
 			if err == nil {
 				if applied {
-					n.logger.Info("created the region's admin account; its token is in the admin token file", "file", n.cfg.AdminTokenFile)
+					n.logger.Info("created the region's admin account", "token_id", p.tokenID)
 				}
 				return
 			}
 			n.logger.Warn("creating the region's admin failed; retrying", "error", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// choosePendingAdmin picks the pending admin token of the region's node
+// with the smallest id: this node's own, or one advertised in gossip.
+func (n *Node) choosePendingAdmin() *pendingAdmin {
+	best, bestID := n.pendingAdmin.Load(), n.cfg.NodeID
+	if n.Gossip != nil {
+		for _, m := range n.Gossip.Members() {
+			if m.Meta.Region != n.cfg.Region || m.Meta.AdminTokenID == "" || m.Health != cluster.HealthAlive {
+				continue
+			}
+			if best == nil || m.Meta.NodeID < bestID {
+				best, bestID = &pendingAdmin{tokenID: m.Meta.AdminTokenID, hash: m.Meta.AdminTokenHash}, m.Meta.NodeID
 			}
 		}
-	})
-	return nil
+	}
+	return best
+}
+
+// watchAdminBootstrap waits until the region has its admin, then stops
+// advertising this node's pending token, and removes the token file if
+// another node's token was chosen.
+func (n *Node) watchAdminBootstrap(ctx context.Context, tokenID string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+		done, err := n.API.Bootstrapped()
+		if err != nil || !done {
+			continue
+		}
+		n.pendingAdmin.Store(nil)
+		if !n.API.HasToken(tokenID) {
+			if err := os.Remove(n.cfg.AdminTokenFile); err == nil {
+				n.logger.Info("the region's admin was created from another node's token; removed this node's admin token file", "file", n.cfg.AdminTokenFile)
+			}
+			n.adminToken = ""
+		}
+		return
+	}
 }
 
 // readOrCreateToken returns the token in path, creating the file (0600)
@@ -315,6 +408,11 @@ func (n *Node) Shutdown(timeout time.Duration) error {
 			}
 		}
 	}
+	if n.Gossip != nil {
+		if err := n.Gossip.Leave(2 * time.Second); err != nil {
+			n.logger.Warn("leaving gossip", "error", err)
+		}
+	}
 	if n.grpc != nil {
 		done := make(chan struct{})
 		go func() {
@@ -345,27 +443,43 @@ func voters(servers []cluster.ServerInfo) int {
 func (n *Node) Close() error { return n.closeAll() }
 
 func (n *Node) closeAll() error {
-	if n.stopJoin != nil {
-		n.stopJoin()
-	}
-	if n.grpc != nil {
-		n.grpc.Stop()
-		<-n.served
-		n.grpc = nil
-	} else if n.lis != nil {
-		n.lis.Close()
-	}
-	if n.API != nil {
-		n.API.Close()
-	}
-	var errs []error
-	if n.Raft != nil {
-		errs = append(errs, n.Raft.Close())
-		n.Raft = nil
-	}
-	if n.Store != nil {
-		errs = append(errs, n.Store.Close())
-		n.Store = nil
-	}
-	return errors.Join(errs...)
+	n.closeOnce.Do(func() {
+		// Background loops first: they use everything below.
+		for _, stop := range []context.CancelFunc{n.stopJoin, n.stopAdmin, n.stopGossip} {
+			if stop != nil {
+				stop()
+			}
+		}
+		n.bg.Wait()
+		if n.Gossip != nil {
+			n.Gossip.Close()
+		}
+		if n.grpc != nil {
+			n.grpc.Stop()
+			<-n.served
+		} else if n.lis != nil {
+			n.lis.Close()
+		}
+		if n.API != nil {
+			n.API.Close()
+		}
+		var errs []error
+		if n.Raft != nil {
+			errs = append(errs, n.Raft.Close())
+		}
+		if n.Store != nil {
+			errs = append(errs, n.Store.Close())
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// goBackground runs fn in a goroutine that closeAll waits for.
+func (n *Node) goBackground(fn func()) {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		fn()
+	}()
 }

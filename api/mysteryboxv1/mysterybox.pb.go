@@ -3877,6 +3877,215 @@ func (x *ListMembersResponse) GetMembers() []*Member {
 	return nil
 }
 
+type ListRegionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegionsRequest) Reset() {
+	*x = ListRegionsRequest{}
+	mi := &file_mysterybox_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegionsRequest) ProtoMessage() {}
+
+func (x *ListRegionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegionsRequest.ProtoReflect.Descriptor instead.
+func (*ListRegionsRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{68}
+}
+
+type RegionNode struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	GrpcAddress string                 `protobuf:"bytes,2,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	// Gossip health: alive, suspect, dead or left.
+	Health        string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionNode) Reset() {
+	*x = RegionNode{}
+	mi := &file_mysterybox_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionNode) ProtoMessage() {}
+
+func (x *RegionNode) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionNode.ProtoReflect.Descriptor instead.
+func (*RegionNode) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *RegionNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RegionNode) GetGrpcAddress() string {
+	if x != nil {
+		return x.GrpcAddress
+	}
+	return ""
+}
+
+func (x *RegionNode) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+type Region struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Name              string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	LeaderId          string                 `protobuf:"bytes,2,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderGrpcAddress string                 `protobuf:"bytes,3,opt,name=leader_grpc_address,json=leaderGrpcAddress,proto3" json:"leader_grpc_address,omitempty"`
+	Nodes             []*RegionNode          `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Region) Reset() {
+	*x = Region{}
+	mi := &file_mysterybox_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Region) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Region) ProtoMessage() {}
+
+func (x *Region) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Region.ProtoReflect.Descriptor instead.
+func (*Region) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *Region) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Region) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *Region) GetLeaderGrpcAddress() string {
+	if x != nil {
+		return x.LeaderGrpcAddress
+	}
+	return ""
+}
+
+func (x *Region) GetNodes() []*RegionNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type ListRegionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Regions       []*Region              `protobuf:"bytes,1,rep,name=regions,proto3" json:"regions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRegionsResponse) Reset() {
+	*x = ListRegionsResponse{}
+	mi := &file_mysterybox_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRegionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRegionsResponse) ProtoMessage() {}
+
+func (x *ListRegionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRegionsResponse.ProtoReflect.Descriptor instead.
+func (*ListRegionsResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ListRegionsResponse) GetRegions() []*Region {
+	if x != nil {
+		return x.Regions
+	}
+	return nil
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -3888,7 +4097,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_mysterybox_proto_msgTypes[68]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3900,7 +4109,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[68]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3913,7 +4122,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{68}
+	return file_mysterybox_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -3946,7 +4155,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_mysterybox_proto_msgTypes[69]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3958,7 +4167,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[69]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3971,7 +4180,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{69}
+	return file_mysterybox_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -3990,7 +4199,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_mysterybox_proto_msgTypes[70]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4002,7 +4211,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[70]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4015,7 +4224,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{70}
+	return file_mysterybox_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -4033,7 +4242,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_mysterybox_proto_msgTypes[71]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4254,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[71]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4267,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{71}
+	return file_mysterybox_proto_rawDescGZIP(), []int{75}
 }
 
 type TransferLeadershipRequest struct {
@@ -4071,7 +4280,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4083,7 +4292,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4096,7 +4305,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{72}
+	return file_mysterybox_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *TransferLeadershipRequest) GetNodeId() string {
@@ -4115,7 +4324,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4127,7 +4336,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4140,7 +4349,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{73}
+	return file_mysterybox_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -4160,7 +4369,7 @@ type RewrapRequest struct {
 
 func (x *RewrapRequest) Reset() {
 	*x = RewrapRequest{}
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4172,7 +4381,7 @@ func (x *RewrapRequest) String() string {
 func (*RewrapRequest) ProtoMessage() {}
 
 func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4185,7 +4394,7 @@ func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
 func (*RewrapRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{74}
+	return file_mysterybox_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RewrapRequest) GetBatchSize() int32 {
@@ -4210,7 +4419,7 @@ type RewrapResponse struct {
 
 func (x *RewrapResponse) Reset() {
 	*x = RewrapResponse{}
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4222,7 +4431,7 @@ func (x *RewrapResponse) String() string {
 func (*RewrapResponse) ProtoMessage() {}
 
 func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4235,7 +4444,7 @@ func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
 func (*RewrapResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{75}
+	return file_mysterybox_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *RewrapResponse) GetRewrapped() int64 {
@@ -4521,7 +4730,20 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\"\x14\n" +
 	"\x12ListMembersRequest\"F\n" +
 	"\x13ListMembersResponse\x12/\n" +
-	"\amembers\x18\x01 \x03(\v2\x15.mysterybox.v1.MemberR\amembers\"l\n" +
+	"\amembers\x18\x01 \x03(\v2\x15.mysterybox.v1.MemberR\amembers\"\x14\n" +
+	"\x12ListRegionsRequest\"`\n" +
+	"\n" +
+	"RegionNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
+	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12\x16\n" +
+	"\x06health\x18\x03 \x01(\tR\x06health\"\x9a\x01\n" +
+	"\x06Region\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
+	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12.\n" +
+	"\x13leader_grpc_address\x18\x03 \x01(\tR\x11leaderGrpcAddress\x12/\n" +
+	"\x05nodes\x18\x04 \x03(\v2\x19.mysterybox.v1.RegionNodeR\x05nodes\"F\n" +
+	"\x13ListRegionsResponse\x12/\n" +
+	"\aregions\x18\x01 \x03(\v2\x15.mysterybox.v1.RegionR\aregions\"l\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
@@ -4589,10 +4811,11 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\bUndelete\x12+.mysterybox.v1.UndeleteSecretVersionRequest\x1a\x1c.mysterybox.v1.SecretVersion2\xb7\x01\n" +
 	"\x0ePayloadService\x12J\n" +
 	"\x03Get\x12 .mysterybox.v1.GetPayloadRequest\x1a!.mysterybox.v1.GetPayloadResponse\x12Y\n" +
-	"\bGetByKey\x12%.mysterybox.v1.GetPayloadByKeyRequest\x1a&.mysterybox.v1.GetPayloadByKeyResponse2\xb6\x03\n" +
+	"\bGetByKey\x12%.mysterybox.v1.GetPayloadByKeyRequest\x1a&.mysterybox.v1.GetPayloadByKeyResponse2\x88\x04\n" +
 	"\x0eClusterService\x12S\n" +
 	"\x06Status\x12#.mysterybox.v1.ClusterStatusRequest\x1a$.mysterybox.v1.ClusterStatusResponse\x12P\n" +
-	"\aMembers\x12!.mysterybox.v1.ListMembersRequest\x1a\".mysterybox.v1.ListMembersResponse\x12?\n" +
+	"\aMembers\x12!.mysterybox.v1.ListMembersRequest\x1a\".mysterybox.v1.ListMembersResponse\x12P\n" +
+	"\aRegions\x12!.mysterybox.v1.ListRegionsRequest\x1a\".mysterybox.v1.ListRegionsResponse\x12?\n" +
 	"\x04Join\x12\x1a.mysterybox.v1.JoinRequest\x1a\x1b.mysterybox.v1.JoinResponse\x12Q\n" +
 	"\n" +
 	"RemoveNode\x12 .mysterybox.v1.RemoveNodeRequest\x1a!.mysterybox.v1.RemoveNodeResponse\x12i\n" +
@@ -4613,7 +4836,7 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 }
 
 var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 77)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
 	(AccountType)(0),                     // 1: mysterybox.v1.AccountType
@@ -4685,23 +4908,27 @@ var file_mysterybox_proto_goTypes = []any{
 	(*Member)(nil),                       // 67: mysterybox.v1.Member
 	(*ListMembersRequest)(nil),           // 68: mysterybox.v1.ListMembersRequest
 	(*ListMembersResponse)(nil),          // 69: mysterybox.v1.ListMembersResponse
-	(*JoinRequest)(nil),                  // 70: mysterybox.v1.JoinRequest
-	(*JoinResponse)(nil),                 // 71: mysterybox.v1.JoinResponse
-	(*RemoveNodeRequest)(nil),            // 72: mysterybox.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),           // 73: mysterybox.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),    // 74: mysterybox.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil),   // 75: mysterybox.v1.TransferLeadershipResponse
-	(*RewrapRequest)(nil),                // 76: mysterybox.v1.RewrapRequest
-	(*RewrapResponse)(nil),               // 77: mysterybox.v1.RewrapResponse
-	nil,                                  // 78: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 79: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 80: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 81: google.protobuf.FieldMask
+	(*ListRegionsRequest)(nil),           // 70: mysterybox.v1.ListRegionsRequest
+	(*RegionNode)(nil),                   // 71: mysterybox.v1.RegionNode
+	(*Region)(nil),                       // 72: mysterybox.v1.Region
+	(*ListRegionsResponse)(nil),          // 73: mysterybox.v1.ListRegionsResponse
+	(*JoinRequest)(nil),                  // 74: mysterybox.v1.JoinRequest
+	(*JoinResponse)(nil),                 // 75: mysterybox.v1.JoinResponse
+	(*RemoveNodeRequest)(nil),            // 76: mysterybox.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),           // 77: mysterybox.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),    // 78: mysterybox.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil),   // 79: mysterybox.v1.TransferLeadershipResponse
+	(*RewrapRequest)(nil),                // 80: mysterybox.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 81: mysterybox.v1.RewrapResponse
+	nil,                                  // 82: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 83: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 84: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 85: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	79, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	79, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	78, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	83, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	83, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	82, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
 	2,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
 	4,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
 	5,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
@@ -4716,8 +4943,8 @@ var file_mysterybox_proto_depIdxs = []int32{
 	2,  // 14: mysterybox.v1.Token.metadata:type_name -> mysterybox.v1.Metadata
 	22, // 15: mysterybox.v1.Token.spec:type_name -> mysterybox.v1.TokenSpec
 	23, // 16: mysterybox.v1.Token.status:type_name -> mysterybox.v1.TokenStatus
-	79, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
-	80, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	83, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
+	84, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	21, // 19: mysterybox.v1.CreateTokenResponse.token:type_name -> mysterybox.v1.Token
 	21, // 20: mysterybox.v1.ListTokensResponse.tokens:type_name -> mysterybox.v1.Token
 	2,  // 21: mysterybox.v1.AccessBinding.metadata:type_name -> mysterybox.v1.Metadata
@@ -4730,102 +4957,106 @@ var file_mysterybox_proto_depIdxs = []int32{
 	43, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
 	53, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
 	0,  // 30: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	79, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	79, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	83, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	83, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
 	41, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
 	41, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
 	41, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	81, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	85, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	2,  // 37: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
 	53, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
 	54, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
 	40, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
 	0,  // 41: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	79, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	79, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	83, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	83, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
 	52, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
 	52, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
 	39, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
 	39, // 47: mysterybox.v1.GetPayloadByKeyResponse.entry:type_name -> mysterybox.v1.PayloadEntry
 	67, // 48: mysterybox.v1.ListMembersResponse.members:type_name -> mysterybox.v1.Member
-	67, // 49: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
-	6,  // 50: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
-	7,  // 51: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
-	8,  // 52: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
-	10, // 53: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
-	15, // 54: mysterybox.v1.IdentityService.CreateAccount:input_type -> mysterybox.v1.CreateAccountRequest
-	16, // 55: mysterybox.v1.IdentityService.GetAccount:input_type -> mysterybox.v1.GetAccountRequest
-	17, // 56: mysterybox.v1.IdentityService.ListAccounts:input_type -> mysterybox.v1.ListAccountsRequest
-	19, // 57: mysterybox.v1.IdentityService.DeleteAccount:input_type -> mysterybox.v1.DeleteAccountRequest
-	24, // 58: mysterybox.v1.IdentityService.CreateToken:input_type -> mysterybox.v1.CreateTokenRequest
-	26, // 59: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
-	27, // 60: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
-	29, // 61: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
-	33, // 62: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
-	34, // 63: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
-	35, // 64: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
-	37, // 65: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
-	44, // 66: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
-	45, // 67: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
-	46, // 68: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
-	47, // 69: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
-	49, // 70: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
-	50, // 71: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
-	51, // 72: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
-	55, // 73: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
-	56, // 74: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
-	57, // 75: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
-	59, // 76: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
-	60, // 77: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
-	61, // 78: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
-	63, // 79: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
-	65, // 80: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
-	68, // 81: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
-	70, // 82: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
-	72, // 83: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
-	74, // 84: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	76, // 85: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
-	3,  // 86: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	3,  // 87: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	9,  // 88: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	11, // 89: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	12, // 90: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
-	12, // 91: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
-	18, // 92: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
-	20, // 93: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
-	25, // 94: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
-	21, // 95: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
-	28, // 96: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
-	30, // 97: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
-	31, // 98: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	31, // 99: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	36, // 100: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
-	38, // 101: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
-	41, // 102: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	41, // 103: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	41, // 104: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	48, // 105: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	41, // 106: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	41, // 107: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	41, // 108: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	52, // 109: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	52, // 110: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	58, // 111: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	52, // 112: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	52, // 113: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	62, // 114: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	64, // 115: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	66, // 116: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	69, // 117: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	71, // 118: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	73, // 119: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	75, // 120: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	77, // 121: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
-	86, // [86:122] is the sub-list for method output_type
-	50, // [50:86] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	71, // 49: mysterybox.v1.Region.nodes:type_name -> mysterybox.v1.RegionNode
+	72, // 50: mysterybox.v1.ListRegionsResponse.regions:type_name -> mysterybox.v1.Region
+	67, // 51: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
+	6,  // 52: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
+	7,  // 53: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
+	8,  // 54: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
+	10, // 55: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
+	15, // 56: mysterybox.v1.IdentityService.CreateAccount:input_type -> mysterybox.v1.CreateAccountRequest
+	16, // 57: mysterybox.v1.IdentityService.GetAccount:input_type -> mysterybox.v1.GetAccountRequest
+	17, // 58: mysterybox.v1.IdentityService.ListAccounts:input_type -> mysterybox.v1.ListAccountsRequest
+	19, // 59: mysterybox.v1.IdentityService.DeleteAccount:input_type -> mysterybox.v1.DeleteAccountRequest
+	24, // 60: mysterybox.v1.IdentityService.CreateToken:input_type -> mysterybox.v1.CreateTokenRequest
+	26, // 61: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
+	27, // 62: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
+	29, // 63: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
+	33, // 64: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
+	34, // 65: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
+	35, // 66: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
+	37, // 67: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
+	44, // 68: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
+	45, // 69: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
+	46, // 70: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
+	47, // 71: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
+	49, // 72: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
+	50, // 73: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
+	51, // 74: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
+	55, // 75: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
+	56, // 76: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
+	57, // 77: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
+	59, // 78: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
+	60, // 79: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
+	61, // 80: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
+	63, // 81: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
+	65, // 82: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
+	68, // 83: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
+	70, // 84: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
+	74, // 85: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
+	76, // 86: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
+	78, // 87: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
+	80, // 88: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	3,  // 89: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	3,  // 90: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	9,  // 91: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	11, // 92: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	12, // 93: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
+	12, // 94: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
+	18, // 95: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
+	20, // 96: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
+	25, // 97: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
+	21, // 98: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
+	28, // 99: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
+	30, // 100: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
+	31, // 101: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	31, // 102: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	36, // 103: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
+	38, // 104: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
+	41, // 105: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	41, // 106: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	41, // 107: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	48, // 108: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	41, // 109: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	41, // 110: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	41, // 111: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	52, // 112: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	52, // 113: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	58, // 114: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	52, // 115: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	52, // 116: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	62, // 117: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	64, // 118: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	66, // 119: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	69, // 120: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	73, // 121: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
+	75, // 122: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	77, // 123: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	79, // 124: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	81, // 125: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	89, // [89:126] is the sub-list for method output_type
+	52, // [52:89] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_mysterybox_proto_init() }
@@ -4843,7 +5074,7 @@ func file_mysterybox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   77,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

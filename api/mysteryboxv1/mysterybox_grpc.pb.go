@@ -1429,6 +1429,7 @@ var PayloadService_ServiceDesc = grpc.ServiceDesc{
 const (
 	ClusterService_Status_FullMethodName             = "/mysterybox.v1.ClusterService/Status"
 	ClusterService_Members_FullMethodName            = "/mysterybox.v1.ClusterService/Members"
+	ClusterService_Regions_FullMethodName            = "/mysterybox.v1.ClusterService/Regions"
 	ClusterService_Join_FullMethodName               = "/mysterybox.v1.ClusterService/Join"
 	ClusterService_RemoveNode_FullMethodName         = "/mysterybox.v1.ClusterService/RemoveNode"
 	ClusterService_TransferLeadership_FullMethodName = "/mysterybox.v1.ClusterService/TransferLeadership"
@@ -1440,6 +1441,8 @@ const (
 type ClusterServiceClient interface {
 	Status(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 	Members(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
+	// Every region gossip knows, with its nodes and current leader.
+	Regions(ctx context.Context, in *ListRegionsRequest, opts ...grpc.CallOption) (*ListRegionsResponse, error)
 	// Adds a node to this region's Raft configuration as a voter.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
@@ -1468,6 +1471,16 @@ func (c *clusterServiceClient) Members(ctx context.Context, in *ListMembersReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListMembersResponse)
 	err := c.cc.Invoke(ctx, ClusterService_Members_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterServiceClient) Regions(ctx context.Context, in *ListRegionsRequest, opts ...grpc.CallOption) (*ListRegionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRegionsResponse)
+	err := c.cc.Invoke(ctx, ClusterService_Regions_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -1510,6 +1523,8 @@ func (c *clusterServiceClient) TransferLeadership(ctx context.Context, in *Trans
 type ClusterServiceServer interface {
 	Status(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	Members(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
+	// Every region gossip knows, with its nodes and current leader.
+	Regions(context.Context, *ListRegionsRequest) (*ListRegionsResponse, error)
 	// Adds a node to this region's Raft configuration as a voter.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
@@ -1529,6 +1544,9 @@ func (UnimplementedClusterServiceServer) Status(context.Context, *ClusterStatusR
 }
 func (UnimplementedClusterServiceServer) Members(context.Context, *ListMembersRequest) (*ListMembersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Members not implemented")
+}
+func (UnimplementedClusterServiceServer) Regions(context.Context, *ListRegionsRequest) (*ListRegionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Regions not implemented")
 }
 func (UnimplementedClusterServiceServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
@@ -1592,6 +1610,24 @@ func _ClusterService_Members_Handler(srv interface{}, ctx context.Context, dec f
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ClusterServiceServer).Members(ctx, req.(*ListMembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterService_Regions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRegionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).Regions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_Regions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).Regions(ctx, req.(*ListRegionsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1664,6 +1700,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Members",
 			Handler:    _ClusterService_Members_Handler,
+		},
+		{
+			MethodName: "Regions",
+			Handler:    _ClusterService_Regions_Handler,
 		},
 		{
 			MethodName: "Join",

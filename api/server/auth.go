@@ -275,14 +275,13 @@ func (s *Server) resourceChain(v *store.View, resourceID string) ([]string, erro
 
 // ---------------------------------------------------------------- bootstrap
 
-// BootstrapAdmin creates the region's first admin account with the given
-// token, unless the region already has one. It returns whether it did.
-func (s *Server) BootstrapAdmin(ctx context.Context, token string) (bool, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 4 || parts[0] != tokenVersion || parts[1] != s.cfg.Region {
-		return false, fmt.Errorf("bootstrap token is not a token of region %s", s.cfg.Region)
+// BootstrapAdmin creates the region's first admin account with the token
+// (id and SHA-256 of its secret), unless the region already has one. It
+// returns whether it did.
+func (s *Server) BootstrapAdmin(ctx context.Context, tokenID string, secretHash []byte) (bool, error) {
+	if !strings.HasPrefix(tokenID, prefixToken) || len(secretHash) != sha256.Size {
+		return false, fmt.Errorf("bootstrap admin token %q is malformed", tokenID)
 	}
-	sum := sha256.Sum256([]byte(parts[3]))
 	acct := &pb.Account{
 		Metadata: &pb.Metadata{Id: newID(prefixAccountUser), ParentId: s.cfg.Region, Name: "admin"},
 		Spec:     &pb.AccountSpec{Type: pb.AccountType_USER, Description: "region administrator created at bootstrap"},
@@ -290,11 +289,11 @@ func (s *Server) BootstrapAdmin(ctx context.Context, token string) (bool, error)
 	}
 	tok := &fsmpb.TokenRecord{
 		Token: &pb.Token{
-			Metadata: &pb.Metadata{Id: parts[2], ParentId: acct.GetMetadata().GetId()},
+			Metadata: &pb.Metadata{Id: tokenID, ParentId: acct.GetMetadata().GetId()},
 			Spec:     &pb.TokenSpec{Description: "bootstrap admin token"},
 			Status:   &pb.TokenStatus{Region: s.cfg.Region},
 		},
-		SecretHash: sum[:],
+		SecretHash: secretHash,
 	}
 	ab := &pb.AccessBinding{
 		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
@@ -306,6 +305,17 @@ func (s *Server) BootstrapAdmin(ctx context.Context, token string) (bool, error)
 	}
 	r, _ := resp.(*fsmpb.BootstrapResult)
 	return r.GetApplied(), nil
+}
+
+// HasToken reports whether this node's state has token id.
+func (s *Server) HasToken(id string) bool {
+	found := false
+	_ = s.store.Read(func(v *store.View) error {
+		_, err := v.Token(id)
+		found = err == nil
+		return nil
+	})
+	return found
 }
 
 // Bootstrapped reports whether this node's state has the region's admin.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
@@ -92,6 +93,14 @@ func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest
 		}
 		return err
 	})
+	gossip := map[string]cluster.GossipMember{}
+	if s.dir != nil {
+		for _, gm := range s.dir.Members() {
+			if gm.Meta.Region == s.cfg.Region {
+				gossip[gm.Meta.NodeID] = gm
+			}
+		}
+	}
 	out := &pb.ListMembersResponse{}
 	var wg sync.WaitGroup
 	for _, sv := range servers {
@@ -106,6 +115,12 @@ func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest
 		}
 		if n, ok := nodes[sv.ID]; ok {
 			m.GrpcAddress = n.GetGrpcAddress()
+		}
+		if gm, ok := gossip[sv.ID]; ok {
+			m.Health = gm.Health
+			if gm.Meta.GRPCAddr != "" {
+				m.GrpcAddress = gm.Meta.GRPCAddr
+			}
 		}
 		out.Members = append(out.Members, m)
 		if sv.ID == s.cfg.NodeID {
@@ -144,6 +159,35 @@ func peerAppliedIndex(ctx context.Context, addr string) uint64 {
 		return 0
 	}
 	return st.GetAppliedIndex()
+}
+
+// Regions lists every region gossip knows, with its nodes and leader (the
+// node of the region that says it leads, in the highest term).
+func (x *clusterService) Regions(ctx context.Context, _ *pb.ListRegionsRequest) (*pb.ListRegionsResponse, error) {
+	s := x.s
+	if err := s.check(ctx, s.regionChain()); err != nil {
+		return nil, err
+	}
+	if s.dir == nil {
+		return nil, status.Error(codes.FailedPrecondition, "gossip is not enabled on this node (--gossip-addr): it knows only its own region")
+	}
+	out := &pb.ListRegionsResponse{}
+	byName := map[string]*pb.Region{}
+	terms := map[string]uint64{}
+	for _, m := range s.dir.Members() {
+		r, ok := byName[m.Meta.Region]
+		if !ok {
+			r = &pb.Region{Name: m.Meta.Region}
+			byName[m.Meta.Region] = r
+			out.Regions = append(out.Regions, r)
+		}
+		r.Nodes = append(r.Nodes, &pb.RegionNode{NodeId: m.Meta.NodeID, GrpcAddress: m.Meta.GRPCAddr, Health: m.Health})
+		if m.Meta.Leader && m.Health == cluster.HealthAlive && m.Meta.Term >= terms[m.Meta.Region] {
+			terms[m.Meta.Region] = m.Meta.Term
+			r.LeaderId, r.LeaderGrpcAddress = m.Meta.NodeID, m.Meta.GRPCAddr
+		}
+	}
+	return out, nil
 }
 
 // Join adds a node to the region as a voter and records its addresses.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/store"
 )
 
@@ -92,6 +93,15 @@ func (f *forwarder) leaderAddress(ctx context.Context) (string, error) {
 	}
 	if leaderID == f.s.cfg.NodeID {
 		return "", status.Error(codes.Unavailable, "this node is becoming leader; retry")
+	}
+	// Gossip metadata first: it follows a node that moved; the replicated
+	// registry covers nodes without gossip.
+	if f.s.dir != nil {
+		for _, m := range f.s.dir.Members() {
+			if m.Meta.Region == f.s.cfg.Region && m.Meta.NodeID == leaderID && m.Meta.GRPCAddr != "" && m.Health != cluster.HealthDead && m.Health != cluster.HealthLeft {
+				return m.Meta.GRPCAddr, nil
+			}
+		}
 	}
 	var addr string
 	err := f.s.store.Read(func(v *store.View) error {

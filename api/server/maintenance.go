@@ -39,16 +39,27 @@ func (s *Server) RunLeaderTasks(ctx context.Context) {
 // registerSelf makes sure the replicated node registry has this node's
 // current addresses, so followers can forward to it.
 func (s *Server) registerSelf(ctx context.Context) {
-	want := &fsmpb.NodeRecord{NodeId: s.cfg.NodeID, RaftAddress: s.cfg.RaftAddress, GrpcAddress: s.cfg.GRPCAddress}
+	s.EnsureRegistered(ctx, s.cfg.NodeID, s.cfg.RaftAddress, s.cfg.GRPCAddress)
+}
+
+// EnsureRegistered records a node's addresses in the replicated registry
+// if they are missing or changed (leader only).
+func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAddr string) {
+	want := &fsmpb.NodeRecord{NodeId: nodeID, RaftAddress: raftAddr, GrpcAddress: grpcAddr}
 	var have *fsmpb.NodeRecord
 	_ = s.store.Read(func(v *store.View) error {
-		have, _ = v.Node(s.cfg.NodeID)
+		have, _ = v.Node(nodeID)
 		return nil
 	})
 	if have != nil && proto.Equal(have, want) {
 		return
 	}
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
+}
+
+// Deregister forgets a node removed from the region (leader only).
+func (s *Server) Deregister(ctx context.Context, nodeID string) {
+	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: nodeID}}})
 }
 
 func (s *Server) purgeDue(ctx context.Context) {

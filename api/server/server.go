@@ -75,7 +75,16 @@ type Server struct {
 	logger hclog.Logger
 	fwd    *forwarder
 	health *health.Server
+	dir    Directory // nil without gossip
 }
+
+// Directory is what gossip tells about every node of every region.
+type Directory interface {
+	Members() []cluster.GossipMember
+}
+
+// SetDirectory gives the API the gossip view (before serving).
+func (s *Server) SetDirectory(d Directory) { s.dir = d }
 
 // New builds the API over a node's Raft, store and keyring.
 func New(cfg Config, r Raft, st *store.Store, kr *region.Keyring, logger hclog.Logger) (*Server, error) {

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,6 +35,15 @@ type Options struct {
 	// the test log, and also to LogSink when set.
 	LogLevel hclog.Level
 	LogSink  io.Writer
+
+	// Gossip forms the region through gossip and bootstrap-expect instead
+	// of explicit bootstrap and joins. Seeds are gossip addresses of other
+	// regions' nodes; GossipKey encrypts gossip.
+	Gossip            bool
+	BootstrapExpect   int
+	Seeds             []string
+	GossipKey         []byte
+	DeadNodeReapAfter time.Duration
 }
 
 // Cluster is a running test region.
@@ -59,6 +70,31 @@ type Node struct {
 // New starts a region: the first node bootstraps, the others join through it.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
+	c := Prepare(t, opts)
+	if !c.opts.Gossip {
+		for i := 0; i < c.opts.Nodes; i++ {
+			n := c.AddNode()
+			if i == 0 {
+				c.WaitLeader()
+				c.waitBootstrapped(n)
+			}
+		}
+		c.WaitMembers(c.opts.Nodes)
+		return c
+	}
+	for _, n := range c.Nodes {
+		c.Start(n)
+	}
+	c.Ready()
+	return c
+}
+
+// Prepare makes a region without starting it. With Options.Gossip its
+// Options.Nodes nodes are configured (bootstrap-expect, seeds) for the
+// test to Start in any order, then Ready; otherwise AddNode starts nodes
+// one by one, the first bootstrapping, the others joining through it.
+func Prepare(t testing.TB, opts Options) *Cluster {
+	t.Helper()
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
@@ -76,23 +112,67 @@ func New(t testing.TB, opts Options) *Cluster {
 	if opts.Region == "" {
 		opts.Region = "test-region1"
 	}
+	if opts.Gossip && opts.BootstrapExpect == 0 {
+		opts.BootstrapExpect = opts.Nodes
+	}
 	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr}
 	t.Cleanup(c.Close)
-	for i := 0; i < opts.Nodes; i++ {
-		n := c.AddNode()
-		if i == 0 {
-			c.WaitLeader()
-			Eventually(t, 10*time.Second, "the bootstrap admin", func() error {
-				if done, err := n.N.API.Bootstrapped(); err != nil || !done {
-					return fmt.Errorf("not bootstrapped yet (%v)", err)
-				}
-				return nil
-			})
+	if opts.Gossip {
+		for i := 0; i < opts.Nodes; i++ {
+			c.newNode()
 		}
 	}
-	c.WaitMembers(opts.Nodes)
 	return c
 }
+
+func (c *Cluster) waitBootstrapped(n *Node) {
+	c.t.Helper()
+	Eventually(c.t, 15*time.Second, "the bootstrap admin", func() error {
+		if done, err := n.N.API.Bootstrapped(); err != nil || !done {
+			return fmt.Errorf("not bootstrapped yet (%v)", err)
+		}
+		return nil
+	})
+}
+
+// Start starts a prepared (or stopped) node.
+func (c *Cluster) Start(n *Node) {
+	c.t.Helper()
+	c.start(n)
+	if n.conn == nil && c.AdminToken != "" {
+		n.conn = c.Dial(n, c.AdminToken)
+	}
+}
+
+// Ready waits until a gossip-formed region has a leader and its admin,
+// learns the admin token, and waits until every started node is a member.
+func (c *Cluster) Ready() {
+	c.t.Helper()
+	leader := c.WaitLeader()
+	c.waitBootstrapped(leader)
+	for _, n := range c.Nodes {
+		raw, err := os.ReadFile(n.Cfg.AdminTokenFile)
+		if err != nil {
+			continue
+		}
+		tok := strings.TrimSpace(string(raw))
+		if parts := strings.Split(tok, "."); len(parts) == 4 && leader.N.API.HasToken(parts[2]) {
+			c.AdminToken = tok
+		}
+	}
+	if c.AdminToken == "" {
+		c.t.Fatal("no node holds the region's admin token")
+	}
+	for _, n := range c.Nodes {
+		if n.conn == nil {
+			n.conn = c.Dial(n, c.AdminToken)
+		}
+	}
+	c.WaitMembers(len(c.Running()))
+}
+
+// GossipAddr is n's gossip address, a seed for other regions' nodes.
+func (c *Cluster) GossipAddr(n *Node) string { return n.Cfg.GossipAddr }
 
 // freeAddr reserves a loopback port for a node that must keep its address
 // across restarts.
@@ -105,8 +185,22 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// AddNode starts a new node: the first bootstraps, later ones join.
+// AddNode starts a new node: without gossip the first bootstraps and later
+// ones join through the running nodes; with gossip it finds the region
+// through the seeds and the leader adds it.
 func (c *Cluster) AddNode() *Node {
+	c.t.Helper()
+	n := c.newNode()
+	c.start(n)
+	if n.Cfg.Bootstrap {
+		c.AdminToken = n.N.AdminToken()
+	}
+	n.conn = c.Dial(n, c.AdminToken)
+	return n
+}
+
+// newNode configures a node without starting it.
+func (c *Cluster) newNode() *Node {
 	c.t.Helper()
 	c.nextID++
 	id := fmt.Sprintf("node%d", c.nextID)
@@ -126,10 +220,22 @@ func (c *Cluster) AddNode() *Node {
 		SnapshotThreshold:   c.opts.SnapshotThreshold,
 		TrailingLogs:        c.opts.TrailingLogs,
 	}
-	if len(c.Nodes) == 0 {
+	switch {
+	case c.opts.Gossip:
+		cfg.GossipAddr = freeAddr(c.t)
+		cfg.FastGossip = true
+		cfg.GossipKey = c.opts.GossipKey
+		cfg.BootstrapExpect = c.opts.BootstrapExpect
+		cfg.DeadNodeReapAfter = c.opts.DeadNodeReapAfter
+		cfg.AdminTokenFile = filepath.Join(dir, "admin.token")
+		cfg.GossipSeeds = append([]string(nil), c.opts.Seeds...)
+		if len(c.Nodes) > 0 {
+			cfg.GossipSeeds = append(cfg.GossipSeeds, c.Nodes[0].Cfg.GossipAddr)
+		}
+	case len(c.Nodes) == 0:
 		cfg.Bootstrap = true
 		cfg.AdminTokenFile = filepath.Join(dir, "admin.token")
-	} else {
+	default:
 		cfg.JoinToken = c.AdminToken
 		for _, n := range c.Nodes {
 			if n.N != nil {
@@ -137,15 +243,8 @@ func (c *Cluster) AddNode() *Node {
 			}
 		}
 	}
-	// One lazy connection per node for its whole life, so concurrent test
-	// clients never race with Stop/Restart (the address does not change).
 	n := &Node{ID: id, Dir: dir, Cfg: cfg}
 	c.Nodes = append(c.Nodes, n)
-	c.start(n)
-	if cfg.Bootstrap {
-		c.AdminToken = n.N.AdminToken()
-	}
-	n.conn = c.Dial(n, c.AdminToken)
 	return n
 }
 

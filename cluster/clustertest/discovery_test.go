@@ -1,0 +1,180 @@
+package clustertest
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	mrand "math/rand"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+func raftIDs(t *testing.T, n *Node) []string {
+	t.Helper()
+	servers, err := n.N.Raft.Servers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range servers {
+		ids = append(ids, s.ID)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func TestTwoRegionsDiscoverEachOtherThroughOneSeed(t *testing.T) {
+	eu := New(t, Options{Nodes: 3, Gossip: true, Region: "eu-north1"})
+	us := New(t, Options{Nodes: 3, Gossip: true, Region: "us-central1", Seeds: []string{eu.GossipAddr(eu.Nodes[0])}})
+	for _, c := range []*Cluster{eu, us} {
+		for _, n := range c.Nodes {
+			if ids := raftIDs(t, n); strings.Join(ids, ",") != "node1,node2,node3" {
+				t.Fatalf("%s %s raft configuration %v", c.Region, n.ID, ids)
+			}
+		}
+	}
+	euLeader, usLeader := eu.WaitLeader(), us.WaitLeader()
+	want := map[string]string{"eu-north1": euLeader.ID, "us-central1": usLeader.ID}
+	for _, c := range []*Cluster{eu, us} {
+		for _, n := range c.Nodes {
+			Eventually(t, 15*time.Second, "both regions in "+c.Region+"/"+n.ID+"'s directory", func() error {
+				resp, err := pb.NewClusterServiceClient(c.Conn(n)).Regions(ctxT(t), &pb.ListRegionsRequest{})
+				if err != nil {
+					return err
+				}
+				got := map[string]string{}
+				for _, r := range resp.GetRegions() {
+					if len(r.GetNodes()) != 3 {
+						return fmt.Errorf("region %s has %d nodes", r.GetName(), len(r.GetNodes()))
+					}
+					got[r.GetName()] = r.GetLeaderId()
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					return fmt.Errorf("regions %v, want %v", got, want)
+				}
+				return nil
+			})
+		}
+	}
+	// Members carries gossip health.
+	resp, err := pb.NewClusterServiceClient(eu.Conn(euLeader)).Members(ctxT(t), &pb.ListMembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range resp.GetMembers() {
+		if m.GetHealth() != "alive" || m.GetRegion() != "eu-north1" {
+			t.Errorf("member %v", m)
+		}
+	}
+}
+
+func TestBootstrapExpectInAnyOrderAndOnlyOnce(t *testing.T) {
+	c := Prepare(t, Options{Nodes: 3, Gossip: true})
+	order := mrand.Perm(3)
+	for _, i := range order {
+		c.Start(c.Nodes[i])
+		// Nodes come up at different times, as in a real deployment.
+		<-time.After(time.Duration(mrand.Intn(400)) * time.Millisecond)
+	}
+	c.Ready()
+	_, secret := setup(t, c, c.WaitLeader())
+	c.WaitConverged()
+	termBefore := c.WaitLeader().N.Raft.Term()
+
+	// Restart the whole region, in another order: no node bootstraps
+	// again; the region keeps its data, configuration and term.
+	for _, n := range c.Nodes {
+		c.Stop(n)
+	}
+	for _, i := range mrand.Perm(3) {
+		c.Restart(c.Nodes[i])
+	}
+	leader := c.WaitLeader()
+	if term := leader.N.Raft.Term(); term < termBefore {
+		t.Fatalf("term went from %d to %d: the region was bootstrapped again", termBefore, term)
+	}
+	for _, n := range c.Nodes {
+		if ids := raftIDs(t, n); strings.Join(ids, ",") != "node1,node2,node3" {
+			t.Fatalf("%s configuration after restart: %v", n.ID, ids)
+		}
+	}
+	got, err := pb.NewPayloadServiceClient(c.Conn(leader)).GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
+	if err != nil || got.GetEntry().GetStringValue() != "v1" {
+		t.Fatalf("data after restarting the region: %v %v", got, err)
+	}
+}
+
+func TestLateJoinerIsAddedAndCatchesUpBySnapshot(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true, SnapshotThreshold: 20, TrailingLogs: 5})
+	leader := c.WaitLeader()
+	_, secret := setup(t, c, leader)
+	for i := 0; i < 40; i++ {
+		if _, err := failoverCreateVersion(ctxT(t), c, secret.GetMetadata().GetId(), fmt.Sprintf("v%d", i), fmt.Sprintf("k%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leader.N.Raft.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	late := c.AddNode() // only seeds: no token, no explicit join
+	c.WaitMembers(4)
+	c.WaitConverged()
+	if got := late.N.Raft.Stats()["last_snapshot_index"]; got == "0" {
+		t.Fatal("the late joiner did not install a snapshot")
+	}
+}
+
+func TestDeadNodesAreReapedButNeverBelowQuorum(t *testing.T) {
+	c := New(t, Options{Nodes: 5, Gossip: true, DeadNodeReapAfter: time.Second})
+	voters := func() int { return len(raftIDs(t, c.WaitLeader())) }
+	f := c.Followers()
+	c.Stop(f[0])
+	c.Stop(f[1])
+	Eventually(t, 30*time.Second, "two dead nodes to be reaped", func() error {
+		if v := voters(); v != 3 {
+			return fmt.Errorf("%d voters", v)
+		}
+		return nil
+	})
+	// One more dies: removing it would leave 2 voters, fewer than a quorum
+	// (3) of the configured size (5). It must stay.
+	third := c.Followers()[0]
+	c.Stop(third)
+	deadline := time.Now().Add(4 * time.Second) // several reap delays
+	for time.Now().Before(deadline) {
+		if v := voters(); v != 3 {
+			t.Fatalf("region reduced to %d voters", v)
+		}
+		<-time.After(100 * time.Millisecond)
+	}
+	// Back again, it serves as before.
+	c.Restart(third)
+	c.WaitConverged()
+}
+
+func TestWrongGossipKeyCannotJoin(t *testing.T) {
+	key := func() []byte {
+		k := make([]byte, 32)
+		rand.Read(k)
+		return k
+	}
+	a := New(t, Options{Nodes: 1, Gossip: true, Region: "eu-north1", GossipKey: key()})
+	logs := &syncBuffer{}
+	b := New(t, Options{Nodes: 1, Gossip: true, Region: "us-central1", GossipKey: key(), Seeds: []string{a.GossipAddr(a.Nodes[0])}, LogSink: logs})
+	Eventually(t, 15*time.Second, "the node with the wrong key to say why it cannot join", func() error {
+		if !bytes.Contains(logs.Bytes(), []byte("gossip-key")) {
+			return fmt.Errorf("no explanation logged yet")
+		}
+		return nil
+	})
+	for _, m := range a.Nodes[0].N.Gossip.Members() {
+		if m.Meta.Region != "eu-north1" {
+			t.Fatalf("a node with another gossip key got in: %+v", m.Meta)
+		}
+	}
+	_ = b
+}

@@ -1,0 +1,236 @@
+package node
+
+import (
+	"context"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/mysterybox/mysterybox/cluster"
+)
+
+// gossipState is the part of the node's gossip metadata that changes; it
+// is recomputed by the node's loop, never inside memberlist's callbacks
+// (which must not wait on Raft).
+type gossipState struct {
+	hasState, leader bool
+	term             uint64
+}
+
+// startGossip joins the gossip of all regions and runs discovery:
+// bootstrap-expect, metadata refresh, and (on the leader) reconciliation of
+// the Raft configuration with gossip.
+func (n *Node) startGossip() error {
+	var st atomic.Pointer[gossipState]
+	st.Store(&gossipState{})
+	meta := func() cluster.NodeMeta {
+		s := st.Load()
+		m := cluster.NodeMeta{
+			Proto: cluster.GossipProtocol, NodeID: n.cfg.NodeID, Region: n.cfg.Region,
+			RaftAddr: n.Raft.RaftAddr(), GRPCAddr: n.grpcAddr,
+			HasState: s.hasState, Leader: s.leader, Term: s.term,
+		}
+		if p := n.pendingAdmin.Load(); p != nil {
+			m.AdminTokenID, m.AdminTokenHash = p.tokenID, p.hash
+		}
+		return m
+	}
+	g, err := cluster.NewGossip(cluster.GossipConfig{
+		BindAddr: n.cfg.GossipAddr, AdvertiseAddr: n.cfg.GossipAdvertise,
+		Key: n.cfg.GossipKey, Fast: n.cfg.FastGossip, Meta: meta,
+	}, n.logger.Named("gossip"))
+	if err != nil {
+		return err
+	}
+	n.Gossip = g
+	n.API.SetDirectory(g)
+	n.Raft.OnLeader(n.reconcileLoop)
+	ctx, cancel := context.WithCancel(context.Background())
+	n.stopGossip = cancel
+	n.goBackground(func() { n.joinSeeds(ctx) })
+	n.goBackground(func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			s := &gossipState{hasState: n.Raft.HasState(), leader: n.Raft.AcceptsWrites(), term: n.Raft.Term()}
+			if *s != *st.Load() {
+				st.Store(s)
+			}
+			g.Refresh() // also when the pending admin token goes away
+			if n.cfg.BootstrapExpect > 0 && !s.hasState {
+				n.maybeBootstrap()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-g.Changed():
+			}
+		}
+	})
+	return nil
+}
+
+// joinSeeds contacts the seeds until one answers (they may start later).
+func (n *Node) joinSeeds(ctx context.Context) {
+	if len(n.cfg.GossipSeeds) == 0 {
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		if _, err := n.Gossip.Join(n.cfg.GossipSeeds); err == nil {
+			n.logger.Info("joined gossip", "seeds", n.cfg.GossipSeeds)
+			return
+		} else if attempt%10 == 0 {
+			n.logger.Warn("cannot join gossip yet; retrying", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		if backoff < 5*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+// regionPeers returns the alive gossip members of this node's region.
+func (n *Node) regionPeers() []cluster.GossipMember {
+	var out []cluster.GossipMember
+	for _, m := range n.Gossip.Members() {
+		if m.Meta.Region == n.cfg.Region && m.Health == cluster.HealthAlive {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// maybeBootstrap bootstraps the region once BootstrapExpect nodes of it,
+// none of them part of a cluster yet, see each other. Each of them
+// computes the same initial set (the expected number of nodes with the
+// smallest ids) and bootstraps with it; Raft makes the identical bootstraps
+// one cluster. A node outside that set, or one that sees a peer already in
+// a cluster, waits for the leader to add it.
+func (n *Node) maybeBootstrap() {
+	peers := n.regionPeers()
+	for _, p := range peers {
+		if p.Meta.HasState {
+			return
+		}
+	}
+	if len(peers) < n.cfg.BootstrapExpect {
+		return
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Meta.NodeID < peers[j].Meta.NodeID })
+	chosen := peers[:n.cfg.BootstrapExpect]
+	var servers []cluster.ServerInfo
+	self := false
+	for _, p := range chosen {
+		servers = append(servers, cluster.ServerInfo{ID: p.Meta.NodeID, Address: p.Meta.RaftAddr, Voter: true})
+		self = self || p.Meta.NodeID == n.cfg.NodeID
+	}
+	if !self {
+		return
+	}
+	if err := n.Raft.BootstrapWith(servers); err != nil {
+		n.logger.Warn("bootstrap-expect: bootstrap failed", "error", err)
+		return
+	}
+	n.logger.Info("bootstrap-expect: bootstrapped the region", "voters", len(servers))
+}
+
+// reconcileLoop runs on the leader: it adds alive nodes of this region
+// that gossip knows and Raft does not, and reaps nodes dead for longer than
+// DeadNodeReapAfter without going below a quorum of the configured size.
+func (n *Node) reconcileLoop(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		n.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.Gossip.Changed():
+		}
+	}
+}
+
+func (n *Node) reconcile(ctx context.Context) {
+	servers, err := n.Raft.Servers()
+	if err != nil {
+		return
+	}
+	inRaft := map[string]cluster.ServerInfo{}
+	voters := 0
+	for _, s := range servers {
+		inRaft[s.ID] = s
+		if s.Voter {
+			voters++
+		}
+	}
+	members := n.Gossip.Members()
+	for _, m := range members {
+		if m.Meta.Region != n.cfg.Region {
+			if s, ok := inRaft[m.Meta.NodeID]; ok && s.Address == m.Meta.RaftAddr {
+				n.logger.Warn("ignoring gossip metadata that puts a member of this region's Raft in another region", "node_id", m.Meta.NodeID, "claimed_region", m.Meta.Region)
+			}
+			continue
+		}
+		if m.Health != cluster.HealthAlive || m.Meta.NodeID == n.cfg.NodeID || ctx.Err() != nil {
+			continue
+		}
+		s, known := inRaft[m.Meta.NodeID]
+		if known && s.Address == m.Meta.RaftAddr {
+			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr)
+			continue
+		}
+		if known {
+			// Same id, new address: remove, then add (the rqlite pattern).
+			n.logger.Info("node changed its raft address; re-adding it", "node_id", m.Meta.NodeID, "old", s.Address, "new", m.Meta.RaftAddr)
+			if err := n.Raft.RemoveServer(m.Meta.NodeID); err != nil {
+				n.logger.Warn("removing a node with a stale address failed", "node_id", m.Meta.NodeID, "error", err)
+				continue
+			}
+		}
+		if err := n.Raft.AddVoter(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
+			n.logger.Warn("adding a discovered node failed", "node_id", m.Meta.NodeID, "error", err)
+			continue
+		}
+		n.logger.Info("added a discovered node to the region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr)
+		n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr)
+		voters++
+	}
+	if n.cfg.DeadNodeReapAfter <= 0 {
+		return
+	}
+	size := voters
+	if n.cfg.BootstrapExpect > size {
+		size = n.cfg.BootstrapExpect
+	}
+	quorum := size/2 + 1
+	for _, m := range members {
+		if m.Meta.Region != n.cfg.Region || (m.Health != cluster.HealthDead && m.Health != cluster.HealthLeft) {
+			continue
+		}
+		s, ok := inRaft[m.Meta.NodeID]
+		if !ok || s.Address != m.Meta.RaftAddr || time.Since(m.Since) < n.cfg.DeadNodeReapAfter {
+			continue
+		}
+		remaining := voters
+		if s.Voter {
+			remaining--
+		}
+		if remaining < quorum {
+			n.logger.Warn("not reaping a dead node: the region would fall below a quorum of its configured size", "node_id", m.Meta.NodeID, "voters", voters, "configured", size)
+			continue
+		}
+		if err := n.Raft.RemoveServer(m.Meta.NodeID); err != nil {
+			n.logger.Warn("reaping a dead node failed", "node_id", m.Meta.NodeID, "error", err)
+			continue
+		}
+		n.API.Deregister(ctx, m.Meta.NodeID)
+		n.logger.Info("reaped a dead node", "node_id", m.Meta.NodeID, "dead_for", time.Since(m.Since).Round(time.Second))
+		voters = remaining
+	}
+}
