@@ -16,7 +16,7 @@ func (a *app) clusterCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  groupRunE,
 	}
-	cmd.AddCommand(a.clusterStatusCmd(), a.clusterMembersCmd(), a.clusterJoinCmd(), a.clusterRemoveNodeCmd(), a.clusterTransferLeaderCmd())
+	cmd.AddCommand(a.clusterStatusCmd(), a.clusterMembersCmd(), a.clusterRegionsCmd(), a.clusterJoinCmd(), a.clusterRemoveNodeCmd(), a.clusterTransferLeaderCmd())
 	return cmd
 }
 
@@ -55,6 +55,43 @@ func (a *app) clusterMembersCmd() *cobra.Command {
 			}
 			return a.emit(m, membersText(m.GetMembers()))
 		},
+	}
+}
+
+func (a *app) clusterRegionsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "regions",
+		Short: "List every region gossip knows, with its nodes and leader",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			r, err := cl.Cluster().Regions(cmd.Context(), &mbv1.ListRegionsRequest{})
+			if err != nil {
+				return err
+			}
+			return a.emit(r, regionsText(r.GetRegions()))
+		},
+	}
+}
+
+// regionsText prints one row per node: region, node, gRPC address,
+// health, and whether it leads its region.
+func regionsText(rs []*mbv1.Region) func(io.Writer) {
+	return func(w io.Writer) {
+		var rows [][]string
+		for _, r := range rs {
+			for _, n := range r.GetNodes() {
+				role := ""
+				if n.GetNodeId() == r.GetLeaderId() {
+					role = "leader"
+				}
+				rows = append(rows, []string{r.GetName(), n.GetNodeId(), n.GetGrpcAddress(), n.GetHealth(), role})
+			}
+		}
+		writeTable(w, []string{"REGION", "NODE_ID", "GRPC_ADDRESS", "HEALTH", "LEADER"}, rows)
 	}
 }
 

@@ -104,6 +104,7 @@ func TestThreeNodeRegionByHand(t *testing.T) {
 		p := &proc{name: fmt.Sprintf("n%d", i), grpc: g, log: filepath.Join(dir, fmt.Sprintf("n%d.log", i)), args: []string{
 			"--region", "eu1", "--node-id", fmt.Sprintf("n%d", i), "--data-dir", filepath.Join(dir, fmt.Sprintf("d%d", i)),
 			"--grpc-addr", g, "--raft-addr", r, "--master-key-file", keyring,
+			"--gossip-addr=", // formed by hand: no gossip
 		}}
 		if i == 1 {
 			p.args = append(p.args, "--bootstrap", "--bootstrap-admin-token-file", tokenFile)
@@ -211,7 +212,8 @@ func TestDevModeSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	g, _ := freeAddr()
 	r, _ := freeAddr()
-	dev := &proc{name: "dev", grpc: g, log: filepath.Join(dir, "dev.log"), args: []string{"--dev", "--data-dir", filepath.Join(dir, "data"), "--grpc-addr", g, "--raft-addr", r}}
+	gs, _ := freeAddr()
+	dev := &proc{name: "dev", grpc: g, log: filepath.Join(dir, "dev.log"), args: []string{"--dev", "--data-dir", filepath.Join(dir, "data"), "--grpc-addr", g, "--raft-addr", r, "--gossip-addr", gs}}
 	t.Cleanup(func() { dev.signal(syscall.SIGKILL) })
 	dev.start(t)
 	tokenFile := filepath.Join(dir, "data", "admin.token")

@@ -4,6 +4,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +37,12 @@ type options struct {
 	bootstrap       bool
 	joinRaft        []string
 	joinTokenFile   string
+	gossipAddr      string
+	gossipAdvertise string
+	join            []string
+	bootstrapExpect int
+	gossipKeyFile   string
+	reapAfter       time.Duration
 	adminTokenFile  string
 	masterKeyFile   string
 	purgeAfter      time.Duration
@@ -67,6 +75,12 @@ func run(args []string) int {
 	f.StringVar(&o.raftAdvertise, "raft-advertise", "", "Raft address peers dial (default: --raft-addr, with the gRPC host if none)")
 	f.BoolVar(&o.bootstrap, "bootstrap", false, "start a new region with this node as its first voter (only when it has no Raft state)")
 	f.StringSliceVar(&o.joinRaft, "join-raft", nil, "gRPC addresses (host:port,...) of members of the region to join through")
+	f.StringVar(&o.gossipAddr, "gossip-addr", ":7702", "gossip listen address, TCP and UDP (\"\" disables gossip)")
+	f.StringVar(&o.gossipAdvertise, "gossip-advertise", "", "gossip address peers dial (default: --gossip-addr, with the gRPC host if none)")
+	f.StringSliceVar(&o.join, "join", nil, "gossip seeds: host:port of any node of any region")
+	f.IntVar(&o.bootstrapExpect, "bootstrap-expect", 0, "bootstrap the region once this many of its nodes see each other through gossip (never when Raft state exists)")
+	f.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file with the base64 gossip encryption key shared by every node of every region (`mysteryboxd keygen --gossip`)")
+	f.DurationVar(&o.reapAfter, "dead-node-reap-after", 72*time.Hour, "the leader removes a node gossip has seen dead this long (never below a quorum)")
 	f.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding a region admin token, sent with --join-raft requests")
 	f.StringVar(&o.adminTokenFile, "bootstrap-admin-token-file", "", "with --bootstrap: where to write the region's first admin token (mode 0600), once")
 	f.StringVar(&o.masterKeyFile, "master-key-file", "", "the region's keyring (JSON; see docs/operations.md)")
@@ -115,11 +129,20 @@ func applyEnv(cmd *cobra.Command, args []string) error {
 
 func keygenCommand() *cobra.Command {
 	id := ""
+	gossip := false
 	c := &cobra.Command{
 		Use:   "keygen",
-		Short: "print a new keyring with one random 256-bit key (redirect it to a file of mode 0600)",
+		Short: "print a new keyring with one random 256-bit key, or with --gossip a gossip key (redirect to a file of mode 0600)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if gossip {
+				key := make([]byte, 32)
+				if _, err := rand.Read(key); err != nil {
+					return err
+				}
+				_, err := fmt.Println(base64.StdEncoding.EncodeToString(key))
+				return err
+			}
 			if id == "" {
 				id = "k" + time.Now().UTC().Format("20060102150405")
 			}
@@ -132,23 +155,42 @@ func keygenCommand() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&id, "key-id", "", "id of the key (default: k<UTC timestamp>)")
+	c.Flags().BoolVar(&gossip, "gossip", false, "print a gossip encryption key (base64 of 32 random bytes) instead")
 	return c
 }
 
 func serve(cmd *cobra.Command, o *options) error {
 	logger := hclog.New(&hclog.LoggerOptions{Name: "mysteryboxd", Level: hclog.LevelFromString(o.logLevel), Output: os.Stderr})
 	cfg := node.Config{
-		Region:         o.region,
-		NodeID:         o.nodeID,
-		DataDir:        o.dataDir,
-		GRPCAddr:       o.grpcAddr,
-		GRPCAdvertise:  o.grpcAdvertise,
-		RaftAddr:       o.raftAddr,
-		RaftAdvertise:  o.raftAdvertise,
-		Bootstrap:      o.bootstrap,
-		JoinAddrs:      o.joinRaft,
-		AdminTokenFile: o.adminTokenFile,
-		PurgeAfter:     o.purgeAfter,
+		Region:            o.region,
+		NodeID:            o.nodeID,
+		DataDir:           o.dataDir,
+		GRPCAddr:          o.grpcAddr,
+		GRPCAdvertise:     o.grpcAdvertise,
+		RaftAddr:          o.raftAddr,
+		RaftAdvertise:     o.raftAdvertise,
+		Bootstrap:         o.bootstrap,
+		JoinAddrs:         o.joinRaft,
+		AdminTokenFile:    o.adminTokenFile,
+		PurgeAfter:        o.purgeAfter,
+		GossipAddr:        o.gossipAddr,
+		GossipAdvertise:   o.gossipAdvertise,
+		GossipSeeds:       o.join,
+		BootstrapExpect:   o.bootstrapExpect,
+		DeadNodeReapAfter: o.reapAfter,
+	}
+	if o.gossipKeyFile != "" {
+		key, err := loadGossipKey(o.gossipKeyFile)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.GossipKey = key
+	}
+	if o.bootstrapExpect < 0 {
+		return usageError{errors.New("--bootstrap-expect must be positive")}
+	}
+	if o.bootstrapExpect > 0 && cfg.GossipAddr == "" {
+		return usageError{errors.New("--bootstrap-expect needs gossip (--gossip-addr)")}
 	}
 	if o.joinTokenFile != "" {
 		raw, err := os.ReadFile(o.joinTokenFile)
@@ -176,6 +218,9 @@ func serve(cmd *cobra.Command, o *options) error {
 	}
 	if !regionPattern.MatchString(cfg.Region) {
 		return usageError{fmt.Errorf("--region %q must match %s", cfg.Region, regionPattern)}
+	}
+	if cfg.BootstrapExpect > 0 && cfg.AdminTokenFile == "" {
+		logger.Warn("no --bootstrap-admin-token-file: this node will not hold the region's first admin token; give it to at least one node of the region")
 	}
 	if cfg.Bootstrap && cfg.AdminTokenFile == "" {
 		return usageError{errors.New("--bootstrap needs --bootstrap-admin-token-file: the region's first admin token is written there")}
@@ -241,12 +286,15 @@ func devDefaults(cmd *cobra.Command, cfg *node.Config, logger hclog.Logger) erro
 	if !cmd.Flags().Changed("raft-addr") && os.Getenv("MYSTERYBOX_RAFT_ADDR") == "" {
 		cfg.RaftAddr = "127.0.0.1:7701"
 	}
+	if !cmd.Flags().Changed("gossip-addr") && os.Getenv("MYSTERYBOX_GOSSIP_ADDR") == "" {
+		cfg.GossipAddr = "127.0.0.1:7702"
+	}
 	cfg.Bootstrap = true
 	if cfg.AdminTokenFile == "" {
 		cfg.AdminTokenFile = filepath.Join(cfg.DataDir, "admin.token")
 	}
-	for _, a := range []string{cfg.GRPCAddr, cfg.RaftAddr} {
-		if !isLoopback(a) {
+	for _, a := range []string{cfg.GRPCAddr, cfg.RaftAddr, cfg.GossipAddr} {
+		if a != "" && !isLoopback(a) {
 			return usageError{fmt.Errorf("--dev serves plaintext and listens on loopback only; %q is not a loopback address", a)}
 		}
 	}
@@ -297,6 +345,19 @@ func advertiseDefaults(cfg *node.Config) error {
 			return fmt.Errorf("--grpc-addr %q has no concrete host: set --grpc-advertise", cfg.GRPCAddr)
 		}
 	}
+	if cfg.GossipAddr != "" && cfg.GossipAdvertise == "" {
+		host, port, err := net.SplitHostPort(cfg.GossipAddr)
+		if err != nil {
+			return fmt.Errorf("--gossip-addr %q: %v", cfg.GossipAddr, err)
+		}
+		if unspecified(host) {
+			ghost, _, _ := net.SplitHostPort(firstNonEmpty(cfg.GRPCAdvertise, cfg.GRPCAddr))
+			if unspecified(ghost) {
+				return fmt.Errorf("--gossip-addr %q has no concrete host: set --gossip-advertise", cfg.GossipAddr)
+			}
+			cfg.GossipAdvertise = net.JoinHostPort(ghost, port)
+		}
+	}
 	if cfg.RaftAdvertise == "" {
 		host, port, err := net.SplitHostPort(cfg.RaftAddr)
 		if err != nil {
@@ -326,6 +387,19 @@ func firstNonEmpty(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// loadGossipKey reads a base64 key of 16, 24 or 32 bytes.
+func loadGossipKey(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--gossip-key-file: %v", err)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("--gossip-key-file %s must hold base64 of 16, 24 or 32 bytes (make one with `mysteryboxd keygen --gossip`)", path)
+	}
+	return key, nil
 }
 
 var regionPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
