@@ -1,18 +1,28 @@
 // Package client is the Go client of MysteryBox.
 //
-// A Client holds one gRPC connection per configured endpoint and implements
+// A Client keeps one gRPC connection per node of a region and implements
 // grpc.ClientConnInterface itself, so the generated service clients returned
-// by Secrets, Versions, Payloads, Identity, Cluster and Admin all go through one
-// call path that:
+// by Secrets, Versions, Payloads, Identity, Cluster and Admin all go through
+// one call path that:
 //
 //   - sends "authorization: Bearer <token>" when a token is configured;
 //   - sends "x-consistency: stale" when stale reads are requested;
 //   - gives every mutation an "x-idempotency-key", generated once per logical
-//     call and reused on every retry, so a retry through a failover never
-//     applies twice;
-//   - on UNAVAILABLE (which includes connection failures) retries on the next
-//     endpoint with capped exponential backoff and jitter, within the caller's
-//     deadline.
+//     call (or taken from WithIdempotencyKey) and reused on every retry, so a
+//     retry through a failover never applies twice;
+//   - sends mutations and linearizable reads to the region's leader when it
+//     is known, saving the hop a follower would forward them over;
+//   - on UNAVAILABLE (no leader now, not the leader, refused or lost
+//     connection, outcome unknown) or an attempt that ran out of its own
+//     deadline (Config.AttemptTimeout), moves on to the next node at once,
+//     and after every node failed backs off (capped exponential, jittered)
+//     before the next round, all within the caller's deadline.
+//
+// The nodes are seeded from Config.Endpoints and, unless discovery is
+// disabled, learned from ClusterService.Members (all nodes, the leader) and
+// ClusterService.Status (the leader) in the background. Those calls need the
+// region's admin role; a token without it makes the client fall back to the
+// configured endpoints, which is all failover needs.
 //
 // Errors returned by calls are always gRPC status errors (status.FromError
 // works on them), including deadline and cancellation errors.
@@ -25,12 +35,13 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -53,16 +64,40 @@ const (
 	ConsistencyStale        = "stale"
 )
 
+// Defaults of Config.
+const (
+	DefaultMaxAttempts     = 10
+	DefaultBaseBackoff     = 50 * time.Millisecond
+	DefaultMaxBackoff      = 2 * time.Second
+	DefaultAttemptTimeout  = 5 * time.Second
+	DefaultRefreshInterval = 30 * time.Second
+)
+
+const (
+	methodMembers = "/mysterybox.v1.ClusterService/Members"
+	methodStatus  = "/mysterybox.v1.ClusterService/Status"
+
+	// discoveryTimeout bounds one discovery call to one node.
+	discoveryTimeout = 3 * time.Second
+	// minRefreshGap rate-limits the discoveries that failures trigger.
+	minRefreshGap = 200 * time.Millisecond
+)
+
 // Config configures a Client.
 type Config struct {
-	// Endpoints are gRPC addresses (host:port) of nodes of one region. At
-	// least one is required. Calls start on the last endpoint that answered.
+	// Endpoints are gRPC addresses (host:port) of nodes of one region; an
+	// element may itself be a comma-separated list. At least one is
+	// required. They are always kept, also when discovery does not list them.
 	Endpoints []string
 	// Token is sent as "authorization: Bearer <token>" when not empty.
 	Token string
 	// Timeout bounds each logical call, retries included, when > 0. A shorter
 	// deadline on the caller's context wins.
 	Timeout time.Duration
+	// AttemptTimeout bounds each attempt, so that a node that hangs does not
+	// eat the whole deadline: when it passes, the attempt counts as failed
+	// and the call moves on to the next node. Default 5s; negative: none.
+	AttemptTimeout time.Duration
 	// Consistency of reads: "" or "linearizable" (the server default), or
 	// "stale" to let any node answer from its own state.
 	Consistency string
@@ -70,23 +105,74 @@ type Config struct {
 	// MaxAttempts bounds the attempts of one call when its context has no
 	// deadline (with a deadline, retries go on until it is near). Default 10.
 	MaxAttempts int
-	// BaseBackoff and MaxBackoff shape the retry delay: BaseBackoff doubles on
-	// every retry up to MaxBackoff, and each delay is jittered. Defaults 50ms
-	// and 2s.
+	// BaseBackoff and MaxBackoff shape the wait between rounds (a round tries
+	// every known node once): BaseBackoff doubles after every round up to
+	// MaxBackoff, and each wait is jittered. Defaults 50ms and 2s.
 	BaseBackoff time.Duration
 	MaxBackoff  time.Duration
+
+	// DisableDiscovery keeps the client to Endpoints and never asks the
+	// region for its members or leader.
+	DisableDiscovery bool
+	// RefreshInterval is how often the members are fetched again; failures
+	// and an unknown leader trigger earlier (rate-limited) refreshes.
+	// Default 30s.
+	RefreshInterval time.Duration
+
+	// OnRetry, when set, is called synchronously from the calling goroutine
+	// after an attempt failed and will be retried, and once more (with Done
+	// set) when a call that needed retries ends. It must be quick and safe
+	// for concurrent use; the CLI uses it to show a spinner.
+	OnRetry func(RetryEvent)
+	// Interceptors run around every attempt, on the connection of the node
+	// it goes to, after the client set its headers (and idempotency key).
+	Interceptors []grpc.UnaryClientInterceptor
 	// DialOptions are appended to the client's own (insecure transport).
 	DialOptions []grpc.DialOption
+}
+
+// RetryEvent describes a failed attempt that will be retried, or (Done) the
+// end of a call that needed retries.
+type RetryEvent struct {
+	// Method is the full gRPC method name.
+	Method string
+	// Attempt is the number (from 1) of the attempt that failed; with Done,
+	// the number of attempts made.
+	Attempt int
+	// Endpoint is the node the failed attempt went to.
+	Endpoint string
+	// Err is the attempt's error; with Done, the call's result (nil: success).
+	Err error
+	// Delay is the wait before the next attempt (0 when it goes at once to
+	// another node).
+	Delay time.Duration
+	Done  bool
 }
 
 // Client is a MysteryBox client. It is safe for concurrent use.
 type Client struct {
 	cfg   Config
-	conns []*grpc.ClientConn
-	addrs []string
-	// next is the index of the endpoint to try first: the last one that
-	// answered, so a healthy endpoint stays sticky after a failover.
-	next atomic.Uint32
+	opts  []grpc.DialOption
+	seeds []string
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+	// nodes are the addresses calls may go to: the seeds, then the nodes
+	// discovery found that are not seeds.
+	nodes []string
+	// leader is the leader's address as last learned, "" when unknown.
+	leader string
+	// sticky is the node that answered last: calls that do not go to the
+	// leader start there, so a healthy node stays preferred after failover.
+	sticky string
+	// discoveryOff is set when discovery is disabled or was refused.
+	discoveryOff bool
+	discoveryErr error
+
+	kick   chan struct{}
+	bg     context.Context
+	stopBg context.CancelFunc
+	wg     sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -95,15 +181,16 @@ type Client struct {
 // Compile-time check: the generated clients can use a *Client as connection.
 var _ grpc.ClientConnInterface = (*Client)(nil)
 
-// New validates cfg and creates the connections. Connections are made lazily,
-// so New does not fail when a node is down; ctx is not used to dial and is
-// kept in the signature for future endpoint discovery.
+// New validates cfg, creates the connections and, unless disabled, starts
+// discovering the region in the background. Connections are made lazily, so
+// New does not fail when a node is down and does not wait for one; ctx is not
+// used.
 func New(ctx context.Context, cfg Config) (*Client, error) {
 	_ = ctx
 	var addrs []string
 	for _, e := range cfg.Endpoints {
 		for _, a := range strings.Split(e, ",") {
-			if a = strings.TrimSpace(a); a != "" {
+			if a = strings.TrimSpace(a); a != "" && !slices.Contains(addrs, a) {
 				addrs = append(addrs, a)
 			}
 		}
@@ -120,41 +207,92 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, errors.New("client: token contains a line break")
 	}
 	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 10
+		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.BaseBackoff <= 0 {
-		cfg.BaseBackoff = 50 * time.Millisecond
+		cfg.BaseBackoff = DefaultBaseBackoff
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 2 * time.Second
+		cfg.MaxBackoff = DefaultMaxBackoff
 	}
 	if cfg.MaxBackoff < cfg.BaseBackoff {
 		cfg.MaxBackoff = cfg.BaseBackoff
 	}
+	if cfg.AttemptTimeout == 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
 
-	opts := append([]grpc.DialOption{
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// A payload may be up to 1 MiB; leave room for the envelope.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
-	}, cfg.DialOptions...)
+		// Reconnect to a node that came back within seconds, not the
+		// default two minutes: it may be the new leader.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}
+	if len(cfg.Interceptors) > 0 {
+		opts = append(opts, grpc.WithChainUnaryInterceptor(cfg.Interceptors...))
+	}
+	opts = append(opts, cfg.DialOptions...)
 
-	c := &Client{cfg: cfg, addrs: addrs}
+	c := &Client{
+		cfg:          cfg,
+		opts:         opts,
+		seeds:        addrs,
+		conns:        map[string]*grpc.ClientConn{},
+		nodes:        append([]string(nil), addrs...),
+		discoveryOff: cfg.DisableDiscovery,
+		kick:         make(chan struct{}, 1),
+	}
+	c.bg, c.stopBg = context.WithCancel(context.Background())
 	for _, a := range addrs {
-		// passthrough: the address is dialled as given, without a DNS
-		// resolver that would spread one endpoint over several IPs.
-		cc, err := grpc.NewClient("passthrough:///"+a, opts...)
-		if err != nil {
+		if _, err := c.connLocked(a); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("client: endpoint %q: %w", a, err)
 		}
-		c.conns = append(c.conns, cc)
+	}
+	if !cfg.DisableDiscovery {
+		c.wg.Add(1)
+		go c.discoveryLoop()
 	}
 	return c, nil
 }
 
-// Close closes every connection.
+// connLocked returns the connection to addr, creating it on first use. The
+// caller holds c.mu (or is New, before the client is shared).
+func (c *Client) connLocked(addr string) (*grpc.ClientConn, error) {
+	if cc, ok := c.conns[addr]; ok {
+		return cc, nil
+	}
+	// passthrough: the address is dialled as given, without a DNS resolver
+	// that would spread one endpoint over several IPs.
+	cc, err := grpc.NewClient("passthrough:///"+addr, c.opts...)
+	if err != nil {
+		return nil, err
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connLocked(addr)
+}
+
+// Close stops discovery and closes every connection.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		c.stopBg()
+		c.wg.Wait()
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		var errs []error
 		for _, cc := range c.conns {
 			errs = append(errs, cc.Close())
@@ -164,8 +302,31 @@ func (c *Client) Close() error {
 	return c.closeErr
 }
 
-// Endpoints returns the endpoints the client uses, in order.
-func (c *Client) Endpoints() []string { return append([]string(nil), c.addrs...) }
+// Endpoints returns the nodes the client uses: the configured endpoints in
+// order, then the ones discovery found.
+func (c *Client) Endpoints() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.nodes...)
+}
+
+// Leader returns the gRPC address of the region's leader as last learned by
+// discovery, or "" when it is not known (discovery disabled or refused, an
+// election, or the leader just failed).
+func (c *Client) Leader() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leader
+}
+
+// DiscoveryErr returns why discovery stopped (for instance PERMISSION_DENIED:
+// the token lacks the region's admin role), or nil while it runs or when it
+// was disabled by Config.
+func (c *Client) DiscoveryErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.discoveryErr
+}
 
 // Secrets returns the SecretService client.
 func (c *Client) Secrets() mbv1.SecretServiceClient { return mbv1.NewSecretServiceClient(c) }
@@ -189,6 +350,9 @@ func (c *Client) Admin() mbv1.AdminServiceClient { return mbv1.NewAdminServiceCl
 
 // WithIdempotencyKey returns a context whose mutations carry key instead of a
 // generated one, e.g. to retry a logical operation across process restarts.
+// Use a fresh key for each logical operation: the server answers a repeated
+// key with the first call's result (for 24 h), and rejects it with
+// INVALID_ARGUMENT when the request differs.
 func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 	return context.WithValue(ctx, idemKeyCtx{}, key)
 }
@@ -222,54 +386,163 @@ func IsMutation(fullMethod string) bool {
 	return true
 }
 
+// prefersLeader reports whether a call would be forwarded to the leader by a
+// follower, so sending it to the leader directly saves a hop: mutations and
+// linearizable reads. Stale reads and the node-local ClusterService reads
+// (Status describes the node that answers) go to any node.
+func prefersLeader(ctx context.Context, method string) bool {
+	if strings.HasPrefix(method, "/mysterybox.v1.ClusterService/") && !IsMutation(method) {
+		return false
+	}
+	if strings.HasPrefix(method, "/grpc.") {
+		return false
+	}
+	if IsMutation(method) {
+		return true
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	return !slices.Contains(md.Get(HeaderConsistency), ConsistencyStale)
+}
+
+// order returns the nodes to try, in order: the leader first when preferred
+// and known, then every node starting at the sticky one.
+func (c *Client) order(preferLeader bool) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.nodes)
+	start := max(slices.Index(c.nodes, c.sticky), 0)
+	out := make([]string, 0, n)
+	if preferLeader && c.leader != "" {
+		out = append(out, c.leader)
+	}
+	for i := 0; i < n; i++ {
+		if a := c.nodes[(start+i)%n]; len(out) == 0 || a != out[0] {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Invoke performs a unary call with headers, idempotency key and failover.
-func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) (callErr error) {
 	if c.cfg.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
 		defer cancel()
 	}
 	ctx = c.outgoing(ctx, method)
-
+	prefer := prefersLeader(ctx, method)
 	_, hasDeadline := ctx.Deadline()
-	start := int(c.next.Load()) % len(c.conns)
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		i := (start + attempt) % len(c.conns)
-		err := c.conns[i].Invoke(ctx, method, args, reply, opts...)
+
+	attempts := 0
+	if c.cfg.OnRetry != nil {
+		defer func() {
+			if attempts > 1 {
+				c.cfg.OnRetry(RetryEvent{Method: method, Attempt: attempts, Err: callErr, Done: true})
+			}
+		}()
+	}
+	order := c.order(prefer)
+	pos, round := 0, 0
+	for {
+		addr := order[pos]
+		pos++
+		attempts++
+		err := c.attempt(ctx, addr, method, args, reply, opts)
 		if err == nil {
-			c.next.Store(uint32(i))
+			c.succeeded(addr, prefer)
 			return nil
 		}
-		lastErr = toStatus(err)
-		if !retryable(lastErr) || ctx.Err() != nil {
-			return lastErr
+		if ctx.Err() != nil || !retryable(err) {
+			return err
 		}
-		if !hasDeadline && attempt+1 >= c.cfg.MaxAttempts {
-			return lastErr
+		c.failed(addr)
+		if !hasDeadline && attempts >= c.cfg.MaxAttempts {
+			return err
 		}
-		d := c.backoff(attempt)
-		// Sleeping past the deadline would only turn the endpoint's real
-		// error into DEADLINE_EXCEEDED; report the real one instead.
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
-			return lastErr
+		// The next node goes at once; after a round in which every node
+		// failed, wait before the next one.
+		var d time.Duration
+		newRound := pos == len(order)
+		if newRound {
+			d = c.backoff(round)
+			round++
+			// Sleeping past the deadline would only turn the nodes' real
+			// error into DEADLINE_EXCEEDED; report the real one instead.
+			if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+				return err
+			}
 		}
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return lastErr
-		case <-t.C:
+		if c.cfg.OnRetry != nil {
+			c.cfg.OnRetry(RetryEvent{Method: method, Attempt: attempts, Endpoint: addr, Err: err, Delay: d})
+		}
+		if newRound {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return err
+			case <-t.C:
+			}
+			// Take the latest view: discovery may know the leader now.
+			order = c.order(prefer)
+			pos = 0
 		}
 	}
 }
 
-// NewStream opens a stream on the preferred endpoint. Streams are not retried:
+// attempt makes one try on one node, within AttemptTimeout.
+func (c *Client) attempt(ctx context.Context, addr, method string, args, reply any, opts []grpc.CallOption) error {
+	cc, err := c.conn(addr)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "endpoint %s: %v", addr, err)
+	}
+	if c.cfg.AttemptTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		defer cancel()
+	}
+	return toStatus(cc.Invoke(ctx, method, args, reply, opts...))
+}
+
+// succeeded makes addr sticky and, when the leader is wanted but unknown,
+// asks discovery to find it.
+func (c *Client) succeeded(addr string, preferLeader bool) {
+	c.mu.Lock()
+	c.sticky = addr
+	unknown := c.leader == ""
+	c.mu.Unlock()
+	if preferLeader && unknown {
+		c.kickDiscovery()
+	}
+}
+
+// failed forgets addr as the leader if it was, moves the next call's start
+// past it, and asks discovery to look again.
+func (c *Client) failed(addr string) {
+	c.mu.Lock()
+	if addr == c.leader {
+		c.leader = ""
+	}
+	if addr == c.sticky || c.sticky == "" {
+		if i := slices.Index(c.nodes, addr); i >= 0 {
+			c.sticky = c.nodes[(i+1)%len(c.nodes)]
+		}
+	}
+	c.mu.Unlock()
+	c.kickDiscovery()
+}
+
+// NewStream opens a stream on the preferred node. Streams are not retried:
 // a stream may have been partly consumed, so only the caller can restart it.
 func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	ctx = c.outgoing(ctx, method)
-	i := int(c.next.Load()) % len(c.conns)
-	s, err := c.conns[i].NewStream(ctx, desc, method, opts...)
+	addr := c.order(prefersLeader(ctx, method))[0]
+	cc, err := c.conn(addr)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "endpoint %s: %v", addr, err)
+	}
+	s, err := cc.NewStream(ctx, desc, method, opts...)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -297,12 +570,12 @@ func (c *Client) outgoing(ctx context.Context, method string) context.Context {
 	return metadata.NewOutgoingContext(ctx, md)
 }
 
-// backoff returns the delay before retry number attempt+1: exponential from
-// BaseBackoff, capped at MaxBackoff, with "equal jitter" (half fixed, half
-// random) so clients that failed together do not retry in lockstep.
-func (c *Client) backoff(attempt int) time.Duration {
+// backoff returns the wait after round number round (from 0): exponential
+// from BaseBackoff, capped at MaxBackoff, with "equal jitter" (half fixed,
+// half random) so clients that failed together do not retry in lockstep.
+func (c *Client) backoff(round int) time.Duration {
 	d := c.cfg.BaseBackoff
-	for i := 0; i < attempt && d < c.cfg.MaxBackoff; i++ {
+	for i := 0; i < round && d < c.cfg.MaxBackoff; i++ {
 		d *= 2
 	}
 	d = min(d, c.cfg.MaxBackoff)
@@ -315,10 +588,16 @@ func (c *Client) backoff(attempt int) time.Duration {
 }
 
 // retryable reports whether a failed attempt may be repeated on another
-// endpoint. UNAVAILABLE covers refused and lost connections and "no leader
-// now"; reads are safe to repeat and mutations carry an idempotency key.
+// node. UNAVAILABLE covers refused and lost connections, "no leader now",
+// "not the leader" and "outcome unknown"; DEADLINE_EXCEEDED here is the
+// attempt's own deadline (the caller's has been checked before). Reads are
+// safe to repeat and mutations carry an idempotency key.
 func retryable(err error) bool {
-	return status.Code(err) == codes.Unavailable
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
 }
 
 // toStatus makes sure callers always get a gRPC status error.

@@ -217,8 +217,8 @@ func TestFailoverToSecondEndpoint(t *testing.T) {
 		t.Fatalf("got %v", s)
 	}
 	// The endpoint that answered is tried first from now on.
-	if got := c.next.Load(); got != 1 {
-		t.Errorf("preferred endpoint = %d, want 1", got)
+	if got := c.order(false)[0]; got != c.Endpoints()[1] {
+		t.Errorf("preferred endpoint = %s, want the second (%s)", got, c.Endpoints()[1])
 	}
 	if _, err := c.Secrets().Get(ctx, &mbv1.GetSecretRequest{Id: "mbsec-8"}); err != nil {
 		t.Fatal(err)
