@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -480,4 +481,16 @@ func (n *Node) BootstrapWith(servers []ServerInfo) error {
 		conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address), Suffrage: raft.Voter})
 	}
 	return n.raft.BootstrapCluster(conf).Error()
+}
+
+// RestoreBackup makes the leader take on a snapshot's state and replicate
+// it to the followers by snapshot install (raft.Restore). The snapshot must
+// have been verified completely first: a failure inside raft's restore
+// stops the node.
+func (n *Node) RestoreBackup(index, term uint64, size int64, r io.Reader, timeout time.Duration) error {
+	if n.raft.State() != raft.Leader {
+		return ErrNotLeader
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Term: term, Size: size}
+	return n.raft.Restore(meta, r, timeout)
 }

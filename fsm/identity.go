@@ -194,7 +194,7 @@ func (a *applier) bootstrapAdmin(op *fsmpb.BootstrapAdmin) (proto.Message, error
 		func() error { return a.b.PutAccount(acct) },
 		func() error { return a.b.PutToken(tok) },
 		func() error { return a.b.PutBinding(ab) },
-		a.b.SetBootstrapped,
+		func() error { return a.b.SetBootstrapped(op.GetClusterId()) },
 	} {
 		if err := put(); err != nil {
 			return nil, err

@@ -171,5 +171,15 @@ func (v *View) Bootstrapped() (bool, error) {
 	return err == nil, err
 }
 
-// SetBootstrapped marks the region's first admin as created.
-func (b *Batch) SetBootstrapped() error { return b.set(keyBootstrapped, nil) }
+// SetBootstrapped marks the region's first admin as created and records
+// the cluster id.
+func (b *Batch) SetBootstrapped(clusterID string) error { return b.set(keyBootstrapped, []byte(clusterID)) }
+
+// ClusterID returns the id recorded when the region was bootstrapped.
+func (v *View) ClusterID() (string, error) {
+	raw, err := v.get(keyBootstrapped)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	return string(raw), err
+}

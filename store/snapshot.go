@@ -47,6 +47,9 @@ func (sn *Snapshot) AppliedIndex() (index, term uint64, err error) {
 	return (&View{r: sn.snap}).AppliedIndex()
 }
 
+// View runs fn on the snapshot's content.
+func (sn *Snapshot) View(fn func(v *View) error) error { return fn(&View{r: sn.snap}) }
+
 // WriteTo streams the snapshot to w.
 func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	h := sha256.New()
@@ -169,6 +172,11 @@ func (s *Store) Restore(r io.Reader) error {
 	return nil
 }
 
+// VerifySnapshot reads a whole snapshot stream and checks its structure
+// and checksum without storing anything.
+func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r) }
+
+// loadSnapshot reads a snapshot stream into db (nil: only verify it).
 func loadSnapshot(db *pebble.DB, r io.Reader) error {
 	hr := &hashingReader{r: bufio.NewReaderSize(r, 256<<10), h: sha256.New()}
 	magic := make([]byte, len(snapshotMagic))
@@ -187,11 +195,23 @@ func loadSnapshot(db *pebble.DB, r io.Reader) error {
 		_, err = io.ReadFull(hr, b)
 		return b, err
 	}
-	batch := db.NewBatch()
+	var batch *pebble.Batch
+	newBatch := func() {
+		if db != nil {
+			batch = db.NewBatch()
+		}
+	}
+	closeBatch := func() {
+		if batch != nil {
+			batch.Close()
+			batch = nil
+		}
+	}
+	defer closeBatch()
+	newBatch()
 	for {
 		k, err := readBytes()
 		if err != nil {
-			batch.Close()
 			return fmt.Errorf("store: truncated or corrupt snapshot: %w", err)
 		}
 		if len(k) == 0 {
@@ -199,47 +219,71 @@ func loadSnapshot(db *pebble.DB, r io.Reader) error {
 		}
 		v, err := readBytes()
 		if err != nil {
-			batch.Close()
 			return fmt.Errorf("store: truncated or corrupt snapshot: %w", err)
 		}
+		if batch == nil {
+			continue
+		}
 		if err := batch.Set(k, v, nil); err != nil {
-			batch.Close()
 			return err
 		}
 		if batch.Len() > 4<<20 {
 			err := batch.Commit(pebble.NoSync)
-			batch.Close()
+			closeBatch()
 			if err != nil {
 				return err
 			}
-			batch = db.NewBatch()
+			newBatch()
 		}
 	}
 	want := hr.h.Sum(nil)
 	got := make([]byte, sha256.Size)
 	if _, err := io.ReadFull(hr.r, got); err != nil {
-		batch.Close()
 		return fmt.Errorf("store: snapshot checksum missing: %w", err)
 	}
 	if !bytes.Equal(want, got) {
-		batch.Close()
 		return fmt.Errorf("store: snapshot checksum mismatch (want %s, got %s)", hex.EncodeToString(want), hex.EncodeToString(got))
 	}
 	if _, err := hr.r.ReadByte(); err != io.EOF {
-		batch.Close()
 		return fmt.Errorf("store: unexpected data after the snapshot's checksum")
 	}
-	defer batch.Close()
+	if batch == nil {
+		return nil
+	}
 	return batch.Commit(pebble.Sync)
 }
 
+// ResetAppliedIndex forgets the Raft position of the content, for a store
+// seeded from a backup into a new region whose Raft log starts again at 1.
+func (s *Store) ResetAppliedIndex() error {
+	b := s.NewBatch()
+	defer b.Close()
+	if err := b.SetAppliedIndex(0, 0); err != nil {
+		return err
+	}
+	if err := b.Commit(); err != nil {
+		return err
+	}
+	return s.Sync()
+}
+
+// ContentHash is Hash without the applied index and the node registry:
+// equal for two stores with the same data at different Raft positions and
+// on different nodes (a backup and the region it was restored into).
+func (s *Store) ContentHash() (string, error) { return s.hash(false) }
+
 // Hash returns the SHA-256 of every key and value in the store, for
 // comparing replicas and checking that a restore is exact.
-func (s *Store) Hash() (string, error) {
+func (s *Store) Hash() (string, error) { return s.hash(true) }
+
+func (s *Store) hash(withApplied bool) (string, error) {
 	h := sha256.New()
 	var lenBuf [8]byte
 	err := s.Read(func(v *View) error {
 		return v.ForEach(func(k, val []byte) error {
+			if !withApplied && (string(k) == keyApplied || bytes.HasPrefix(k, []byte(prefixNode))) {
+				return nil
+			}
 			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(k)))
 			h.Write(lenBuf[:])
 			h.Write(k)

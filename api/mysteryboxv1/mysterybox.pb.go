@@ -4086,6 +4086,209 @@ func (x *ListRegionsResponse) GetRegions() []*Region {
 	return nil
 }
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_mysterybox_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{72}
+}
+
+// A piece of a backup file (see docs/operations.md for its format).
+type SnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_mysterybox_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type RestoreChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// First message only: restore a backup of another region.
+	ForceRegion   bool `protobuf:"varint,2,opt,name=force_region,json=forceRegion,proto3" json:"force_region,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreChunk) Reset() {
+	*x = RestoreChunk{}
+	mi := &file_mysterybox_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreChunk) ProtoMessage() {}
+
+func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
+func (*RestoreChunk) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *RestoreChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *RestoreChunk) GetForceRegion() bool {
+	if x != nil {
+		return x.ForceRegion
+	}
+	return false
+}
+
+type RestoreResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	// Raft index and term the backup was taken at.
+	BackupIndex   uint64 `protobuf:"varint,2,opt,name=backup_index,json=backupIndex,proto3" json:"backup_index,omitempty"`
+	BackupTerm    uint64 `protobuf:"varint,3,opt,name=backup_term,json=backupTerm,proto3" json:"backup_term,omitempty"`
+	Bytes         uint64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_mysterybox_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *RestoreResponse) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RestoreResponse) GetBackupIndex() uint64 {
+	if x != nil {
+		return x.BackupIndex
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetBackupTerm() uint64 {
+	if x != nil {
+		return x.BackupTerm
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -4097,7 +4300,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4109,7 +4312,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4122,7 +4325,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{72}
+	return file_mysterybox_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -4155,7 +4358,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4167,7 +4370,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4180,7 +4383,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{73}
+	return file_mysterybox_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -4199,7 +4402,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4414,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4427,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{74}
+	return file_mysterybox_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -4242,7 +4445,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4254,7 +4457,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4267,7 +4470,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{75}
+	return file_mysterybox_proto_rawDescGZIP(), []int{79}
 }
 
 type TransferLeadershipRequest struct {
@@ -4280,7 +4483,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_mysterybox_proto_msgTypes[76]
+	mi := &file_mysterybox_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4292,7 +4495,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[76]
+	mi := &file_mysterybox_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4305,7 +4508,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{76}
+	return file_mysterybox_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *TransferLeadershipRequest) GetNodeId() string {
@@ -4324,7 +4527,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_mysterybox_proto_msgTypes[77]
+	mi := &file_mysterybox_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4336,7 +4539,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[77]
+	mi := &file_mysterybox_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4349,7 +4552,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{77}
+	return file_mysterybox_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -4369,7 +4572,7 @@ type RewrapRequest struct {
 
 func (x *RewrapRequest) Reset() {
 	*x = RewrapRequest{}
-	mi := &file_mysterybox_proto_msgTypes[78]
+	mi := &file_mysterybox_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4381,7 +4584,7 @@ func (x *RewrapRequest) String() string {
 func (*RewrapRequest) ProtoMessage() {}
 
 func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[78]
+	mi := &file_mysterybox_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4394,7 +4597,7 @@ func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
 func (*RewrapRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{78}
+	return file_mysterybox_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *RewrapRequest) GetBatchSize() int32 {
@@ -4419,7 +4622,7 @@ type RewrapResponse struct {
 
 func (x *RewrapResponse) Reset() {
 	*x = RewrapResponse{}
-	mi := &file_mysterybox_proto_msgTypes[79]
+	mi := &file_mysterybox_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4431,7 +4634,7 @@ func (x *RewrapResponse) String() string {
 func (*RewrapResponse) ProtoMessage() {}
 
 func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[79]
+	mi := &file_mysterybox_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4444,7 +4647,7 @@ func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
 func (*RewrapResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{79}
+	return file_mysterybox_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *RewrapResponse) GetRewrapped() int64 {
@@ -4743,7 +4946,19 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x13leader_grpc_address\x18\x03 \x01(\tR\x11leaderGrpcAddress\x12/\n" +
 	"\x05nodes\x18\x04 \x03(\v2\x19.mysterybox.v1.RegionNodeR\x05nodes\"F\n" +
 	"\x13ListRegionsResponse\x12/\n" +
-	"\aregions\x18\x01 \x03(\v2\x15.mysterybox.v1.RegionR\aregions\"l\n" +
+	"\aregions\x18\x01 \x03(\v2\x15.mysterybox.v1.RegionR\aregions\"\x11\n" +
+	"\x0fSnapshotRequest\"#\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"E\n" +
+	"\fRestoreChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12!\n" +
+	"\fforce_region\x18\x02 \x01(\bR\vforceRegion\"\x83\x01\n" +
+	"\x0fRestoreResponse\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12!\n" +
+	"\fbackup_index\x18\x02 \x01(\x04R\vbackupIndex\x12\x1f\n" +
+	"\vbackup_term\x18\x03 \x01(\x04R\n" +
+	"backupTerm\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x04R\x05bytes\"l\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
@@ -4811,7 +5026,7 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\bUndelete\x12+.mysterybox.v1.UndeleteSecretVersionRequest\x1a\x1c.mysterybox.v1.SecretVersion2\xb7\x01\n" +
 	"\x0ePayloadService\x12J\n" +
 	"\x03Get\x12 .mysterybox.v1.GetPayloadRequest\x1a!.mysterybox.v1.GetPayloadResponse\x12Y\n" +
-	"\bGetByKey\x12%.mysterybox.v1.GetPayloadByKeyRequest\x1a&.mysterybox.v1.GetPayloadByKeyResponse2\x88\x04\n" +
+	"\bGetByKey\x12%.mysterybox.v1.GetPayloadByKeyRequest\x1a&.mysterybox.v1.GetPayloadByKeyResponse2\x9e\x05\n" +
 	"\x0eClusterService\x12S\n" +
 	"\x06Status\x12#.mysterybox.v1.ClusterStatusRequest\x1a$.mysterybox.v1.ClusterStatusResponse\x12P\n" +
 	"\aMembers\x12!.mysterybox.v1.ListMembersRequest\x1a\".mysterybox.v1.ListMembersResponse\x12P\n" +
@@ -4819,7 +5034,9 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x04Join\x12\x1a.mysterybox.v1.JoinRequest\x1a\x1b.mysterybox.v1.JoinResponse\x12Q\n" +
 	"\n" +
 	"RemoveNode\x12 .mysterybox.v1.RemoveNodeRequest\x1a!.mysterybox.v1.RemoveNodeResponse\x12i\n" +
-	"\x12TransferLeadership\x12(.mysterybox.v1.TransferLeadershipRequest\x1a).mysterybox.v1.TransferLeadershipResponse2U\n" +
+	"\x12TransferLeadership\x12(.mysterybox.v1.TransferLeadershipRequest\x1a).mysterybox.v1.TransferLeadershipResponse\x12J\n" +
+	"\bSnapshot\x12\x1e.mysterybox.v1.SnapshotRequest\x1a\x1c.mysterybox.v1.SnapshotChunk0\x01\x12H\n" +
+	"\aRestore\x12\x1b.mysterybox.v1.RestoreChunk\x1a\x1e.mysterybox.v1.RestoreResponse(\x012U\n" +
 	"\fAdminService\x12E\n" +
 	"\x06Rewrap\x12\x1c.mysterybox.v1.RewrapRequest\x1a\x1d.mysterybox.v1.RewrapResponseB@Z>github.com/mysterybox/mysterybox/api/mysteryboxv1;mysteryboxv1b\x06proto3"
 
@@ -4836,7 +5053,7 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 }
 
 var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
 	(AccountType)(0),                     // 1: mysterybox.v1.AccountType
@@ -4912,23 +5129,27 @@ var file_mysterybox_proto_goTypes = []any{
 	(*RegionNode)(nil),                   // 71: mysterybox.v1.RegionNode
 	(*Region)(nil),                       // 72: mysterybox.v1.Region
 	(*ListRegionsResponse)(nil),          // 73: mysterybox.v1.ListRegionsResponse
-	(*JoinRequest)(nil),                  // 74: mysterybox.v1.JoinRequest
-	(*JoinResponse)(nil),                 // 75: mysterybox.v1.JoinResponse
-	(*RemoveNodeRequest)(nil),            // 76: mysterybox.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),           // 77: mysterybox.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),    // 78: mysterybox.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil),   // 79: mysterybox.v1.TransferLeadershipResponse
-	(*RewrapRequest)(nil),                // 80: mysterybox.v1.RewrapRequest
-	(*RewrapResponse)(nil),               // 81: mysterybox.v1.RewrapResponse
-	nil,                                  // 82: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 83: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 84: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 85: google.protobuf.FieldMask
+	(*SnapshotRequest)(nil),              // 74: mysterybox.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),                // 75: mysterybox.v1.SnapshotChunk
+	(*RestoreChunk)(nil),                 // 76: mysterybox.v1.RestoreChunk
+	(*RestoreResponse)(nil),              // 77: mysterybox.v1.RestoreResponse
+	(*JoinRequest)(nil),                  // 78: mysterybox.v1.JoinRequest
+	(*JoinResponse)(nil),                 // 79: mysterybox.v1.JoinResponse
+	(*RemoveNodeRequest)(nil),            // 80: mysterybox.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),           // 81: mysterybox.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),    // 82: mysterybox.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil),   // 83: mysterybox.v1.TransferLeadershipResponse
+	(*RewrapRequest)(nil),                // 84: mysterybox.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 85: mysterybox.v1.RewrapResponse
+	nil,                                  // 86: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 87: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 88: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 89: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	83, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	83, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	82, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	87, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	87, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	86, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
 	2,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
 	4,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
 	5,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
@@ -4943,8 +5164,8 @@ var file_mysterybox_proto_depIdxs = []int32{
 	2,  // 14: mysterybox.v1.Token.metadata:type_name -> mysterybox.v1.Metadata
 	22, // 15: mysterybox.v1.Token.spec:type_name -> mysterybox.v1.TokenSpec
 	23, // 16: mysterybox.v1.Token.status:type_name -> mysterybox.v1.TokenStatus
-	83, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
-	84, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	87, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
+	88, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	21, // 19: mysterybox.v1.CreateTokenResponse.token:type_name -> mysterybox.v1.Token
 	21, // 20: mysterybox.v1.ListTokensResponse.tokens:type_name -> mysterybox.v1.Token
 	2,  // 21: mysterybox.v1.AccessBinding.metadata:type_name -> mysterybox.v1.Metadata
@@ -4957,19 +5178,19 @@ var file_mysterybox_proto_depIdxs = []int32{
 	43, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
 	53, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
 	0,  // 30: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	83, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	83, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	87, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	87, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
 	41, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
 	41, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
 	41, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	85, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	89, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	2,  // 37: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
 	53, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
 	54, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
 	40, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
 	0,  // 41: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	83, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	83, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	87, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	87, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
 	52, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
 	52, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
 	39, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
@@ -5011,49 +5232,53 @@ var file_mysterybox_proto_depIdxs = []int32{
 	65, // 82: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
 	68, // 83: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
 	70, // 84: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
-	74, // 85: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
-	76, // 86: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
-	78, // 87: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	80, // 88: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
-	3,  // 89: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	3,  // 90: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	9,  // 91: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	11, // 92: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	12, // 93: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
-	12, // 94: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
-	18, // 95: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
-	20, // 96: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
-	25, // 97: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
-	21, // 98: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
-	28, // 99: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
-	30, // 100: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
-	31, // 101: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	31, // 102: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	36, // 103: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
-	38, // 104: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
-	41, // 105: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	41, // 106: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	41, // 107: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	48, // 108: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	41, // 109: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	41, // 110: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	41, // 111: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	52, // 112: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	52, // 113: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	58, // 114: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	52, // 115: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	52, // 116: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	62, // 117: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	64, // 118: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	66, // 119: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	69, // 120: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	73, // 121: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
-	75, // 122: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	77, // 123: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	79, // 124: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	81, // 125: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
-	89, // [89:126] is the sub-list for method output_type
-	52, // [52:89] is the sub-list for method input_type
+	78, // 85: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
+	80, // 86: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
+	82, // 87: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
+	74, // 88: mysterybox.v1.ClusterService.Snapshot:input_type -> mysterybox.v1.SnapshotRequest
+	76, // 89: mysterybox.v1.ClusterService.Restore:input_type -> mysterybox.v1.RestoreChunk
+	84, // 90: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	3,  // 91: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	3,  // 92: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	9,  // 93: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	11, // 94: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	12, // 95: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
+	12, // 96: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
+	18, // 97: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
+	20, // 98: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
+	25, // 99: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
+	21, // 100: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
+	28, // 101: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
+	30, // 102: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
+	31, // 103: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	31, // 104: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	36, // 105: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
+	38, // 106: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
+	41, // 107: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	41, // 108: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	41, // 109: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	48, // 110: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	41, // 111: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	41, // 112: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	41, // 113: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	52, // 114: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	52, // 115: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	58, // 116: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	52, // 117: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	52, // 118: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	62, // 119: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	64, // 120: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	66, // 121: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	69, // 122: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	73, // 123: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
+	79, // 124: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	81, // 125: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	83, // 126: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	75, // 127: mysterybox.v1.ClusterService.Snapshot:output_type -> mysterybox.v1.SnapshotChunk
+	77, // 128: mysterybox.v1.ClusterService.Restore:output_type -> mysterybox.v1.RestoreResponse
+	85, // 129: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	91, // [91:130] is the sub-list for method output_type
+	52, // [52:91] is the sub-list for method input_type
 	52, // [52:52] is the sub-list for extension type_name
 	52, // [52:52] is the sub-list for extension extendee
 	0,  // [0:52] is the sub-list for field type_name
@@ -5074,7 +5299,7 @@ func file_mysterybox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   81,
+			NumMessages:   85,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

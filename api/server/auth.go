@@ -121,8 +121,16 @@ func (s *Server) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		s.logRefusal(info.FullMethod, "", err)
 		return err
 	}
-	return handler(srv, ss)
+	return handler(srv, &authedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), bearerKey{}, b)})
 }
+
+// authedStream carries the parsed token in the stream's context.
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (a *authedStream) Context() context.Context { return a.ctx }
 
 func (s *Server) logRefusal(method, accountID string, err error) {
 	st, _ := status.FromError(err)
@@ -299,7 +307,7 @@ func (s *Server) BootstrapAdmin(ctx context.Context, tokenID string, secretHash 
 		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
 		Spec:     &pb.AccessBindingSpec{ResourceId: s.cfg.Region, AccountId: acct.GetMetadata().GetId(), Role: RoleRegionAdmin},
 	}
-	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab}}})
+	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: newID("cluster-")}}})
 	if err != nil {
 		return false, err
 	}

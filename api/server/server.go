@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -50,6 +51,7 @@ type Raft interface {
 	TransferLeadership(id string) error
 	Stats() map[string]string
 	AppliedIndex() uint64
+	RestoreBackup(index, term uint64, size int64, r io.Reader, timeout time.Duration) error
 }
 
 // Config configures the API of one node.

@@ -1707,10 +1707,12 @@ func (x *DeleteBinding) GetId() string {
 // its region admin binding, once: it is a no-op when the region already
 // has been bootstrapped.
 type BootstrapAdmin struct {
-	state         protoimpl.MessageState      `protogen:"open.v1"`
-	Account       *mysteryboxv1.Account       `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
-	Token         *TokenRecord                `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
-	Binding       *mysteryboxv1.AccessBinding `protobuf:"bytes,3,opt,name=binding,proto3" json:"binding,omitempty"`
+	state   protoimpl.MessageState      `protogen:"open.v1"`
+	Account *mysteryboxv1.Account       `protobuf:"bytes,1,opt,name=account,proto3" json:"account,omitempty"`
+	Token   *TokenRecord                `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	Binding *mysteryboxv1.AccessBinding `protobuf:"bytes,3,opt,name=binding,proto3" json:"binding,omitempty"`
+	// A random id naming this region's cluster, recorded in backups.
+	ClusterId     string `protobuf:"bytes,4,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1764,6 +1766,13 @@ func (x *BootstrapAdmin) GetBinding() *mysteryboxv1.AccessBinding {
 		return x.Binding
 	}
 	return nil
+}
+
+func (x *BootstrapAdmin) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
 }
 
 type BootstrapResult struct {
@@ -2389,11 +2398,13 @@ const file_fsm_proto_rawDesc = "" +
 	"\rCreateBinding\x126\n" +
 	"\abinding\x18\x01 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\"\x1f\n" +
 	"\rDeleteBinding\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xb0\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xcf\x01\n" +
 	"\x0eBootstrapAdmin\x120\n" +
 	"\aaccount\x18\x01 \x01(\v2\x16.mysterybox.v1.AccountR\aaccount\x124\n" +
 	"\x05token\x18\x02 \x01(\v2\x1e.mysterybox.fsm.v1.TokenRecordR\x05token\x126\n" +
-	"\abinding\x18\x03 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\"+\n" +
+	"\abinding\x18\x03 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\"+\n" +
 	"\x0fBootstrapResult\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\"Z\n" +
 	"\vTokenRecord\x12*\n" +
