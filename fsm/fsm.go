@@ -56,6 +56,28 @@ type FSM struct {
 	store   *store.Store
 	logger  hclog.Logger
 	applied atomic.Uint64 // index of the last entry applied (or skipped)
+	obs     atomic.Pointer[Observer]
+}
+
+// Observer is told about applied batches and idempotent replays (metrics).
+type Observer interface {
+	Applied(entries int, d time.Duration)
+	IdempotencyReplay()
+}
+
+type noObserver struct{}
+
+func (noObserver) Applied(int, time.Duration) {}
+func (noObserver) IdempotencyReplay()         {}
+
+// SetObserver installs o (safe while Raft applies).
+func (f *FSM) SetObserver(o Observer) { f.obs.Store(&o) }
+
+func (f *FSM) observer() Observer {
+	if o := f.obs.Load(); o != nil {
+		return *o
+	}
+	return noObserver{}
 }
 
 var (
@@ -88,6 +110,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // ApplyBatch applies a batch of entries as one Pebble batch. Entries at or
 // below the applied index were applied before a restart and are skipped.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	start := time.Now()
 	out := make([]interface{}, len(logs))
 	b := f.store.NewBatch()
 	defer b.Close()
@@ -112,6 +135,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		panic(fmt.Sprintf("fsm: commit batch ending at index %d: %v", last.Index, err))
 	}
 	f.applied.Store(last.Index)
+	f.observer().Applied(len(logs), time.Since(start))
 	return out
 }
 
@@ -143,6 +167,7 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 	key := cmd.GetIdempotencyKey()
 	if key != "" {
 		if res, done := a.replay(key, cmd.GetRequestHash()); done {
+			f.observer().IdempotencyReplay()
 			return res
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -26,6 +28,7 @@ import (
 	"github.com/mysterybox/mysterybox/api/server"
 	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/fsm"
+	"github.com/mysterybox/mysterybox/metrics"
 	"github.com/mysterybox/mysterybox/region"
 	"github.com/mysterybox/mysterybox/store"
 )
@@ -67,6 +70,9 @@ type Config struct {
 	// FastGossip uses loopback timings (tests).
 	FastGossip bool
 
+	// MetricsAddr serves Prometheus metrics on /metrics ("" disables).
+	MetricsAddr string
+
 	Keyring             *region.Keyring
 	PurgeAfter          time.Duration
 	MaintenanceInterval time.Duration
@@ -85,20 +91,23 @@ type Node struct {
 	cfg    Config
 	logger hclog.Logger
 
-	Store  *store.Store
-	FSM    *fsm.FSM
-	Raft   *cluster.Node
-	API    *server.Server
-	Gossip *cluster.Gossip // nil without gossip
+	Store   *store.Store
+	FSM     *fsm.FSM
+	Raft    *cluster.Node
+	API     *server.Server
+	Gossip  *cluster.Gossip  // nil without gossip
+	Metrics *metrics.Metrics // nil without --metrics-addr
 
-	grpc      *grpc.Server
-	lis       net.Listener
-	grpcAddr  string
-	stopJoin  context.CancelFunc
-	bg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
-	stopAdmin context.CancelFunc
+	grpc        *grpc.Server
+	lis         net.Listener
+	grpcAddr    string
+	stopJoin    context.CancelFunc
+	metricsSrv  *http.Server
+	metricsAddr string
+	bg          sync.WaitGroup
+	closeOnce   sync.Once
+	closeErr    error
+	stopAdmin   context.CancelFunc
 	// pendingAdmin is this node's admin token (id and hash) while the
 	// region has no admin yet.
 	pendingAdmin atomic.Pointer[pendingAdmin]
@@ -198,10 +207,19 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 			return nil, err
 		}
 	}
+	unary := []grpc.UnaryServerInterceptor{n.API.UnaryInterceptor}
+	streams := []grpc.StreamServerInterceptor{n.API.StreamInterceptor}
+	if cfg.MetricsAddr != "" {
+		if err := n.startMetrics(); err != nil {
+			return nil, err
+		}
+		unary = append([]grpc.UnaryServerInterceptor{n.Metrics.UnaryInterceptor}, unary...)
+		streams = append([]grpc.StreamServerInterceptor{n.Metrics.StreamInterceptor}, streams...)
+	}
 	n.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(4<<20),
-		grpc.ChainUnaryInterceptor(n.API.UnaryInterceptor),
-		grpc.ChainStreamInterceptor(n.API.StreamInterceptor),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(streams...),
 	)
 	n.API.Register(n.grpc)
 	go func() {
@@ -346,6 +364,30 @@ func readOrCreateToken(path, region string) (string, error) {
 // start, or "" when the region already had its admin.
 func (n *Node) AdminToken() string { return n.adminToken }
 
+// startMetrics serves Prometheus metrics on cfg.MetricsAddr.
+func (n *Node) startMetrics() error {
+	src := metrics.Source{Region: n.cfg.Region, NodeID: n.cfg.NodeID, Raft: n.Raft, AppliedIndex: n.FSM.AppliedIndex, Store: n.Store}
+	if n.Gossip != nil {
+		src.Gossip = n.Gossip.Members
+	}
+	n.Metrics = metrics.New(src)
+	n.FSM.SetObserver(n.Metrics)
+	n.API.SetObserver(n.Metrics)
+	lis, err := net.Listen("tcp", n.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("node: metrics listener on %s: %w", n.cfg.MetricsAddr, err)
+	}
+	n.metricsAddr = lis.Addr().String()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(n.Metrics.Registry, promhttp.HandlerOpts{Registry: n.Metrics.Registry}))
+	n.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go n.metricsSrv.Serve(lis)
+	return nil
+}
+
+// MetricsAddr is where /metrics is served ("" without metrics).
+func (n *Node) MetricsAddr() string { return n.metricsAddr }
+
 // GRPCAddr is the address clients and peers reach this node's API at.
 func (n *Node) GRPCAddr() string { return n.grpcAddr }
 
@@ -462,6 +504,9 @@ func (n *Node) closeAll() error {
 		}
 		if n.API != nil {
 			n.API.Close()
+		}
+		if n.metricsSrv != nil {
+			n.metricsSrv.Close()
 		}
 		var errs []error
 		if n.Raft != nil {

@@ -297,3 +297,46 @@ func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
 	p.l.Error(fmt.Sprintf(format, args...))
 	panic(fmt.Sprintf(format, args...))
 }
+
+// StorageStats are Pebble's figures for monitoring.
+type StorageStats struct {
+	DiskBytes     uint64
+	Compactions   int64
+	MemtableBytes uint64
+	Tables        int64
+}
+
+// Stats returns Pebble's current figures.
+func (s *Store) Stats() StorageStats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.db == nil {
+		return StorageStats{}
+	}
+	m := s.db.Metrics()
+	st := StorageStats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, MemtableBytes: m.MemTable.Size}
+	for _, l := range m.Levels {
+		st.Tables += l.NumFiles
+	}
+	return st
+}
+
+// Counts returns how many secrets and versions the store holds (a scan of
+// their tables: callers cache it).
+func (s *Store) Counts() (secrets, versions int64, err error) {
+	err = s.Read(func(v *View) error {
+		for _, c := range []struct {
+			prefix string
+			n      *int64
+		}{{prefixSecret, &secrets}, {prefixVersion, &versions}} {
+			if err := v.scan(c.prefix, "", false, func(_, _ []byte) (bool, error) {
+				*c.n++
+				return true, nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return secrets, versions, err
+}

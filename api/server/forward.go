@@ -145,6 +145,9 @@ func (f *forwarder) forward(ctx context.Context, req, out proto.Message) error {
 			outMD.Set(k, v...)
 		}
 	}
+	if f.s.obs != nil {
+		f.s.obs.Forwarded(method)
+	}
 	err = conn.Invoke(metadata.NewOutgoingContext(ctx, outMD), method, req, out)
 	if err != nil {
 		if st, ok := status.FromError(err); ok {

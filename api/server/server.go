@@ -78,12 +78,19 @@ type Server struct {
 	fwd    *forwarder
 	health *health.Server
 	dir    Directory // nil without gossip
+	obs    Observer  // nil without metrics
 }
 
 // Directory is what gossip tells about every node of every region.
 type Directory interface {
 	Members() []cluster.GossipMember
 }
+
+// Observer is told about forwarded calls (metrics).
+type Observer interface{ Forwarded(method string) }
+
+// SetObserver installs o before serving.
+func (s *Server) SetObserver(o Observer) { s.obs = o }
 
 // SetDirectory gives the API the gossip view (before serving).
 func (s *Server) SetDirectory(d Directory) { s.dir = d }

@@ -44,6 +44,8 @@ type Options struct {
 	Seeds             []string
 	GossipKey         []byte
 	DeadNodeReapAfter time.Duration
+	// Metrics serves /metrics on every node (Node.N.MetricsAddr()).
+	Metrics bool
 }
 
 // Cluster is a running test region.
@@ -219,6 +221,9 @@ func (c *Cluster) newNode() *Node {
 		LeaderLeaseTimeout:  150 * time.Millisecond,
 		SnapshotThreshold:   c.opts.SnapshotThreshold,
 		TrailingLogs:        c.opts.TrailingLogs,
+	}
+	if c.opts.Metrics {
+		cfg.MetricsAddr = "127.0.0.1:0"
 	}
 	switch {
 	case c.opts.Gossip:

@@ -21,8 +21,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/mysterybox/mysterybox/backup"
 	"github.com/mysterybox/mysterybox/node"
 	"github.com/mysterybox/mysterybox/region"
+	"github.com/mysterybox/mysterybox/store"
 )
 
 type options struct {
@@ -43,6 +45,7 @@ type options struct {
 	bootstrapExpect int
 	gossipKeyFile   string
 	reapAfter       time.Duration
+	metricsAddr     string
 	adminTokenFile  string
 	masterKeyFile   string
 	purgeAfter      time.Duration
@@ -81,13 +84,14 @@ func run(args []string) int {
 	f.IntVar(&o.bootstrapExpect, "bootstrap-expect", 0, "bootstrap the region once this many of its nodes see each other through gossip (never when Raft state exists)")
 	f.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file with the base64 gossip encryption key shared by every node of every region (`mysteryboxd keygen --gossip`)")
 	f.DurationVar(&o.reapAfter, "dead-node-reap-after", 72*time.Hour, "the leader removes a node gossip has seen dead this long (never below a quorum)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (off when empty)")
 	f.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding a region admin token, sent with --join-raft requests")
 	f.StringVar(&o.adminTokenFile, "bootstrap-admin-token-file", "", "with --bootstrap: where to write the region's first admin token (mode 0600), once")
 	f.StringVar(&o.masterKeyFile, "master-key-file", "", "the region's keyring (JSON; see docs/operations.md)")
 	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
 	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight calls")
-	cmd.AddCommand(keygenCommand())
+	cmd.AddCommand(keygenCommand(), restoreCommand())
 	cmd.SetArgs(args)
 	if err := applyEnv(cmd, args); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
@@ -125,6 +129,58 @@ func applyEnv(cmd *cobra.Command, args []string) error {
 		}
 	})
 	return firstErr
+}
+
+// restoreCommand seeds the data directory of a new region's first node
+// from a backup, offline: disaster recovery when every node is lost.
+func restoreCommand() *cobra.Command {
+	var dataDir, region string
+	c := &cobra.Command{
+		Use:   "restore --data-dir DIR FILE",
+		Short: "seed an empty data directory from a backup (then start the node with --bootstrap)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if dataDir == "" {
+				return usageError{errors.New("--data-dir is required")}
+			}
+			f, err := os.Open(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			h, err := backup.ReadHeader(f)
+			if err != nil {
+				return err
+			}
+			if region != "" && h.Region != region {
+				return fmt.Errorf("the backup is of region %s, not %s", h.Region, region)
+			}
+			if _, err := os.Stat(filepath.Join(dataDir, "raft")); err == nil {
+				return fmt.Errorf("%s already holds Raft state: restore only into an empty data directory", dataDir)
+			}
+			st, err := store.Open(filepath.Join(dataDir, "fsm"), nil)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if idx, _, err := st.AppliedIndex(); err != nil || idx != 0 {
+				return fmt.Errorf("%s already holds data (applied index %d): restore only into an empty data directory", dataDir, idx)
+			}
+			if err := st.Restore(backup.BodyReader(f, h)); err != nil {
+				return err
+			}
+			// The new region's Raft log starts again at 1.
+			if err := st.ResetAppliedIndex(); err != nil {
+				return err
+			}
+			fmt.Printf("restored region %s (backup at raft index %d, %d bytes) into %s\n", h.Region, h.RaftIndex, h.BodyBytes, dataDir)
+			fmt.Printf("start this node with --bootstrap and a keyring holding %v; add the other nodes as usual\n", h.KeyIDs)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dataDir, "data-dir", "", "an empty data directory")
+	c.Flags().StringVar(&region, "region", "", "refuse a backup of another region")
+	return c
 }
 
 func keygenCommand() *cobra.Command {
@@ -178,6 +234,7 @@ func serve(cmd *cobra.Command, o *options) error {
 		GossipSeeds:       o.join,
 		BootstrapExpect:   o.bootstrapExpect,
 		DeadNodeReapAfter: o.reapAfter,
+		MetricsAddr:       o.metricsAddr,
 	}
 	if o.gossipKeyFile != "" {
 		key, err := loadGossipKey(o.gossipKeyFile)

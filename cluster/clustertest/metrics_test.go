@@ -1,0 +1,100 @@
+package clustertest
+
+import (
+	"fmt"
+	"net/http"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+func scrape(t *testing.T, n *Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + n.N.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return fams
+}
+
+// value sums a family's samples whose labels include want.
+func value(fams map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	f, ok := fams[name]
+	if !ok {
+		return 0, false
+	}
+	sum := 0.0
+	for _, m := range f.GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range want {
+			match = match && labels[k] == v
+		}
+		if !match {
+			continue
+		}
+		switch {
+		case m.GetCounter() != nil:
+			sum += m.GetCounter().GetValue()
+		case m.GetGauge() != nil:
+			sum += m.GetGauge().GetValue()
+		case m.GetHistogram() != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum, true
+}
+
+func TestMetricsArePresentAndMove(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Metrics: true, Gossip: true})
+	leader := c.WaitLeader()
+	follower := c.Followers()[0]
+	_, secret := setup(t, c, follower)
+	before := scrape(t, leader)
+	for _, name := range []string{
+		"mysterybox_grpc_requests_total", "mysterybox_grpc_request_duration_seconds", "mysterybox_raft_state",
+		"mysterybox_raft_term", "mysterybox_raft_commit_index", "mysterybox_raft_applied_index", "mysterybox_raft_last_contact_seconds",
+		"mysterybox_fsm_apply_duration_seconds", "mysterybox_fsm_apply_batch_entries", "mysterybox_pebble_disk_bytes",
+		"mysterybox_pebble_compactions_total", "mysterybox_secrets", "mysterybox_versions", "mysterybox_gossip_members",
+		"go_goroutines", "process_resident_memory_bytes",
+	} {
+		if _, ok := before[name]; !ok {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	if v, _ := value(before, "mysterybox_raft_state", map[string]string{"state": "leader"}); v != 1 {
+		t.Errorf("leader's raft_state{state=leader} = %v", v)
+	}
+	if v, _ := value(before, "mysterybox_gossip_members", map[string]string{"health": "alive"}); v != 3 {
+		t.Errorf("gossip members alive = %v, want 3", v)
+	}
+	applied0, _ := value(before, "mysterybox_raft_applied_index", nil)
+	calls0, _ := value(before, "mysterybox_grpc_requests_total", map[string]string{"method": "/mysterybox.v1.SecretVersionService/Create"})
+	fwd0, _ := value(scrape(t, follower), "mysterybox_forwarded_calls_total", nil)
+	for i := 0; i < 5; i++ {
+		if _, err := pb.NewSecretVersionServiceClient(c.Conn(follower)).Create(ctxT(t), &pb.CreateSecretVersionRequest{Version: &pb.SecretVersion{
+			Metadata: &pb.Metadata{ParentId: secret.GetMetadata().GetId()}, Spec: &pb.SecretVersionSpec{Payload: payload("k", fmt.Sprint(i))}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := scrape(t, leader)
+	applied1, _ := value(after, "mysterybox_raft_applied_index", nil)
+	calls1, _ := value(after, "mysterybox_grpc_requests_total", map[string]string{"method": "/mysterybox.v1.SecretVersionService/Create", "code": "OK"})
+	fwd1, _ := value(scrape(t, follower), "mysterybox_forwarded_calls_total", nil)
+	if applied1 < applied0+5 || calls1 < calls0+5 || fwd1 < fwd0+5 {
+		t.Fatalf("metrics did not move: applied %v->%v, leader Create calls %v->%v, follower forwarded %v->%v", applied0, applied1, calls0, calls1, fwd0, fwd1)
+	}
+}
