@@ -30,8 +30,10 @@ type NodeMeta struct {
 	HasState bool `json:"hs,omitempty"`
 	// Leader and Term: the node's own Raft state, so that any node can tell
 	// every region's leader.
-	Leader bool   `json:"l,omitempty"`
-	Term   uint64 `json:"t,omitempty"`
+	Leader bool `json:"l,omitempty"`
+	// CommandVersion is the newest replicated command set the node applies.
+	CommandVersion int    `json:"cv,omitempty"`
+	Term           uint64 `json:"t,omitempty"`
 	// AdminTokenID and AdminTokenHash: while its region has no admin, a node
 	// holding a bootstrap admin token advertises its id and SHA-256 (never
 	// the token) so that whichever node leads can create the admin.

@@ -31,6 +31,23 @@ import (
 // another format stops the node rather than be misread.
 const CommandFormat = 1
 
+// CommandVersion is the newest command set this build applies. Each
+// command type has the version that introduced it (RequiredVersion); the
+// leader proposes a type only once every voter advertises (in gossip) a
+// version at least that high, so a rolling upgrade never sends a node a
+// command it cannot apply.
+const CommandVersion = 2
+
+// RequiredVersion is the command version that introduced cmd's type.
+func RequiredVersion(cmd *fsmpb.Command) int {
+	switch cmd.GetOp().(type) {
+	case *fsmpb.Command_RewrapVersions:
+		return 2
+	default:
+		return 1
+	}
+}
+
 // IdempotencyTTL is how long a mutation's result is remembered under its
 // idempotency key.
 const IdempotencyTTL = 24 * time.Hour

@@ -29,6 +29,7 @@ func (n *Node) startGossip() error {
 			Proto: cluster.GossipProtocol, NodeID: n.cfg.NodeID, Region: n.cfg.Region,
 			RaftAddr: n.Raft.RaftAddr(), GRPCAddr: n.grpcAddr,
 			HasState: s.hasState, Leader: s.leader, Term: s.term,
+			CommandVersion: n.commandVersion(),
 		}
 		if p := n.pendingAdmin.Load(); p != nil {
 			m.AdminTokenID, m.AdminTokenHash = p.tokenID, p.hash

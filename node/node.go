@@ -70,6 +70,10 @@ type Config struct {
 	// FastGossip uses loopback timings (tests).
 	FastGossip bool
 
+	// AdvertiseCommandVersion overrides the command version this node
+	// advertises (tests of mixed-version regions); 0 means fsm.CommandVersion.
+	AdvertiseCommandVersion int
+
 	// MetricsAddr serves Prometheus metrics on /metrics ("" disables).
 	MetricsAddr string
 
@@ -387,6 +391,13 @@ func (n *Node) startMetrics() error {
 
 // MetricsAddr is where /metrics is served ("" without metrics).
 func (n *Node) MetricsAddr() string { return n.metricsAddr }
+
+func (n *Node) commandVersion() int {
+	if n.cfg.AdvertiseCommandVersion > 0 {
+		return n.cfg.AdvertiseCommandVersion
+	}
+	return fsm.CommandVersion
+}
 
 // GRPCAddr is the address clients and peers reach this node's API at.
 func (n *Node) GRPCAddr() string { return n.grpcAddr }

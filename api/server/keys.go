@@ -105,6 +105,11 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
 		return nil, err
 	}
+	// Refuse up front, even with nothing to rewrap, while some voter
+	// cannot apply the command.
+	if err := s.checkVersions(&fsmpb.Command{Op: &fsmpb.Command_RewrapVersions{RewrapVersions: &fsmpb.RewrapVersions{}}}); err != nil {
+		return nil, err
+	}
 	kr := s.keyring()
 	op := &fsmpb.RewrapVersions{}
 	err := s.store.Read(func(v *store.View) error {

@@ -151,6 +151,9 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 			return nil, toStatus(err)
 		}
 	}
+	if err := s.checkVersions(cmd); err != nil {
+		return nil, err
+	}
 	data, err := fsm.EncodeCommand(cmd)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("encode command: %w", err))
@@ -167,6 +170,32 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 		return nil, toStatus(r.Err)
 	}
 	return r.Response, nil
+}
+
+// checkVersions refuses a command type some voter does not support yet
+// (it would stop that node), as far as gossip tells. Without gossip the
+// operator upgrades every node before using new features.
+func (s *Server) checkVersions(cmd *fsmpb.Command) error {
+	need := fsm.RequiredVersion(cmd)
+	if need <= 1 || s.dir == nil {
+		return nil
+	}
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return toStatus(err)
+	}
+	have := map[string]int{}
+	for _, m := range s.dir.Members() {
+		if m.Meta.Region == s.cfg.Region {
+			have[m.Meta.NodeID] = m.Meta.CommandVersion
+		}
+	}
+	for _, sv := range servers {
+		if v := have[sv.ID]; sv.Voter && v < need {
+			return status.Errorf(codes.FailedPrecondition, "node %s applies commands up to version %d; this operation needs version %d: upgrade every node first", sv.ID, v, need)
+		}
+	}
+	return nil
 }
 
 // mutate runs a write: forward it when this node is not the leader;

@@ -46,6 +46,9 @@ type Options struct {
 	DeadNodeReapAfter time.Duration
 	// Metrics serves /metrics on every node (Node.N.MetricsAddr()).
 	Metrics bool
+	// OldNodes advertise command version 1, as nodes of the previous
+	// release would (mixed-version tests): the first OldNodes nodes.
+	OldNodes int
 }
 
 // Cluster is a running test region.
@@ -224,6 +227,9 @@ func (c *Cluster) newNode() *Node {
 	}
 	if c.opts.Metrics {
 		cfg.MetricsAddr = "127.0.0.1:0"
+	}
+	if c.nextID <= c.opts.OldNodes {
+		cfg.AdvertiseCommandVersion = 1
 	}
 	switch {
 	case c.opts.Gossip:
