@@ -7,6 +7,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -44,6 +45,9 @@ type Config struct {
 	RaftAdvertise string
 	// DataDir holds raft.db and the snapshots folder.
 	DataDir string
+	// PeerTLSServer and PeerTLSClient, when set, carry Raft over mutual TLS.
+	PeerTLSServer *tls.Config
+	PeerTLSClient *tls.Config
 	// Bootstrap makes this node the first voter of a new cluster when it has
 	// no Raft state yet.
 	Bootstrap bool
@@ -111,7 +115,15 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 			return nil, fmt.Errorf("cluster: raft advertise address %q: %w", cfg.RaftAdvertise, err)
 		}
 	}
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, advertise, 3, 10*time.Second, logger.Named("transport"))
+	if cfg.PeerTLSServer != nil {
+		var layer *tlsStreamLayer
+		layer, err = newTLSStreamLayer(cfg.RaftBind, advertise, cfg.PeerTLSServer, cfg.PeerTLSClient)
+		if err == nil {
+			n.transport = raft.NewNetworkTransportWithLogger(layer, 3, 10*time.Second, logger.Named("transport"))
+		}
+	} else {
+		n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftBind, advertise, 3, 10*time.Second, logger.Named("transport"))
+	}
 	if err != nil {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftBind, err)

@@ -7,6 +7,7 @@ package node
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
@@ -31,6 +33,7 @@ import (
 	"github.com/mysterybox/mysterybox/metrics"
 	"github.com/mysterybox/mysterybox/region"
 	"github.com/mysterybox/mysterybox/store"
+	"github.com/mysterybox/mysterybox/tlsutil"
 )
 
 // Config is everything one node needs.
@@ -74,6 +77,10 @@ type Config struct {
 	// advertises (tests of mixed-version regions); 0 means fsm.CommandVersion.
 	AdvertiseCommandVersion int
 
+	// TLS: the client-facing certificate and the cluster's mutual TLS
+	// (zero value: plaintext).
+	TLS tlsutil.Files
+
 	// MetricsAddr serves Prometheus metrics on /metrics ("" disables).
 	MetricsAddr string
 
@@ -100,12 +107,14 @@ type Node struct {
 	Raft    *cluster.Node
 	API     *server.Server
 	Gossip  *cluster.Gossip  // nil without gossip
+	TLS     *tlsutil.Manager // nil without TLS
 	Metrics *metrics.Metrics // nil without --metrics-addr
 
 	grpc        *grpc.Server
 	lis         net.Listener
 	grpcAddr    string
 	stopJoin    context.CancelFunc
+	peerCreds   credentials.TransportCredentials
 	metricsSrv  *http.Server
 	metricsAddr string
 	bg          sync.WaitGroup
@@ -158,6 +167,16 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		n.grpcAddr = n.lis.Addr().String()
 	}
 
+	var peerCreds credentials.TransportCredentials
+	if cfg.TLS.Enabled() {
+		n.TLS, err = tlsutil.New(cfg.TLS, cfg.Region, logger.Named("tls"))
+		if err != nil {
+			return nil, err
+		}
+		peerCreds = credentials.NewTLS(n.TLS.PeerClientConfig())
+		n.peerCreds = peerCreds
+	}
+
 	n.Store, err = store.Open(filepath.Join(cfg.DataDir, "fsm"), logger.Named("store"))
 	if err != nil {
 		return nil, err
@@ -183,6 +202,8 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		SnapshotThreshold:  cfg.SnapshotThreshold,
 		SnapshotInterval:   cfg.SnapshotInterval,
 		TrailingLogs:       cfg.TrailingLogs,
+		PeerTLSServer:      n.peerServerTLS(),
+		PeerTLSClient:      n.peerClientTLS(),
 	}, n.FSM, logger.Named("cluster"))
 	if err != nil {
 		return nil, err
@@ -194,6 +215,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		RaftAddress:         n.Raft.RaftAddr(),
 		PurgeAfter:          cfg.PurgeAfter,
 		MaintenanceInterval: cfg.MaintenanceInterval,
+		PeerCreds:           peerCreds,
 	}, raftAdapter{Node: n.Raft, fsm: n.FSM}, n.Store, cfg.Keyring, logger.Named("api"))
 	if err != nil {
 		return nil, err
@@ -220,11 +242,14 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		unary = append([]grpc.UnaryServerInterceptor{n.Metrics.UnaryInterceptor}, unary...)
 		streams = append([]grpc.StreamServerInterceptor{n.Metrics.StreamInterceptor}, streams...)
 	}
-	n.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(4<<20),
+	serverOpts := []grpc.ServerOption{grpc.MaxRecvMsgSize(4 << 20)}
+	if n.TLS != nil && cfg.TLS.CertFile != "" {
+		serverOpts = append(serverOpts, grpc.Creds(credentials.NewTLS(n.TLS.ServerConfig())))
+	}
+	n.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(streams...),
-	)
+	)...)
 	n.API.Register(n.grpc)
 	go func() {
 		defer close(n.served)
@@ -399,6 +424,28 @@ func (n *Node) commandVersion() int {
 	return fsm.CommandVersion
 }
 
+func (n *Node) peerServerTLS() *tls.Config {
+	if n.TLS == nil || n.cfg.TLS.PeerCertFile == "" {
+		return nil
+	}
+	return n.TLS.PeerServerConfig()
+}
+
+func (n *Node) peerClientTLS() *tls.Config {
+	if n.TLS == nil || n.cfg.TLS.PeerCertFile == "" {
+		return nil
+	}
+	return n.TLS.PeerClientConfig()
+}
+
+// ReloadTLS re-reads the certificates (SIGHUP); new connections use them.
+func (n *Node) ReloadTLS() error {
+	if n.TLS == nil {
+		return nil
+	}
+	return n.TLS.Reload()
+}
+
 // GRPCAddr is the address clients and peers reach this node's API at.
 func (n *Node) GRPCAddr() string { return n.grpcAddr }
 
@@ -433,7 +480,11 @@ func (n *Node) joinLoop(ctx context.Context) {
 }
 
 func (n *Node) joinVia(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := credentials.TransportCredentials(insecure.NewCredentials())
+	if n.peerCreds != nil {
+		creds = n.peerCreds
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -133,7 +133,7 @@ func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest
 		wg.Add(1)
 		go func(m *pb.Member) {
 			defer wg.Done()
-			m.AppliedIndex = peerAppliedIndex(ctx, m.GrpcAddress)
+			m.AppliedIndex = peerAppliedIndex(ctx, m.GrpcAddress, s.peerCreds())
 		}(m)
 	}
 	wg.Wait()
@@ -141,10 +141,10 @@ func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest
 }
 
 // peerAppliedIndex asks a peer for its status; 0 when it does not answer.
-func peerAppliedIndex(ctx context.Context, addr string) uint64 {
+func peerAppliedIndex(ctx context.Context, addr string, creds credentials.TransportCredentials) uint64 {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return 0
 	}

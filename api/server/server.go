@@ -20,6 +20,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -63,6 +65,9 @@ type Config struct {
 	// PurgeAfter is how long soft-deleted secrets and versions wait before
 	// the leader purges them.
 	PurgeAfter time.Duration
+	// PeerCreds are the transport credentials for calls to other nodes
+	// (forwarding, status); nil means plaintext.
+	PeerCreds credentials.TransportCredentials
 	// MaintenanceInterval is how often the leader looks for due purges and
 	// expired idempotency keys (default 1s).
 	MaintenanceInterval time.Duration
@@ -91,6 +96,14 @@ type Observer interface{ Forwarded(method string) }
 
 // SetObserver installs o before serving.
 func (s *Server) SetObserver(o Observer) { s.obs = o }
+
+// peerCreds returns the credentials for dialing other nodes.
+func (s *Server) peerCreds() credentials.TransportCredentials {
+	if s.cfg.PeerCreds != nil {
+		return s.cfg.PeerCreds
+	}
+	return insecure.NewCredentials()
+}
 
 // SetDirectory gives the API the gossip view (before serving).
 func (s *Server) SetDirectory(d Directory) { s.dir = d }

@@ -5,6 +5,8 @@ package clustertest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -16,11 +18,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/node"
 	"github.com/mysterybox/mysterybox/region"
+	"github.com/mysterybox/mysterybox/tlsutil"
 )
 
 // Options tune the region under test.
@@ -46,6 +50,9 @@ type Options struct {
 	DeadNodeReapAfter time.Duration
 	// Metrics serves /metrics on every node (Node.N.MetricsAddr()).
 	Metrics bool
+	// TLS runs the region over TLS with mutual TLS between nodes, with
+	// certificates from Cluster.CA.
+	TLS bool
 	// OldNodes advertise command version 1, as nodes of the previous
 	// release would (mixed-version tests): the first OldNodes nodes.
 	OldNodes int
@@ -60,7 +67,10 @@ type Cluster struct {
 	Nodes   []*Node
 	// AdminToken is the region admin's token; Conn sends it with every call.
 	AdminToken string
-	nextID     int
+	// CA issues the nodes' certificates with Options.TLS; CAFile holds it.
+	CA     *tlsutil.CA
+	CAFile string
+	nextID int
 }
 
 // Node is one member; N is nil while it is stopped.
@@ -122,6 +132,20 @@ func Prepare(t testing.TB, opts Options) *Cluster {
 	}
 	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr}
 	t.Cleanup(c.Close)
+	if opts.TLS {
+		ca, err := tlsutil.NewCA("test CA", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPEM, _, err := ca.PEM()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.CA, c.CAFile = ca, filepath.Join(t.TempDir(), "ca.pem")
+		if err := os.WriteFile(c.CAFile, certPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if opts.Gossip {
 		for i := 0; i < opts.Nodes; i++ {
 			c.newNode()
@@ -228,6 +252,9 @@ func (c *Cluster) newNode() *Node {
 	if c.opts.Metrics {
 		cfg.MetricsAddr = "127.0.0.1:0"
 	}
+	if c.opts.TLS {
+		cfg.TLS = c.IssueNodeCert(id, c.Region, dir, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	}
 	if c.nextID <= c.opts.OldNodes {
 		cfg.AdvertiseCommandVersion = 1
 	}
@@ -317,11 +344,48 @@ func (c *Cluster) Close() {
 	}
 }
 
+// IssueNodeCert writes a node certificate from c.CA into dir and returns
+// the TLS files of a node using it for clients and peers.
+func (c *Cluster) IssueNodeCert(id, region, dir string, notBefore, notAfter time.Time) tlsutil.Files {
+	c.t.Helper()
+	return WriteNodeCert(c.t, c.CA, c.CAFile, id, region, dir, notBefore, notAfter)
+}
+
+// WriteNodeCert issues a node certificate from ca into dir.
+func WriteNodeCert(t testing.TB, ca *tlsutil.CA, caFile, id, region, dir string, notBefore, notAfter time.Time) tlsutil.Files {
+	t.Helper()
+	is, err := ca.Issue(id+"."+region, region, id, tlsutil.DefaultHosts, notBefore, notAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cert, key := filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem")
+	if err := os.WriteFile(cert, is.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, is.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tlsutil.Files{CertFile: cert, KeyFile: key, ClientAuth: "verify-if-given", PeerCAFile: caFile, PeerCertFile: cert, PeerKeyFile: key}
+}
+
+// ClientTLS is the client side of Options.TLS: trust the cluster CA.
+func (c *Cluster) ClientTLS() credentials.TransportCredentials {
+	pool := x509.NewCertPool()
+	pool.AddCert(c.CA.Cert)
+	return credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+}
+
 // Dial opens a connection to n that sends token with every call (none when
 // token is empty).
 func (c *Cluster) Dial(n *Node, token string) *grpc.ClientConn {
 	c.t.Helper()
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if c.opts.TLS {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(c.ClientTLS())}
+	}
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(token)))
 	}
