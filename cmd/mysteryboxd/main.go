@@ -25,6 +25,7 @@ import (
 	"github.com/mysterybox/mysterybox/node"
 	"github.com/mysterybox/mysterybox/region"
 	"github.com/mysterybox/mysterybox/store"
+	"github.com/mysterybox/mysterybox/tlsutil"
 )
 
 type options struct {
@@ -46,6 +47,7 @@ type options struct {
 	gossipKeyFile   string
 	reapAfter       time.Duration
 	metricsAddr     string
+	tls             tlsutil.Files
 	adminTokenFile  string
 	masterKeyFile   string
 	purgeAfter      time.Duration
@@ -85,13 +87,20 @@ func run(args []string) int {
 	f.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file with the base64 gossip encryption key shared by every node of every region (`mysteryboxd keygen --gossip`)")
 	f.DurationVar(&o.reapAfter, "dead-node-reap-after", 72*time.Hour, "the leader removes a node gossip has seen dead this long (never below a quorum)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (off when empty)")
+	f.StringVar(&o.tls.CertFile, "tls-cert-file", "", "PEM certificate of the gRPC server (TLS on when set)")
+	f.StringVar(&o.tls.KeyFile, "tls-key-file", "", "PEM key of the gRPC server")
+	f.StringVar(&o.tls.ClientCAFile, "tls-client-ca-file", "", "CA of client certificates")
+	f.StringVar(&o.tls.ClientAuth, "tls-client-auth", "none", "client certificates: none, verify-if-given or require")
+	f.StringVar(&o.tls.PeerCAFile, "peer-ca-file", "", "the cluster CA: peers' certificates must chain to it")
+	f.StringVar(&o.tls.PeerCertFile, "peer-cert-file", "", "this node's certificate for Raft, forwarding and joins (names its region)")
+	f.StringVar(&o.tls.PeerKeyFile, "peer-key-file", "", "key of --peer-cert-file")
 	f.StringVar(&o.joinTokenFile, "join-token-file", "", "file holding a region admin token, sent with --join-raft requests")
 	f.StringVar(&o.adminTokenFile, "bootstrap-admin-token-file", "", "with --bootstrap: where to write the region's first admin token (mode 0600), once")
 	f.StringVar(&o.masterKeyFile, "master-key-file", "", "the region's keyring (JSON; see docs/operations.md)")
 	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
 	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight calls")
-	cmd.AddCommand(keygenCommand(), restoreCommand())
+	cmd.AddCommand(keygenCommand(), restoreCommand(), tlsCommand())
 	cmd.SetArgs(args)
 	if err := applyEnv(cmd, args); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
@@ -183,6 +192,36 @@ func restoreCommand() *cobra.Command {
 	return c
 }
 
+// tlsCommand makes certificates for tests and small deployments.
+func tlsCommand() *cobra.Command {
+	c := &cobra.Command{Use: "tls", Short: "TLS certificates for tests and small deployments", Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() }}
+	var out, region string
+	var nodes, hosts []string
+	var validFor time.Duration
+	initCmd := &cobra.Command{
+		Use:   "init --out DIR --region R --nodes n1,n2,n3 [--hosts h1,h2]",
+		Short: "create a CA (ECDSA P-256), one certificate per node (SANs 127.0.0.1, localhost and --hosts; region in a URI SAN) and a client certificate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" || region == "" || len(nodes) == 0 {
+				return usageError{errors.New("--out, --region and --nodes are required")}
+			}
+			if err := tlsutil.Init(out, region, nodes, hosts, validFor); err != nil {
+				return err
+			}
+			fmt.Printf("wrote ca.pem, ca-key.pem, client.pem, client-key.pem and a certificate per node (%v) to %s\n", nodes, out)
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&out, "out", "", "directory for the files (mode 0600)")
+	initCmd.Flags().StringVar(&region, "region", "", "region the node certificates name")
+	initCmd.Flags().StringSliceVar(&nodes, "nodes", nil, "node ids")
+	initCmd.Flags().StringSliceVar(&hosts, "hosts", nil, "extra DNS names or IPs for the node certificates")
+	initCmd.Flags().DurationVar(&validFor, "valid-for", 365*24*time.Hour, "validity of the certificates")
+	c.AddCommand(initCmd)
+	return c
+}
+
 func keygenCommand() *cobra.Command {
 	id := ""
 	gossip := false
@@ -235,6 +274,18 @@ func serve(cmd *cobra.Command, o *options) error {
 		BootstrapExpect:   o.bootstrapExpect,
 		DeadNodeReapAfter: o.reapAfter,
 		MetricsAddr:       o.metricsAddr,
+		TLS:               o.tls,
+	}
+	if o.tls.Enabled() {
+		if o.tls.CertFile == "" || o.tls.KeyFile == "" || o.tls.PeerCAFile == "" || o.tls.PeerCertFile == "" || o.tls.PeerKeyFile == "" {
+			return usageError{errors.New("TLS needs --tls-cert-file, --tls-key-file, --peer-ca-file, --peer-cert-file and --peer-key-file together")}
+		}
+		if cfg.GossipAddr != "" && o.gossipKeyFile == "" {
+			return usageError{errors.New("with TLS, gossip must be encrypted too: set --gossip-key-file")}
+		}
+		if !isLoopback(cfg.GRPCAddr) && o.tls.ClientAuth == "none" {
+			logger.Warn("TLS on a non-loopback address without client certificates: clients are authenticated by token only")
+		}
 	}
 	if o.gossipKeyFile != "" {
 		key, err := loadGossipKey(o.gossipKeyFile)
@@ -306,6 +357,9 @@ func serve(cmd *cobra.Command, o *options) error {
 	sig := <-sigs
 	for ; sig == syscall.SIGHUP; sig = <-sigs {
 		reloadKeyring(n, keyringPath, logger)
+		if err := n.ReloadTLS(); err != nil {
+			logger.Error("TLS reload refused; keeping the current certificates", "error", err)
+		}
 	}
 	logger.Info("shutting down", "signal", sig.String())
 	if err := n.Shutdown(o.shutdownTimeout); err != nil {
