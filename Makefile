@@ -41,3 +41,11 @@ proto-check: proto
 
 clean:
 	rm -rf $(BIN)
+
+# Side-by-side benchmark of a 3-node region against a 3-member etcd v3.6.4
+# cluster on this machine (not part of CI; builds etcd once into a cache
+# folder outside the repository). BENCH_QUICK=1: smoke run, ~1 min of load.
+# BENCH_ARGS passes flags to scripts/bench (e.g. --profile DIR, --json FILE).
+.PHONY: bench
+bench: build
+	cd scripts/bench && $(GO) run . --repo ../.. --etcd "$$(./build-etcd.sh)" $(BENCH_ARGS)
