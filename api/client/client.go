@@ -31,6 +31,7 @@ package client
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -43,6 +44,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -102,8 +104,10 @@ type Config struct {
 	// "stale" to let any node answer from its own state.
 	Consistency string
 
-	// MaxAttempts bounds the attempts of one call when its context has no
-	// deadline (with a deadline, retries go on until it is near). Default 10.
+	// MaxAttempts, when > 0, bounds the attempts of one call (1: no retry).
+	// When 0, a call whose context has a deadline retries until the
+	// deadline is near, and one without a deadline makes at most
+	// DefaultMaxAttempts (10) attempts.
 	MaxAttempts int
 	// BaseBackoff and MaxBackoff shape the wait between rounds (a round tries
 	// every known node once): BaseBackoff doubles after every round up to
@@ -127,7 +131,12 @@ type Config struct {
 	// Interceptors run around every attempt, on the connection of the node
 	// it goes to, after the client set its headers (and idempotency key).
 	Interceptors []grpc.UnaryClientInterceptor
-	// DialOptions are appended to the client's own (insecure transport).
+	// TLS, when set, secures every connection (server verification, and a
+	// client certificate for servers that ask for one). Nil: plaintext, as
+	// a --dev server speaks.
+	TLS *tls.Config
+	// DialOptions are appended to the client's own (transport security,
+	// message size, reconnect backoff, Interceptors).
 	DialOptions []grpc.DialOption
 }
 
@@ -206,8 +215,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if strings.ContainsAny(cfg.Token, "\r\n") {
 		return nil, errors.New("client: token contains a line break")
 	}
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = DefaultMaxAttempts
+	if cfg.MaxAttempts < 0 {
+		cfg.MaxAttempts = 0
 	}
 	if cfg.BaseBackoff <= 0 {
 		cfg.BaseBackoff = DefaultBaseBackoff
@@ -225,8 +234,12 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		cfg.RefreshInterval = DefaultRefreshInterval
 	}
 
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = credentials.NewTLS(cfg.TLS)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		// A payload may be up to 1 MiB; leave room for the envelope.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16 << 20)),
 		// Reconnect to a node that came back within seconds, not the
@@ -267,6 +280,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // connLocked returns the connection to addr, creating it on first use. The
 // caller holds c.mu (or is New, before the client is shared).
 func (c *Client) connLocked(addr string) (*grpc.ClientConn, error) {
+	if c.bg.Err() != nil {
+		return nil, errClosed
+	}
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
@@ -432,7 +448,10 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 	}
 	ctx = c.outgoing(ctx, method)
 	prefer := prefersLeader(ctx, method)
-	_, hasDeadline := ctx.Deadline()
+	maxAttempts := c.cfg.MaxAttempts
+	if _, hasDeadline := ctx.Deadline(); maxAttempts == 0 && !hasDeadline {
+		maxAttempts = DefaultMaxAttempts
+	}
 
 	attempts := 0
 	if c.cfg.OnRetry != nil {
@@ -457,7 +476,7 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 			return err
 		}
 		c.failed(addr)
-		if !hasDeadline && attempts >= c.cfg.MaxAttempts {
+		if maxAttempts > 0 && attempts >= maxAttempts {
 			return err
 		}
 		// The next node goes at once; after a round in which every node
@@ -495,7 +514,7 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 func (c *Client) attempt(ctx context.Context, addr, method string, args, reply any, opts []grpc.CallOption) error {
 	cc, err := c.conn(addr)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "endpoint %s: %v", addr, err)
+		return connErr(addr, err)
 	}
 	if c.cfg.AttemptTimeout > 0 {
 		var cancel context.CancelFunc
@@ -540,7 +559,7 @@ func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method st
 	addr := c.order(prefersLeader(ctx, method))[0]
 	cc, err := c.conn(addr)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "endpoint %s: %v", addr, err)
+		return nil, connErr(addr, err)
 	}
 	s, err := cc.NewStream(ctx, desc, method, opts...)
 	if err != nil {
@@ -598,6 +617,17 @@ func retryable(err error) bool {
 		return true
 	}
 	return false
+}
+
+var errClosed = errors.New("client: closed")
+
+// connErr is the status of a failure to set up the connection to addr: a
+// closed client is final (CANCELED), anything else a node to skip.
+func connErr(addr string, err error) error {
+	if errors.Is(err, errClosed) {
+		return status.Error(codes.Canceled, "client is closed")
+	}
+	return status.Errorf(codes.Unavailable, "endpoint %s: %v", addr, err)
 }
 
 // toStatus makes sure callers always get a gRPC status error.

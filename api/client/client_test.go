@@ -412,3 +412,15 @@ func TestAdminAndRevokeAreRetriedMutations(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxAttemptsWithDeadline(t *testing.T) {
+	f := &fakeSecrets{failN: 100, failCode: codes.Unavailable}
+	c := newClient(t, Config{Endpoints: []string{startFake(t, f)}, MaxAttempts: 1, Timeout: 5 * time.Second})
+	_, err := c.Secrets().Get(context.Background(), &mbv1.GetSecretRequest{Id: "x"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("err = %v", err)
+	}
+	if n := len(f.seen()); n != 1 {
+		t.Errorf("attempts = %d, want 1", n)
+	}
+}

@@ -253,14 +253,17 @@ func (r result) String() string {
 
 // cleanEnv is the test's environment without MYSTERYBOX_* variables, so a
 // developer's own settings cannot leak into the tests.
+// It also points XDG_CONFIG_HOME at an empty directory, so a developer's
+// ~/.config/mbox/config.yaml cannot either (tests that need a config file
+// set their own, later in the list, which wins).
 func cleanEnv() []string {
 	var env []string
 	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "MYSTERYBOX_") {
+		if !strings.HasPrefix(e, "MYSTERYBOX_") && !strings.HasPrefix(e, "XDG_CONFIG_HOME=") {
 			env = append(env, e)
 		}
 	}
-	return env
+	return append(env, "XDG_CONFIG_HOME="+filepath.Join(testDir, "no-config"))
 }
 
 // execMbox runs the mbox binary with extra environment and stdin.

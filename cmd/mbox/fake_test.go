@@ -40,9 +40,18 @@ type fake struct {
 	addr  string
 	// admin is the AdminService; tests set its Rewrap state (under mu).
 	admin *fakeAdmin
+	// unavailable fails that many next Get calls with UNAVAILABLE, as a
+	// region without a leader would (under mu).
+	unavailable int
 }
 
 func startFakeServer(t *testing.T) *fake {
+	t.Helper()
+	return startFakeServerWith(t)
+}
+
+// startFakeServerWith starts the fake with server options (TLS).
+func startFakeServerWith(t *testing.T, opts ...grpc.ServerOption) *fake {
 	t.Helper()
 	f := &fake{}
 	f.admin = &fakeAdmin{f: f}
@@ -50,7 +59,7 @@ func startFakeServer(t *testing.T) *fake {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	mbv1.RegisterSecretServiceServer(srv, f)
 	mbv1.RegisterClusterServiceServer(srv, f)
 	mbv1.RegisterIdentityServiceServer(srv, &fakeIdentity{f: f})
@@ -98,6 +107,15 @@ func secretN(i int) *mbv1.Secret {
 // UNAUTHENTICATED, "viewer" lacks the role. "mbsec-slow" never answers.
 func (f *fake) Get(ctx context.Context, req *mbv1.GetSecretRequest) (*mbv1.Secret, error) {
 	md := f.record(ctx, "Get", req)
+	f.mu.Lock()
+	fail := f.unavailable > 0
+	if fail {
+		f.unavailable--
+	}
+	f.mu.Unlock()
+	if fail {
+		return nil, status.Error(codes.Unavailable, "no leader in this region right now; retry")
+	}
 	if req.GetId() == "mbsec-slow" {
 		<-ctx.Done()
 		return nil, status.FromContextError(ctx.Err()).Err()

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -60,9 +62,19 @@ type app struct {
 	format      string
 	timeout     time.Duration
 	consistency string
+	profile     string
+	tlsOn       bool
+	caFile      string
+	certFile    string
+	keyFile     string
 
 	resolvedToken string
+	tlsConfig     *tls.Config
 	cl            *client.Client
+	// spin shows that a call waits for the region (retries), on a terminal.
+	spin *spinner
+	// execFn replaces the process with a command (mbox run); tests stub it.
+	execFn func(path string, argv, env []string) error
 }
 
 // run executes one mbox invocation and returns its exit code.
@@ -81,12 +93,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // code; tests call it directly to simulate a terminal.
 func (a *app) execute(ctx context.Context, args []string) int {
 	stdin, stdout, stderr := a.stdin, a.stdout, a.stderr
+	if a.spin == nil {
+		a.spin = newSpinner(stderr)
+	}
+	if a.execFn == nil {
+		a.execFn = syscall.Exec
+	}
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	a.spin.hide()
 	if a.cl != nil {
 		a.cl.Close()
 	}
@@ -106,7 +125,12 @@ func (a *app) rootCmd() *cobra.Command {
 
 Results go to stdout; errors go to stderr as "error: <CODE>: <message>".
 Exit codes: 0 ok, 1 other error, 2 usage, 3 not found,
-4 unauthenticated or permission denied, 5 unavailable or deadline exceeded.`,
+4 unauthenticated or permission denied, 5 unavailable or deadline exceeded.
+
+Global settings come from flags, then the environment (MYSTERYBOX_ENDPOINTS,
+MYSTERYBOX_TOKEN, MYSTERYBOX_TOKEN_FILE, MYSTERYBOX_FORMAT, MYSTERYBOX_TIMEOUT,
+MYSTERYBOX_CONSISTENCY), then the selected profile of the config file (see
+'mbox config --help'), then the defaults.`,
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		Args:              cobra.NoArgs,
@@ -116,57 +140,136 @@ Exit codes: 0 ok, 1 other error, 2 usage, 3 not found,
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.endpoints, "endpoints", defaultEndpoint, "comma-separated gRPC addresses of the region's nodes (env MYSTERYBOX_ENDPOINTS)")
 	pf.StringVar(&a.token, "token", "", "access token (env MYSTERYBOX_TOKEN)")
-	pf.StringVar(&a.tokenFile, "token-file", "", "read the access token from this file")
-	pf.StringVarP(&a.format, "format", "o", "text", "output format: text, json or yaml")
-	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call, retries included (0: none)")
-	pf.StringVar(&a.consistency, "consistency", "", "read consistency: linearizable (default) or stale")
+	pf.StringVar(&a.tokenFile, "token-file", "", "read the access token from this file (env MYSTERYBOX_TOKEN_FILE)")
+	pf.StringVarP(&a.format, "format", "o", "text", "output format: text, json or yaml (env MYSTERYBOX_FORMAT)")
+	pf.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call, retries included (0: none) (env MYSTERYBOX_TIMEOUT)")
+	pf.StringVar(&a.consistency, "consistency", "", "read consistency: linearizable (default) or stale (env MYSTERYBOX_CONSISTENCY)")
+	pf.StringVar(&a.profile, "profile", "", `profile of the config file to use (env MYSTERYBOX_PROFILE; default "default")`)
+	pf.BoolVar(&a.tlsOn, "tls", false, "use TLS, verifying the servers against the system's CAs or --ca-file (env MYSTERYBOX_TLS)")
+	pf.StringVar(&a.caFile, "ca-file", "", "PEM CA certificates that sign the servers' certificates; implies --tls (env MYSTERYBOX_CA_FILE)")
+	pf.StringVar(&a.certFile, "cert-file", "", "PEM client certificate, for servers that verify clients; implies --tls (env MYSTERYBOX_CERT_FILE)")
+	pf.StringVar(&a.keyFile, "key-file", "", "PEM key of --cert-file (env MYSTERYBOX_KEY_FILE)")
+	root.RegisterFlagCompletionFunc("format", fixedCompletion("text", "json", "yaml"))
+	root.RegisterFlagCompletionFunc("consistency", fixedCompletion(client.ConsistencyLinearizable, client.ConsistencyStale))
+	root.RegisterFlagCompletionFunc("profile", profileCompletion)
 
-	root.AddCommand(a.projectCmd(), a.secretCmd(), a.versionCmd(), a.payloadCmd(), a.clusterCmd(),
-		a.accountCmd(), a.tokenCmd(), a.accessBindingCmd(), a.adminCmd())
+	root.CompletionOptions.DisableDefaultCmd = true
+	root.AddCommand(a.projectCmd(), a.secretCmd(), a.versionCmd(), a.payloadCmd(), a.runCmd(), a.clusterCmd(),
+		a.benchCmd(),
+		a.accountCmd(), a.tokenCmd(), a.accessBindingCmd(), a.adminCmd(), a.configCmd(), a.completionCmd(root))
 	wrapRunE(root)
 	return root
 }
 
-// resolveGlobals validates the global flags and applies the environment.
-// Flags win over the environment; the token never gets a default value so
-// `--help` cannot show it.
+// resolveGlobals applies the environment and the selected profile to the
+// global settings not given as flags, and validates them: flag > env >
+// profile > default. The token never gets a default value so `--help`
+// cannot show it.
 func (a *app) resolveGlobals(cmd *cobra.Command) error {
+	if cmd.Name() == cobra.ShellCompRequestCmd || cmd.Name() == cobra.ShellCompNoDescRequestCmd {
+		return nil
+	}
 	pf := cmd.Flags()
+	prof, profSrc, err := a.activeProfile(pf)
+	if err != nil {
+		return err
+	}
+	// setting returns the value of a setting that is not a flag: from the
+	// environment, else from the profile; src names where it came from.
+	setting := func(env, fromProfile string) (v, src string) {
+		if e := strings.TrimSpace(os.Getenv(env)); e != "" {
+			return e, env
+		}
+		if fromProfile != "" {
+			return fromProfile, profSrc
+		}
+		return "", ""
+	}
 	if !pf.Changed("endpoints") {
-		if env := strings.TrimSpace(os.Getenv("MYSTERYBOX_ENDPOINTS")); env != "" {
-			a.endpoints = env
+		if v, _ := setting(envEndpoints, string(prof.Endpoints)); v != "" {
+			a.endpoints = v
+		}
+	}
+	formatSrc := "--format"
+	if !pf.Changed("format") {
+		if v, src := setting(envFormat, prof.Format); v != "" {
+			a.format, formatSrc = v, src
 		}
 	}
 	switch a.format {
 	case "text", "json", "yaml":
 	default:
-		return usageErr("--format %q: want text, json or yaml", a.format)
+		return usageErr("%s %q: want text, json or yaml", formatSrc, a.format)
+	}
+	consSrc := "--consistency"
+	if !pf.Changed("consistency") {
+		if v, src := setting(envConsistency, prof.Consistency); v != "" {
+			a.consistency, consSrc = v, src
+		}
 	}
 	switch a.consistency {
 	case "", client.ConsistencyLinearizable, client.ConsistencyStale:
 	default:
-		return usageErr("--consistency %q: want linearizable or stale", a.consistency)
+		return usageErr("%s %q: want linearizable or stale", consSrc, a.consistency)
+	}
+	if !pf.Changed("timeout") {
+		if v, src := setting(envTimeout, prof.Timeout); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return usageErr("%s %q: want a duration such as 10s (0: none)", src, v)
+			}
+			a.timeout = d
+		}
 	}
 	if a.timeout < 0 {
 		return usageErr("--timeout must not be negative")
 	}
-	switch {
-	case pf.Changed("token") && a.tokenFile != "":
-		return usageErr("--token and --token-file are mutually exclusive")
-	case pf.Changed("token"):
-		a.resolvedToken = a.token
-	case a.tokenFile != "":
-		b, err := os.ReadFile(a.tokenFile)
-		if err != nil {
-			return usageErr("--token-file: %v", err)
-		}
-		a.resolvedToken = strings.TrimSpace(string(b))
-	default:
-		a.resolvedToken = strings.TrimSpace(os.Getenv("MYSTERYBOX_TOKEN"))
+	if err := a.resolveToken(pf, prof, profSrc); err != nil {
+		return err
+	}
+	if err := a.resolveTLS(pf, prof, setting); err != nil {
+		return err
 	}
 	if strings.ContainsAny(a.resolvedToken, "\r\n") {
 		return usageErr("the token contains a line break")
 	}
+	return nil
+}
+
+// resolveToken picks the token by the same precedence; at each level the
+// token and the token file exclude each other.
+func (a *app) resolveToken(pf *pflag.FlagSet, prof *profile, profSrc string) error {
+	envTok := strings.TrimSpace(os.Getenv(envToken))
+	envFile := strings.TrimSpace(os.Getenv(envTokenFile))
+	switch {
+	case pf.Changed("token") && pf.Changed("token-file"):
+		return usageErr("--token and --token-file are mutually exclusive")
+	case pf.Changed("token"):
+		a.resolvedToken = a.token
+	case pf.Changed("token-file"):
+		return a.readToken("--token-file", a.tokenFile)
+	case envTok != "" && envFile != "":
+		return usageErr("%s and %s are mutually exclusive", envToken, envTokenFile)
+	case envTok != "":
+		a.resolvedToken = envTok
+	case envFile != "":
+		return a.readToken(envTokenFile, envFile)
+	case prof.Token != "" && prof.TokenFile != "":
+		return usageErr("%s: token and token-file are mutually exclusive", profSrc)
+	case prof.Token != "":
+		a.resolvedToken = prof.Token
+	case prof.TokenFile != "":
+		return a.readToken("token-file of "+profSrc, expandHome(prof.TokenFile))
+	}
+	return nil
+}
+
+func (a *app) readToken(src, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return usageErr("%s: %v", src, err)
+	}
+	a.resolvedToken = strings.TrimSpace(string(b))
 	return nil
 }
 
@@ -176,21 +279,24 @@ func (a *app) client(ctx context.Context) (*client.Client, error) {
 	if a.cl != nil {
 		return a.cl, nil
 	}
-	var eps []string
-	for _, e := range strings.Split(a.endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			eps = append(eps, e)
-		}
-	}
+	eps := splitEndpoints(a.endpoints)
 	if len(eps) == 0 {
 		return nil, usageErr("--endpoints is empty")
 	}
-	cl, err := client.New(ctx, client.Config{
+	cfg := client.Config{
 		Endpoints:   eps,
 		Token:       a.resolvedToken,
 		Timeout:     a.timeout,
 		Consistency: a.consistency,
-	})
+		TLS:         a.tlsConfig,
+		// One invocation makes a few calls: failover over the given
+		// endpoints is all it needs, not a background Members poll.
+		DisableDiscovery: true,
+	}
+	if a.stderrTTY {
+		cfg.OnRetry = a.onRetry
+	}
+	cl, err := client.New(ctx, cfg)
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}

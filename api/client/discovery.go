@@ -1,0 +1,202 @@
+package client
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+)
+
+// discoveryLoop learns the region: all members at once and every
+// RefreshInterval; the leader alone (ClusterService.Status, answered locally
+// by any node) when a call kicks it, at most every minRefreshGap. It ends at
+// Close, or when the region refuses discovery (the token is not a region
+// admin's, or the server does not implement it): the client then keeps to the
+// configured endpoints.
+func (c *Client) discoveryLoop() {
+	defer c.wg.Done()
+	tick := time.NewTicker(c.cfg.RefreshInterval)
+	defer tick.Stop()
+	full := true
+	for {
+		start := time.Now()
+		var err error
+		if full {
+			err = c.Refresh(c.bg)
+		} else {
+			err = c.refreshLeader(c.bg)
+		}
+		if c.discoveryStopped() {
+			return
+		}
+		// A failed full refresh is tried again on the next occasion.
+		full = full && err != nil
+		select {
+		case <-c.bg.Done():
+			return
+		case <-tick.C:
+			full = true
+		case <-c.kick:
+			if wait := minRefreshGap - time.Since(start); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-c.bg.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
+		}
+	}
+}
+
+// kickDiscovery asks the discovery loop to look for the leader soon; it never
+// blocks.
+func (c *Client) kickDiscovery() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Client) discoveryStopped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.discoveryOff
+}
+
+// Refresh fetches the region's members now (ClusterService.Members, through
+// the first node that answers) and from then on sends calls to them too, and
+// leader-bound calls to the leader. The configured endpoints are always kept.
+// It returns PERMISSION_DENIED when the token lacks the region's admin role;
+// background discovery then stops.
+func (c *Client) Refresh(ctx context.Context) error {
+	var lastErr error
+	for _, addr := range c.order(false) {
+		resp := &mbv1.ListMembersResponse{}
+		err := c.discoveryCall(ctx, addr, methodMembers, &mbv1.ListMembersRequest{}, resp)
+		if err == nil {
+			c.learnMembers(resp.GetMembers())
+			return nil
+		}
+		if refused(err) {
+			c.stopDiscovery(err)
+			return err
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return lastErr
+}
+
+// refreshLeader asks the first node that answers which node leads.
+func (c *Client) refreshLeader(ctx context.Context) error {
+	var lastErr error
+	for _, addr := range c.order(false) {
+		resp := &mbv1.ClusterStatusResponse{}
+		err := c.discoveryCall(ctx, addr, methodStatus, &mbv1.ClusterStatusRequest{}, resp)
+		if err == nil {
+			if a := resp.GetLeaderGrpcAddress(); a != "" {
+				c.learnLeader(a)
+			}
+			return nil
+		}
+		if refused(err) {
+			c.stopDiscovery(err)
+			return err
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return lastErr
+}
+
+// discoveryCall is one attempt on one node, without retries (the loop has
+// its own schedule) and without OnRetry events.
+func (c *Client) discoveryCall(ctx context.Context, addr, method string, req, resp any) error {
+	cc, err := c.conn(addr)
+	if err != nil {
+		return connErr(addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+	defer cancel()
+	return toStatus(cc.Invoke(c.outgoing(ctx, method), method, req, resp))
+}
+
+// refused reports whether the region will not answer discovery for this
+// client, now or later.
+func refused(err error) bool {
+	switch status.Code(err) {
+	case codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented:
+		return true
+	}
+	return false
+}
+
+func (c *Client) stopDiscovery(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.discoveryOff = true
+	c.discoveryErr = err
+}
+
+// learnMembers replaces the discovered nodes and the leader.
+func (c *Client) learnMembers(members []*mbv1.Member) {
+	var found []string
+	leader := ""
+	for _, m := range members {
+		a := m.GetGrpcAddress()
+		if a == "" {
+			continue
+		}
+		if !slices.Contains(found, a) {
+			found = append(found, a)
+		}
+		if m.GetRaftRole() == "leader" {
+			leader = a
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bg.Err() != nil {
+		return // closed: open no connection
+	}
+	nodes := append([]string(nil), c.seeds...)
+	for _, a := range found {
+		if slices.Contains(nodes, a) {
+			continue
+		}
+		if _, err := c.connLocked(a); err == nil {
+			nodes = append(nodes, a)
+		}
+	}
+	c.nodes = nodes
+	if leader != "" && !slices.Contains(nodes, leader) {
+		leader = ""
+	}
+	c.leader = leader
+}
+
+// learnLeader records the leader's address, adding it to the nodes if new.
+func (c *Client) learnLeader(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bg.Err() != nil {
+		return
+	}
+	if !slices.Contains(c.nodes, addr) {
+		if _, err := c.connLocked(addr); err != nil {
+			return
+		}
+		c.nodes = append(c.nodes, addr)
+	}
+	c.leader = addr
+}
