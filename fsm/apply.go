@@ -67,6 +67,10 @@ func (a *applier) dispatch(cmd *fsmpb.Command) *Result {
 		resp, err = a.deleteBinding(op.DeleteBinding)
 	case *fsmpb.Command_BootstrapAdmin:
 		resp, err = a.bootstrapAdmin(op.BootstrapAdmin)
+	case *fsmpb.Command_AuditAppend:
+		err = a.auditAppend(op.AuditAppend)
+	case *fsmpb.Command_AuditPrune:
+		err = a.auditPrune(op.AuditPrune)
 	default:
 		panic(fmt.Sprintf("fsm: unknown operation %T", op))
 	}

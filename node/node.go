@@ -77,6 +77,12 @@ type Config struct {
 	// advertises (tests of mixed-version regions); 0 means fsm.CommandVersion.
 	AdvertiseCommandVersion int
 
+	// Audit records every call that reads a payload or changes state in
+	// the replicated, hash-chained audit log.
+	Audit          bool
+	AuditFailOpen  bool
+	AuditRetention time.Duration
+
 	// TLS: the client-facing certificate and the cluster's mutual TLS
 	// (zero value: plaintext).
 	TLS tlsutil.Files
@@ -216,6 +222,9 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		PurgeAfter:          cfg.PurgeAfter,
 		MaintenanceInterval: cfg.MaintenanceInterval,
 		PeerCreds:           peerCreds,
+		Audit:               cfg.Audit,
+		AuditFailOpen:       cfg.AuditFailOpen,
+		AuditRetention:      cfg.AuditRetention,
 	}, raftAdapter{Node: n.Raft, fsm: n.FSM}, n.Store, cfg.Keyring, logger.Named("api"))
 	if err != nil {
 		return nil, err
@@ -233,7 +242,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 			return nil, err
 		}
 	}
-	unary := []grpc.UnaryServerInterceptor{n.API.UnaryInterceptor}
+	unary := []grpc.UnaryServerInterceptor{n.API.UnaryInterceptor, n.API.AuditInterceptor}
 	streams := []grpc.StreamServerInterceptor{n.API.StreamInterceptor}
 	if cfg.MetricsAddr != "" {
 		if err := n.startMetrics(); err != nil {

@@ -47,6 +47,8 @@ const (
 	prefixResBindings  = "br/"            // br/<resourceID>/<bindingID> -> ""
 	prefixAcctBindings = "ba/"            // ba/<accountID>/<bindingID> -> ""
 	keyBootstrapped    = "m/bootstrapped" // present once the first admin exists
+	prefixAudit        = "au/"            // au/<seq BE8> -> mysteryboxv1.AuditRecord
+	keyAuditHead       = "m/audit_head"   // -> fsmpb.AuditHead
 	prefixNode         = "n/"             // n/<nodeID> -> fsmpb.NodeRecord
 	currentFile        = "CURRENT"        // names the live Pebble directory
 	dbDirPrefix        = "db-"            // Pebble directories: db-000001, ...

@@ -4678,6 +4678,361 @@ func (x *RewrapResponse) GetKeysInUse() []string {
 	return nil
 }
 
+// One audited call: every call that reads a payload or changes state. Never
+// carries a payload or a token.
+type AuditRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Position in the region's audit chain, from 1.
+	Seq         uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Time        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	AccountId   string                 `protobuf:"bytes,3,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	Method      string                 `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	ResourceIds []string               `protobuf:"bytes,5,rep,name=resource_ids,json=resourceIds,proto3" json:"resource_ids,omitempty"`
+	// gRPC status code name of the result (OK, NOT_FOUND, ...).
+	Code      string `protobuf:"bytes,6,opt,name=code,proto3" json:"code,omitempty"`
+	NodeId    string `protobuf:"bytes,7,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// SHA-256 of the previous record (hex) and of this one: editing or
+	// deleting a record breaks the chain.
+	PrevHash      string `protobuf:"bytes,9,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash          string `protobuf:"bytes,10,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_mysterybox_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *AuditRecord) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetResourceIds() []string {
+	if x != nil {
+		return x.ResourceIds
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Since         *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	AccountId     string                 `protobuf:"bytes,2,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	ResourceId    string                 `protobuf:"bytes,3,opt,name=resource_id,json=resourceId,proto3" json:"resource_id,omitempty"`
+	PageSize      int32                  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_mysterybox_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *ListAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListAuditRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetResourceId() string {
+	if x != nil {
+		return x.ResourceId
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_mysterybox_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_mysterybox_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{87}
+}
+
+type VerifyAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Ok      bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Checked uint64                 `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	// The first record whose hash or link does not hold (0 when ok).
+	FirstBreakSeq uint64 `protobuf:"varint,3,opt,name=first_break_seq,json=firstBreakSeq,proto3" json:"first_break_seq,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_mysterybox_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *VerifyAuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetChecked() uint64 {
+	if x != nil {
+		return x.Checked
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetFirstBreakSeq() uint64 {
+	if x != nil {
+		return x.FirstBreakSeq
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 var File_mysterybox_proto protoreflect.FileDescriptor
 
 const file_mysterybox_proto_rawDesc = "" +
@@ -4979,7 +5334,39 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\trewrapped\x18\x01 \x01(\x03R\trewrapped\x12\x1c\n" +
 	"\tremaining\x18\x02 \x01(\x03R\tremaining\x12\"\n" +
 	"\ractive_key_id\x18\x03 \x01(\tR\vactiveKeyId\x12\x1e\n" +
-	"\vkeys_in_use\x18\x04 \x03(\tR\tkeysInUse*F\n" +
+	"\vkeys_in_use\x18\x04 \x03(\tR\tkeysInUse\"\xa6\x02\n" +
+	"\vAuditRecord\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x03 \x01(\tR\taccountId\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12!\n" +
+	"\fresource_ids\x18\x05 \x03(\tR\vresourceIds\x12\x12\n" +
+	"\x04code\x18\x06 \x01(\tR\x04code\x12\x17\n" +
+	"\anode_id\x18\a \x01(\tR\x06nodeId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\b \x01(\tR\trequestId\x12\x1b\n" +
+	"\tprev_hash\x18\t \x01(\tR\bprevHash\x12\x12\n" +
+	"\x04hash\x18\n" +
+	" \x01(\tR\x04hash\"\xc0\x01\n" +
+	"\x10ListAuditRequest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x02 \x01(\tR\taccountId\x12\x1f\n" +
+	"\vresource_id\x18\x03 \x01(\tR\n" +
+	"resourceId\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"q\n" +
+	"\x11ListAuditResponse\x124\n" +
+	"\arecords\x18\x01 \x03(\v2\x1a.mysterybox.v1.AuditRecordR\arecords\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x14\n" +
+	"\x12VerifyAuditRequest\"\x81\x01\n" +
+	"\x13VerifyAuditResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
+	"\achecked\x18\x02 \x01(\x04R\achecked\x12&\n" +
+	"\x0ffirst_break_seq\x18\x03 \x01(\x04R\rfirstBreakSeq\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage*F\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -5038,7 +5425,10 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\bSnapshot\x12\x1e.mysterybox.v1.SnapshotRequest\x1a\x1c.mysterybox.v1.SnapshotChunk0\x01\x12H\n" +
 	"\aRestore\x12\x1b.mysterybox.v1.RestoreChunk\x1a\x1e.mysterybox.v1.RestoreResponse(\x012U\n" +
 	"\fAdminService\x12E\n" +
-	"\x06Rewrap\x12\x1c.mysterybox.v1.RewrapRequest\x1a\x1d.mysterybox.v1.RewrapResponseB@Z>github.com/mysterybox/mysterybox/api/mysteryboxv1;mysteryboxv1b\x06proto3"
+	"\x06Rewrap\x12\x1c.mysterybox.v1.RewrapRequest\x1a\x1d.mysterybox.v1.RewrapResponse2\xaa\x01\n" +
+	"\fAuditService\x12I\n" +
+	"\x04List\x12\x1f.mysterybox.v1.ListAuditRequest\x1a .mysterybox.v1.ListAuditResponse\x12O\n" +
+	"\x06Verify\x12!.mysterybox.v1.VerifyAuditRequest\x1a\".mysterybox.v1.VerifyAuditResponseB@Z>github.com/mysterybox/mysterybox/api/mysteryboxv1;mysteryboxv1b\x06proto3"
 
 var (
 	file_mysterybox_proto_rawDescOnce sync.Once
@@ -5053,7 +5443,7 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 }
 
 var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 85)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
 	(AccountType)(0),                     // 1: mysterybox.v1.AccountType
@@ -5141,15 +5531,20 @@ var file_mysterybox_proto_goTypes = []any{
 	(*TransferLeadershipResponse)(nil),   // 83: mysterybox.v1.TransferLeadershipResponse
 	(*RewrapRequest)(nil),                // 84: mysterybox.v1.RewrapRequest
 	(*RewrapResponse)(nil),               // 85: mysterybox.v1.RewrapResponse
-	nil,                                  // 86: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 87: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 88: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 89: google.protobuf.FieldMask
+	(*AuditRecord)(nil),                  // 86: mysterybox.v1.AuditRecord
+	(*ListAuditRequest)(nil),             // 87: mysterybox.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),            // 88: mysterybox.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),           // 89: mysterybox.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),          // 90: mysterybox.v1.VerifyAuditResponse
+	nil,                                  // 91: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 92: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 93: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 94: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	87, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	87, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	86, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	92, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	92, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	91, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
 	2,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
 	4,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
 	5,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
@@ -5164,8 +5559,8 @@ var file_mysterybox_proto_depIdxs = []int32{
 	2,  // 14: mysterybox.v1.Token.metadata:type_name -> mysterybox.v1.Metadata
 	22, // 15: mysterybox.v1.Token.spec:type_name -> mysterybox.v1.TokenSpec
 	23, // 16: mysterybox.v1.Token.status:type_name -> mysterybox.v1.TokenStatus
-	87, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
-	88, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	92, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
+	93, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	21, // 19: mysterybox.v1.CreateTokenResponse.token:type_name -> mysterybox.v1.Token
 	21, // 20: mysterybox.v1.ListTokensResponse.tokens:type_name -> mysterybox.v1.Token
 	2,  // 21: mysterybox.v1.AccessBinding.metadata:type_name -> mysterybox.v1.Metadata
@@ -5178,19 +5573,19 @@ var file_mysterybox_proto_depIdxs = []int32{
 	43, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
 	53, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
 	0,  // 30: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	87, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	87, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	92, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	92, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
 	41, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
 	41, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
 	41, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	89, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	94, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	2,  // 37: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
 	53, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
 	54, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
 	40, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
 	0,  // 41: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	87, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	87, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	92, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	92, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
 	52, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
 	52, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
 	39, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
@@ -5199,89 +5594,96 @@ var file_mysterybox_proto_depIdxs = []int32{
 	71, // 49: mysterybox.v1.Region.nodes:type_name -> mysterybox.v1.RegionNode
 	72, // 50: mysterybox.v1.ListRegionsResponse.regions:type_name -> mysterybox.v1.Region
 	67, // 51: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
-	6,  // 52: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
-	7,  // 53: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
-	8,  // 54: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
-	10, // 55: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
-	15, // 56: mysterybox.v1.IdentityService.CreateAccount:input_type -> mysterybox.v1.CreateAccountRequest
-	16, // 57: mysterybox.v1.IdentityService.GetAccount:input_type -> mysterybox.v1.GetAccountRequest
-	17, // 58: mysterybox.v1.IdentityService.ListAccounts:input_type -> mysterybox.v1.ListAccountsRequest
-	19, // 59: mysterybox.v1.IdentityService.DeleteAccount:input_type -> mysterybox.v1.DeleteAccountRequest
-	24, // 60: mysterybox.v1.IdentityService.CreateToken:input_type -> mysterybox.v1.CreateTokenRequest
-	26, // 61: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
-	27, // 62: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
-	29, // 63: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
-	33, // 64: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
-	34, // 65: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
-	35, // 66: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
-	37, // 67: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
-	44, // 68: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
-	45, // 69: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
-	46, // 70: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
-	47, // 71: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
-	49, // 72: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
-	50, // 73: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
-	51, // 74: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
-	55, // 75: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
-	56, // 76: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
-	57, // 77: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
-	59, // 78: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
-	60, // 79: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
-	61, // 80: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
-	63, // 81: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
-	65, // 82: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
-	68, // 83: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
-	70, // 84: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
-	78, // 85: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
-	80, // 86: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
-	82, // 87: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	74, // 88: mysterybox.v1.ClusterService.Snapshot:input_type -> mysterybox.v1.SnapshotRequest
-	76, // 89: mysterybox.v1.ClusterService.Restore:input_type -> mysterybox.v1.RestoreChunk
-	84, // 90: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
-	3,  // 91: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	3,  // 92: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	9,  // 93: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	11, // 94: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	12, // 95: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
-	12, // 96: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
-	18, // 97: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
-	20, // 98: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
-	25, // 99: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
-	21, // 100: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
-	28, // 101: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
-	30, // 102: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
-	31, // 103: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	31, // 104: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	36, // 105: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
-	38, // 106: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
-	41, // 107: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	41, // 108: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	41, // 109: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	48, // 110: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	41, // 111: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	41, // 112: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	41, // 113: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	52, // 114: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	52, // 115: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	58, // 116: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	52, // 117: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	52, // 118: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	62, // 119: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	64, // 120: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	66, // 121: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	69, // 122: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	73, // 123: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
-	79, // 124: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	81, // 125: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	83, // 126: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	75, // 127: mysterybox.v1.ClusterService.Snapshot:output_type -> mysterybox.v1.SnapshotChunk
-	77, // 128: mysterybox.v1.ClusterService.Restore:output_type -> mysterybox.v1.RestoreResponse
-	85, // 129: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
-	91, // [91:130] is the sub-list for method output_type
-	52, // [52:91] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	92, // 52: mysterybox.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	92, // 53: mysterybox.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	86, // 54: mysterybox.v1.ListAuditResponse.records:type_name -> mysterybox.v1.AuditRecord
+	6,  // 55: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
+	7,  // 56: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
+	8,  // 57: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
+	10, // 58: mysterybox.v1.IdentityService.DeleteProject:input_type -> mysterybox.v1.DeleteProjectRequest
+	15, // 59: mysterybox.v1.IdentityService.CreateAccount:input_type -> mysterybox.v1.CreateAccountRequest
+	16, // 60: mysterybox.v1.IdentityService.GetAccount:input_type -> mysterybox.v1.GetAccountRequest
+	17, // 61: mysterybox.v1.IdentityService.ListAccounts:input_type -> mysterybox.v1.ListAccountsRequest
+	19, // 62: mysterybox.v1.IdentityService.DeleteAccount:input_type -> mysterybox.v1.DeleteAccountRequest
+	24, // 63: mysterybox.v1.IdentityService.CreateToken:input_type -> mysterybox.v1.CreateTokenRequest
+	26, // 64: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
+	27, // 65: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
+	29, // 66: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
+	33, // 67: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
+	34, // 68: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
+	35, // 69: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
+	37, // 70: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
+	44, // 71: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
+	45, // 72: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
+	46, // 73: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
+	47, // 74: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
+	49, // 75: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
+	50, // 76: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
+	51, // 77: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
+	55, // 78: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
+	56, // 79: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
+	57, // 80: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
+	59, // 81: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
+	60, // 82: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
+	61, // 83: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
+	63, // 84: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
+	65, // 85: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
+	68, // 86: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
+	70, // 87: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
+	78, // 88: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
+	80, // 89: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
+	82, // 90: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
+	74, // 91: mysterybox.v1.ClusterService.Snapshot:input_type -> mysterybox.v1.SnapshotRequest
+	76, // 92: mysterybox.v1.ClusterService.Restore:input_type -> mysterybox.v1.RestoreChunk
+	84, // 93: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	87, // 94: mysterybox.v1.AuditService.List:input_type -> mysterybox.v1.ListAuditRequest
+	89, // 95: mysterybox.v1.AuditService.Verify:input_type -> mysterybox.v1.VerifyAuditRequest
+	3,  // 96: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	3,  // 97: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	9,  // 98: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	11, // 99: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	12, // 100: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
+	12, // 101: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
+	18, // 102: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
+	20, // 103: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
+	25, // 104: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
+	21, // 105: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
+	28, // 106: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
+	30, // 107: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
+	31, // 108: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	31, // 109: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	36, // 110: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
+	38, // 111: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
+	41, // 112: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	41, // 113: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	41, // 114: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	48, // 115: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	41, // 116: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	41, // 117: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	41, // 118: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	52, // 119: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	52, // 120: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	58, // 121: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	52, // 122: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	52, // 123: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	62, // 124: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	64, // 125: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	66, // 126: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	69, // 127: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	73, // 128: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
+	79, // 129: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	81, // 130: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	83, // 131: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	75, // 132: mysterybox.v1.ClusterService.Snapshot:output_type -> mysterybox.v1.SnapshotChunk
+	77, // 133: mysterybox.v1.ClusterService.Restore:output_type -> mysterybox.v1.RestoreResponse
+	85, // 134: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	88, // 135: mysterybox.v1.AuditService.List:output_type -> mysterybox.v1.ListAuditResponse
+	90, // 136: mysterybox.v1.AuditService.Verify:output_type -> mysterybox.v1.VerifyAuditResponse
+	96, // [96:137] is the sub-list for method output_type
+	55, // [55:96] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_mysterybox_proto_init() }
@@ -5299,9 +5701,9 @@ func file_mysterybox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   85,
+			NumMessages:   90,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_mysterybox_proto_goTypes,
 		DependencyIndexes: file_mysterybox_proto_depIdxs,

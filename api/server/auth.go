@@ -207,6 +207,7 @@ func (s *Server) authorize(ctx context.Context, v *store.View, a access) (*calle
 		}
 		return nil, err
 	}
+	noteAccount(ctx, c.accountID)
 	if a.perm == 0 {
 		return c, nil
 	}

@@ -147,6 +147,7 @@ func (f *forwarder) forward(ctx context.Context, req, out proto.Message) error {
 	if f.s.obs != nil {
 		f.s.obs.Forwarded(method)
 	}
+	noteForwarded(ctx)
 	err = conn.Invoke(metadata.NewOutgoingContext(ctx, outMD), method, req, out)
 	if err != nil {
 		if st, ok := status.FromError(err); ok {

@@ -32,6 +32,7 @@ func (s *Server) RunLeaderTasks(ctx context.Context) {
 			s.registerSelf(ctx)
 			s.purgeDue(ctx)
 			s.pruneIdempotency(ctx)
+			s.pruneAudit(ctx)
 		}
 	}
 }

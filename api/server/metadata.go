@@ -42,8 +42,18 @@ func requestBytes(ctx context.Context, req proto.Message) []byte {
 	return append(append([]byte(method), 0), raw...)
 }
 
+type linearizableKey struct{}
+
+// forceLinearizable makes a read ignore x-consistency: stale.
+func forceLinearizable(ctx context.Context) context.Context {
+	return context.WithValue(ctx, linearizableKey{}, true)
+}
+
 // isStale reports whether the call asked for x-consistency: stale.
 func isStale(ctx context.Context) bool {
+	if ctx.Value(linearizableKey{}) != nil {
+		return false
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	for _, v := range md.Get(mdConsistency) {
 		if v == "stale" {

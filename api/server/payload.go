@@ -48,7 +48,18 @@ func readableVersion(v *store.View, secretID, versionID string) (*fsmpb.VersionR
 	return rec, nil
 }
 
+// auditedCtx makes payload reads go to the leader while audit is on: the
+// leader writes their audit records (x-consistency: stale only serves
+// metadata then).
+func (x *payloadService) auditedCtx(ctx context.Context) context.Context {
+	if x.s.audit != nil {
+		return forceLinearizable(ctx)
+	}
+	return ctx
+}
+
 func (x *payloadService) Get(ctx context.Context, req *pb.GetPayloadRequest) (*pb.GetPayloadResponse, error) {
+	ctx = x.auditedCtx(ctx)
 	if err := validateID("secret_id", req.GetSecretId()); err != nil {
 		return nil, err
 	}
@@ -80,6 +91,7 @@ func (x *payloadService) Get(ctx context.Context, req *pb.GetPayloadRequest) (*p
 }
 
 func (x *payloadService) GetByKey(ctx context.Context, req *pb.GetPayloadByKeyRequest) (*pb.GetPayloadByKeyResponse, error) {
+	ctx = x.auditedCtx(ctx)
 	if err := validateID("secret_id", req.GetSecretId()); err != nil {
 		return nil, err
 	}

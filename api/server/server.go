@@ -68,6 +68,13 @@ type Config struct {
 	// PeerCreds are the transport credentials for calls to other nodes
 	// (forwarding, status); nil means plaintext.
 	PeerCreds credentials.TransportCredentials
+	// Audit records every call that reads a payload or changes state.
+	Audit bool
+	// AuditFailOpen serves a payload read even when its audit record could
+	// not be written (default: fail closed).
+	AuditFailOpen bool
+	// AuditRetention is how long audit records are kept (0: forever).
+	AuditRetention time.Duration
 	// MaintenanceInterval is how often the leader looks for due purges and
 	// expired idempotency keys (default 1s).
 	MaintenanceInterval time.Duration
@@ -84,6 +91,7 @@ type Server struct {
 	health *health.Server
 	dir    Directory // nil without gossip
 	obs    Observer  // nil without metrics
+	audit  *auditor  // nil without audit
 }
 
 // Directory is what gossip tells about every node of every region.
@@ -127,6 +135,9 @@ func New(cfg Config, r Raft, st *store.Store, kr *region.Keyring, logger hclog.L
 		return nil, err
 	}
 	s.fwd = newForwarder(s, logger.Named("forward"))
+	if cfg.Audit {
+		s.audit = newAuditor(s)
+	}
 	return s, nil
 }
 
@@ -138,6 +149,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterIdentityServiceServer(g, &identityService{s: s})
 	pb.RegisterClusterServiceServer(g, &clusterService{s: s})
 	pb.RegisterAdminServiceServer(g, &adminService{s: s})
+	pb.RegisterAuditServiceServer(g, &auditService{s: s})
 	healthpb.RegisterHealthServer(g, s.health)
 	reflection.Register(g)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -145,6 +157,9 @@ func (s *Server) Register(g *grpc.Server) {
 
 // Close releases forwarding connections and marks the node not serving.
 func (s *Server) Close() {
+	if s.audit != nil {
+		s.audit.close()
+	}
 	s.health.Shutdown()
 	s.fwd.close()
 }

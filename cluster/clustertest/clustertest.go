@@ -53,6 +53,9 @@ type Options struct {
 	// TLS runs the region over TLS with mutual TLS between nodes, with
 	// certificates from Cluster.CA.
 	TLS bool
+	// NoAudit turns the audit log off (it is on by default, as in production).
+	NoAudit        bool
+	AuditRetention time.Duration
 	// OldNodes advertise command version 1, as nodes of the previous
 	// release would (mixed-version tests): the first OldNodes nodes.
 	OldNodes int
@@ -252,6 +255,8 @@ func (c *Cluster) newNode() *Node {
 	if c.opts.Metrics {
 		cfg.MetricsAddr = "127.0.0.1:0"
 	}
+	cfg.Audit = !c.opts.NoAudit
+	cfg.AuditRetention = c.opts.AuditRetention
 	if c.opts.TLS {
 		cfg.TLS = c.IssueNodeCert(id, c.Region, dir, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	}

@@ -47,6 +47,9 @@ type options struct {
 	gossipKeyFile   string
 	reapAfter       time.Duration
 	metricsAddr     string
+	audit           bool
+	auditFailOpen   bool
+	auditRetention  time.Duration
 	tls             tlsutil.Files
 	adminTokenFile  string
 	masterKeyFile   string
@@ -87,6 +90,9 @@ func run(args []string) int {
 	f.StringVar(&o.gossipKeyFile, "gossip-key-file", "", "file with the base64 gossip encryption key shared by every node of every region (`mysteryboxd keygen --gossip`)")
 	f.DurationVar(&o.reapAfter, "dead-node-reap-after", 72*time.Hour, "the leader removes a node gossip has seen dead this long (never below a quorum)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on http://ADDR/metrics (off when empty)")
+	f.BoolVar(&o.audit, "audit", true, "record every payload read and state change in the replicated, hash-chained audit log")
+	f.BoolVar(&o.auditFailOpen, "audit-fail-open", false, "serve a payload read even when its audit record cannot be written (default: the read fails)")
+	f.DurationVar(&o.auditRetention, "audit-retention", 2160*time.Hour, "how long audit records are kept (0: forever)")
 	f.StringVar(&o.tls.CertFile, "tls-cert-file", "", "PEM certificate of the gRPC server (TLS on when set)")
 	f.StringVar(&o.tls.KeyFile, "tls-key-file", "", "PEM key of the gRPC server")
 	f.StringVar(&o.tls.ClientCAFile, "tls-client-ca-file", "", "CA of client certificates")
@@ -275,6 +281,9 @@ func serve(cmd *cobra.Command, o *options) error {
 		DeadNodeReapAfter: o.reapAfter,
 		MetricsAddr:       o.metricsAddr,
 		TLS:               o.tls,
+		Audit:             o.audit,
+		AuditFailOpen:     o.auditFailOpen,
+		AuditRetention:    o.auditRetention,
 	}
 	if o.tls.Enabled() {
 		if o.tls.CertFile == "" || o.tls.KeyFile == "" || o.tls.PeerCAFile == "" || o.tls.PeerCertFile == "" || o.tls.PeerKeyFile == "" {

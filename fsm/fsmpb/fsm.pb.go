@@ -67,6 +67,8 @@ type Command struct {
 	//	*Command_CreateBinding
 	//	*Command_DeleteBinding
 	//	*Command_BootstrapAdmin
+	//	*Command_AuditAppend
+	//	*Command_AuditPrune
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -333,6 +335,24 @@ func (x *Command) GetBootstrapAdmin() *BootstrapAdmin {
 	return nil
 }
 
+func (x *Command) GetAuditAppend() *AuditAppend {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AuditAppend); ok {
+			return x.AuditAppend
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetAuditPrune() *AuditPrune {
+	if x != nil {
+		if x, ok := x.Op.(*Command_AuditPrune); ok {
+			return x.AuditPrune
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -421,6 +441,14 @@ type Command_BootstrapAdmin struct {
 	BootstrapAdmin *BootstrapAdmin `protobuf:"bytes,30,opt,name=bootstrap_admin,json=bootstrapAdmin,proto3,oneof"`
 }
 
+type Command_AuditAppend struct {
+	AuditAppend *AuditAppend `protobuf:"bytes,31,opt,name=audit_append,json=auditAppend,proto3,oneof"`
+}
+
+type Command_AuditPrune struct {
+	AuditPrune *AuditPrune `protobuf:"bytes,32,opt,name=audit_prune,json=auditPrune,proto3,oneof"`
+}
+
 func (*Command_CreateProject) isCommand_Op() {}
 
 func (*Command_DeleteProject) isCommand_Op() {}
@@ -462,6 +490,10 @@ func (*Command_CreateBinding) isCommand_Op() {}
 func (*Command_DeleteBinding) isCommand_Op() {}
 
 func (*Command_BootstrapAdmin) isCommand_Op() {}
+
+func (*Command_AuditAppend) isCommand_Op() {}
+
+func (*Command_AuditPrune) isCommand_Op() {}
 
 type CreateProject struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1775,6 +1807,166 @@ func (x *BootstrapAdmin) GetClusterId() string {
 	return ""
 }
 
+// AuditAppend chains records onto the audit log: the FSM assigns their
+// sequence numbers and hashes.
+type AuditAppend struct {
+	state         protoimpl.MessageState      `protogen:"open.v1"`
+	Records       []*mysteryboxv1.AuditRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditAppend) Reset() {
+	*x = AuditAppend{}
+	mi := &file_fsm_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditAppend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditAppend) ProtoMessage() {}
+
+func (x *AuditAppend) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditAppend.ProtoReflect.Descriptor instead.
+func (*AuditAppend) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AuditAppend) GetRecords() []*mysteryboxv1.AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+// AuditPrune removes records older than the cutoff (up to limit) and
+// records the pruning itself in the chain.
+type AuditPrune struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	BeforeUnixNano int64                  `protobuf:"varint,1,opt,name=before_unix_nano,json=beforeUnixNano,proto3" json:"before_unix_nano,omitempty"`
+	Limit          int32                  `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	NodeId         string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AuditPrune) Reset() {
+	*x = AuditPrune{}
+	mi := &file_fsm_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditPrune) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditPrune) ProtoMessage() {}
+
+func (x *AuditPrune) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditPrune.ProtoReflect.Descriptor instead.
+func (*AuditPrune) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AuditPrune) GetBeforeUnixNano() int64 {
+	if x != nil {
+		return x.BeforeUnixNano
+	}
+	return 0
+}
+
+func (x *AuditPrune) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *AuditPrune) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type AuditHead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Hash          string                 `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditHead) Reset() {
+	*x = AuditHead{}
+	mi := &file_fsm_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditHead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditHead) ProtoMessage() {}
+
+func (x *AuditHead) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditHead.ProtoReflect.Descriptor instead.
+func (*AuditHead) Descriptor() ([]byte, []int) {
+	return file_fsm_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AuditHead) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AuditHead) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
 type BootstrapResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when the region already had its admin.
@@ -1785,7 +1977,7 @@ type BootstrapResult struct {
 
 func (x *BootstrapResult) Reset() {
 	*x = BootstrapResult{}
-	mi := &file_fsm_proto_msgTypes[25]
+	mi := &file_fsm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1989,7 @@ func (x *BootstrapResult) String() string {
 func (*BootstrapResult) ProtoMessage() {}
 
 func (x *BootstrapResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[25]
+	mi := &file_fsm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +2002,7 @@ func (x *BootstrapResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BootstrapResult.ProtoReflect.Descriptor instead.
 func (*BootstrapResult) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{25}
+	return file_fsm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BootstrapResult) GetApplied() bool {
@@ -1831,7 +2023,7 @@ type TokenRecord struct {
 
 func (x *TokenRecord) Reset() {
 	*x = TokenRecord{}
-	mi := &file_fsm_proto_msgTypes[26]
+	mi := &file_fsm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2035,7 @@ func (x *TokenRecord) String() string {
 func (*TokenRecord) ProtoMessage() {}
 
 func (x *TokenRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[26]
+	mi := &file_fsm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2048,7 @@ func (x *TokenRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenRecord.ProtoReflect.Descriptor instead.
 func (*TokenRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{26}
+	return file_fsm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TokenRecord) GetToken() *mysteryboxv1.Token {
@@ -1890,7 +2082,7 @@ type SealedPayload struct {
 
 func (x *SealedPayload) Reset() {
 	*x = SealedPayload{}
-	mi := &file_fsm_proto_msgTypes[27]
+	mi := &file_fsm_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2094,7 @@ func (x *SealedPayload) String() string {
 func (*SealedPayload) ProtoMessage() {}
 
 func (x *SealedPayload) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[27]
+	mi := &file_fsm_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2107,7 @@ func (x *SealedPayload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedPayload.ProtoReflect.Descriptor instead.
 func (*SealedPayload) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{27}
+	return file_fsm_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SealedPayload) GetKekId() string {
@@ -1959,7 +2151,7 @@ type SealedEntry struct {
 
 func (x *SealedEntry) Reset() {
 	*x = SealedEntry{}
-	mi := &file_fsm_proto_msgTypes[28]
+	mi := &file_fsm_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2163,7 @@ func (x *SealedEntry) String() string {
 func (*SealedEntry) ProtoMessage() {}
 
 func (x *SealedEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[28]
+	mi := &file_fsm_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2176,7 @@ func (x *SealedEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealedEntry.ProtoReflect.Descriptor instead.
 func (*SealedEntry) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{28}
+	return file_fsm_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SealedEntry) GetKey() string {
@@ -2026,7 +2218,7 @@ type SecretRecord struct {
 
 func (x *SecretRecord) Reset() {
 	*x = SecretRecord{}
-	mi := &file_fsm_proto_msgTypes[29]
+	mi := &file_fsm_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2038,7 +2230,7 @@ func (x *SecretRecord) String() string {
 func (*SecretRecord) ProtoMessage() {}
 
 func (x *SecretRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[29]
+	mi := &file_fsm_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2051,7 +2243,7 @@ func (x *SecretRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretRecord.ProtoReflect.Descriptor instead.
 func (*SecretRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{29}
+	return file_fsm_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SecretRecord) GetSecret() *mysteryboxv1.Secret {
@@ -2080,7 +2272,7 @@ type VersionRecord struct {
 
 func (x *VersionRecord) Reset() {
 	*x = VersionRecord{}
-	mi := &file_fsm_proto_msgTypes[30]
+	mi := &file_fsm_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2284,7 @@ func (x *VersionRecord) String() string {
 func (*VersionRecord) ProtoMessage() {}
 
 func (x *VersionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[30]
+	mi := &file_fsm_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2297,7 @@ func (x *VersionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRecord.ProtoReflect.Descriptor instead.
 func (*VersionRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{30}
+	return file_fsm_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VersionRecord) GetVersion() *mysteryboxv1.SecretVersion {
@@ -2153,7 +2345,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_proto_msgTypes[31]
+	mi := &file_fsm_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2357,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[31]
+	mi := &file_fsm_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2370,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{31}
+	return file_fsm_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *IdempotencyRecord) GetRequestHash() []byte {
@@ -2234,7 +2426,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_fsm_proto_msgTypes[32]
+	mi := &file_fsm_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2438,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_proto_msgTypes[32]
+	mi := &file_fsm_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2451,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_proto_rawDescGZIP(), []int{32}
+	return file_fsm_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeRecord) GetNodeId() string {
@@ -2287,7 +2479,7 @@ var File_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xd9\r\n" +
+	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xe0\x0e\n" +
 	"\aCommand\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12'\n" +
@@ -2315,7 +2507,10 @@ const file_fsm_proto_rawDesc = "" +
 	"\frevoke_token\x18\x1b \x01(\v2\x1e.mysterybox.fsm.v1.RevokeTokenH\x00R\vrevokeToken\x12I\n" +
 	"\x0ecreate_binding\x18\x1c \x01(\v2 .mysterybox.fsm.v1.CreateBindingH\x00R\rcreateBinding\x12I\n" +
 	"\x0edelete_binding\x18\x1d \x01(\v2 .mysterybox.fsm.v1.DeleteBindingH\x00R\rdeleteBinding\x12L\n" +
-	"\x0fbootstrap_admin\x18\x1e \x01(\v2!.mysterybox.fsm.v1.BootstrapAdminH\x00R\x0ebootstrapAdminB\x04\n" +
+	"\x0fbootstrap_admin\x18\x1e \x01(\v2!.mysterybox.fsm.v1.BootstrapAdminH\x00R\x0ebootstrapAdmin\x12C\n" +
+	"\faudit_append\x18\x1f \x01(\v2\x1e.mysterybox.fsm.v1.AuditAppendH\x00R\vauditAppend\x12@\n" +
+	"\vaudit_prune\x18  \x01(\v2\x1d.mysterybox.fsm.v1.AuditPruneH\x00R\n" +
+	"auditPruneB\x04\n" +
 	"\x02op\"A\n" +
 	"\rCreateProject\x120\n" +
 	"\aproject\x18\x01 \x01(\v2\x16.mysterybox.v1.ProjectR\aproject\"J\n" +
@@ -2404,7 +2599,17 @@ const file_fsm_proto_rawDesc = "" +
 	"\x05token\x18\x02 \x01(\v2\x1e.mysterybox.fsm.v1.TokenRecordR\x05token\x126\n" +
 	"\abinding\x18\x03 \x01(\v2\x1c.mysterybox.v1.AccessBindingR\abinding\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x04 \x01(\tR\tclusterId\"+\n" +
+	"cluster_id\x18\x04 \x01(\tR\tclusterId\"C\n" +
+	"\vAuditAppend\x124\n" +
+	"\arecords\x18\x01 \x03(\v2\x1a.mysterybox.v1.AuditRecordR\arecords\"e\n" +
+	"\n" +
+	"AuditPrune\x12(\n" +
+	"\x10before_unix_nano\x18\x01 \x01(\x03R\x0ebeforeUnixNano\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\"1\n" +
+	"\tAuditHead\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\"+\n" +
 	"\x0fBootstrapResult\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\"Z\n" +
 	"\vTokenRecord\x12*\n" +
@@ -2460,7 +2665,7 @@ func file_fsm_proto_rawDescGZIP() []byte {
 	return file_fsm_proto_rawDescData
 }
 
-var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_fsm_proto_goTypes = []any{
 	(*Command)(nil),                    // 0: mysterybox.fsm.v1.Command
 	(*CreateProject)(nil),              // 1: mysterybox.fsm.v1.CreateProject
@@ -2487,21 +2692,25 @@ var file_fsm_proto_goTypes = []any{
 	(*CreateBinding)(nil),              // 22: mysterybox.fsm.v1.CreateBinding
 	(*DeleteBinding)(nil),              // 23: mysterybox.fsm.v1.DeleteBinding
 	(*BootstrapAdmin)(nil),             // 24: mysterybox.fsm.v1.BootstrapAdmin
-	(*BootstrapResult)(nil),            // 25: mysterybox.fsm.v1.BootstrapResult
-	(*TokenRecord)(nil),                // 26: mysterybox.fsm.v1.TokenRecord
-	(*SealedPayload)(nil),              // 27: mysterybox.fsm.v1.SealedPayload
-	(*SealedEntry)(nil),                // 28: mysterybox.fsm.v1.SealedEntry
-	(*SecretRecord)(nil),               // 29: mysterybox.fsm.v1.SecretRecord
-	(*VersionRecord)(nil),              // 30: mysterybox.fsm.v1.VersionRecord
-	(*IdempotencyRecord)(nil),          // 31: mysterybox.fsm.v1.IdempotencyRecord
-	(*NodeRecord)(nil),                 // 32: mysterybox.fsm.v1.NodeRecord
-	nil,                                // 33: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	(*mysteryboxv1.Project)(nil),       // 34: mysterybox.v1.Project
-	(*mysteryboxv1.Secret)(nil),        // 35: mysterybox.v1.Secret
-	(*mysteryboxv1.SecretVersion)(nil), // 36: mysterybox.v1.SecretVersion
-	(*mysteryboxv1.Account)(nil),       // 37: mysterybox.v1.Account
-	(*mysteryboxv1.Token)(nil),         // 38: mysterybox.v1.Token
-	(*mysteryboxv1.AccessBinding)(nil), // 39: mysterybox.v1.AccessBinding
+	(*AuditAppend)(nil),                // 25: mysterybox.fsm.v1.AuditAppend
+	(*AuditPrune)(nil),                 // 26: mysterybox.fsm.v1.AuditPrune
+	(*AuditHead)(nil),                  // 27: mysterybox.fsm.v1.AuditHead
+	(*BootstrapResult)(nil),            // 28: mysterybox.fsm.v1.BootstrapResult
+	(*TokenRecord)(nil),                // 29: mysterybox.fsm.v1.TokenRecord
+	(*SealedPayload)(nil),              // 30: mysterybox.fsm.v1.SealedPayload
+	(*SealedEntry)(nil),                // 31: mysterybox.fsm.v1.SealedEntry
+	(*SecretRecord)(nil),               // 32: mysterybox.fsm.v1.SecretRecord
+	(*VersionRecord)(nil),              // 33: mysterybox.fsm.v1.VersionRecord
+	(*IdempotencyRecord)(nil),          // 34: mysterybox.fsm.v1.IdempotencyRecord
+	(*NodeRecord)(nil),                 // 35: mysterybox.fsm.v1.NodeRecord
+	nil,                                // 36: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	(*mysteryboxv1.Project)(nil),       // 37: mysterybox.v1.Project
+	(*mysteryboxv1.Secret)(nil),        // 38: mysterybox.v1.Secret
+	(*mysteryboxv1.SecretVersion)(nil), // 39: mysterybox.v1.SecretVersion
+	(*mysteryboxv1.Account)(nil),       // 40: mysterybox.v1.Account
+	(*mysteryboxv1.Token)(nil),         // 41: mysterybox.v1.Token
+	(*mysteryboxv1.AccessBinding)(nil), // 42: mysterybox.v1.AccessBinding
+	(*mysteryboxv1.AuditRecord)(nil),   // 43: mysterybox.v1.AuditRecord
 }
 var file_fsm_proto_depIdxs = []int32{
 	1,  // 0: mysterybox.fsm.v1.Command.create_project:type_name -> mysterybox.fsm.v1.CreateProject
@@ -2525,30 +2734,33 @@ var file_fsm_proto_depIdxs = []int32{
 	22, // 18: mysterybox.fsm.v1.Command.create_binding:type_name -> mysterybox.fsm.v1.CreateBinding
 	23, // 19: mysterybox.fsm.v1.Command.delete_binding:type_name -> mysterybox.fsm.v1.DeleteBinding
 	24, // 20: mysterybox.fsm.v1.Command.bootstrap_admin:type_name -> mysterybox.fsm.v1.BootstrapAdmin
-	34, // 21: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
-	35, // 22: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
-	7,  // 23: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
-	33, // 24: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	36, // 25: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
-	27, // 26: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
-	32, // 27: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
-	16, // 28: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
-	37, // 29: mysterybox.fsm.v1.CreateAccount.account:type_name -> mysterybox.v1.Account
-	26, // 30: mysterybox.fsm.v1.CreateToken.token:type_name -> mysterybox.fsm.v1.TokenRecord
-	38, // 31: mysterybox.fsm.v1.CreateTokenResult.token:type_name -> mysterybox.v1.Token
-	39, // 32: mysterybox.fsm.v1.CreateBinding.binding:type_name -> mysterybox.v1.AccessBinding
-	37, // 33: mysterybox.fsm.v1.BootstrapAdmin.account:type_name -> mysterybox.v1.Account
-	26, // 34: mysterybox.fsm.v1.BootstrapAdmin.token:type_name -> mysterybox.fsm.v1.TokenRecord
-	39, // 35: mysterybox.fsm.v1.BootstrapAdmin.binding:type_name -> mysterybox.v1.AccessBinding
-	38, // 36: mysterybox.fsm.v1.TokenRecord.token:type_name -> mysterybox.v1.Token
-	28, // 37: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
-	35, // 38: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
-	36, // 39: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	25, // 21: mysterybox.fsm.v1.Command.audit_append:type_name -> mysterybox.fsm.v1.AuditAppend
+	26, // 22: mysterybox.fsm.v1.Command.audit_prune:type_name -> mysterybox.fsm.v1.AuditPrune
+	37, // 23: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
+	38, // 24: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
+	7,  // 25: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
+	36, // 26: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	39, // 27: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
+	30, // 28: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
+	35, // 29: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
+	16, // 30: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
+	40, // 31: mysterybox.fsm.v1.CreateAccount.account:type_name -> mysterybox.v1.Account
+	29, // 32: mysterybox.fsm.v1.CreateToken.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	41, // 33: mysterybox.fsm.v1.CreateTokenResult.token:type_name -> mysterybox.v1.Token
+	42, // 34: mysterybox.fsm.v1.CreateBinding.binding:type_name -> mysterybox.v1.AccessBinding
+	40, // 35: mysterybox.fsm.v1.BootstrapAdmin.account:type_name -> mysterybox.v1.Account
+	29, // 36: mysterybox.fsm.v1.BootstrapAdmin.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	42, // 37: mysterybox.fsm.v1.BootstrapAdmin.binding:type_name -> mysterybox.v1.AccessBinding
+	43, // 38: mysterybox.fsm.v1.AuditAppend.records:type_name -> mysterybox.v1.AuditRecord
+	41, // 39: mysterybox.fsm.v1.TokenRecord.token:type_name -> mysterybox.v1.Token
+	31, // 40: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
+	38, // 41: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
+	39, // 42: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
+	43, // [43:43] is the sub-list for method output_type
+	43, // [43:43] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_fsm_proto_init() }
@@ -2578,6 +2790,8 @@ func file_fsm_proto_init() {
 		(*Command_CreateBinding)(nil),
 		(*Command_DeleteBinding)(nil),
 		(*Command_BootstrapAdmin)(nil),
+		(*Command_AuditAppend)(nil),
+		(*Command_AuditPrune)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2585,7 +2799,7 @@ func file_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_proto_rawDesc), len(file_fsm_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,384 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// callInfo is filled in while a call runs: who made it (once authorized)
+// and whether this node only forwarded it (then the leader audits it).
+type callInfo struct {
+	mu        sync.Mutex
+	accountID string
+	forwarded bool
+}
+
+type callInfoKey struct{}
+
+func infoFrom(ctx context.Context) *callInfo {
+	ci, _ := ctx.Value(callInfoKey{}).(*callInfo)
+	return ci
+}
+
+func noteAccount(ctx context.Context, id string) {
+	if ci := infoFrom(ctx); ci != nil {
+		ci.mu.Lock()
+		ci.accountID = id
+		ci.mu.Unlock()
+	}
+}
+
+func noteForwarded(ctx context.Context) {
+	if ci := infoFrom(ctx); ci != nil {
+		ci.mu.Lock()
+		ci.forwarded = true
+		ci.mu.Unlock()
+	}
+}
+
+// audited reports whether a method is audited: every mutation and every
+// payload read; plain metadata reads, health and cluster status are not.
+func audited(method string) bool {
+	if exempt(method) || strings.HasPrefix(method, "/mysterybox.v1.AuditService/") {
+		return false
+	}
+	if strings.HasPrefix(method, "/mysterybox.v1.PayloadService/") {
+		return true
+	}
+	name := method[strings.LastIndex(method, "/")+1:]
+	for _, p := range []string{"Get", "List", "Status", "Members", "Regions", "Snapshot"} {
+		if strings.HasPrefix(name, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func isPayloadRead(method string) bool {
+	return strings.HasPrefix(method, "/mysterybox.v1.PayloadService/")
+}
+
+// auditor batches audit records into Raft commands on the leader.
+type auditor struct {
+	s       *Server
+	mu      sync.Mutex
+	pending []pendingRecord
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+type pendingRecord struct {
+	rec  *pb.AuditRecord
+	done chan error // nil: nobody waits
+}
+
+const auditBatch = 256
+
+func newAuditor(s *Server) *auditor {
+	a := &auditor{s: s, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go a.loop()
+	return a
+}
+
+func (a *auditor) close() {
+	close(a.stop)
+	<-a.done
+}
+
+// add queues a record; with wait it returns once the record is committed.
+func (a *auditor) add(ctx context.Context, rec *pb.AuditRecord, wait bool) error {
+	p := pendingRecord{rec: rec}
+	if wait {
+		p.done = make(chan error, 1)
+	}
+	a.mu.Lock()
+	a.pending = append(a.pending, p)
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+	if !wait {
+		return nil
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// loop proposes what is pending, one command per batch; records queued
+// while a proposal is in flight form the next batch.
+func (a *auditor) loop() {
+	defer close(a.done)
+	for {
+		select {
+		case <-a.stop:
+			a.fail(errors.New("node stopping"))
+			return
+		case <-a.kick:
+		}
+		for {
+			a.mu.Lock()
+			n := min(len(a.pending), auditBatch)
+			batch := append([]pendingRecord(nil), a.pending[:n]...)
+			a.pending = a.pending[n:]
+			a.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			op := &fsmpb.AuditAppend{}
+			for _, p := range batch {
+				op.Records = append(op.Records, p.rec)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, err := a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}})
+			cancel()
+			if err != nil {
+				a.s.logger.Error("audit records could not be written", "records", len(batch), "error", err)
+			}
+			for _, p := range batch {
+				if p.done != nil {
+					p.done <- err
+				}
+			}
+		}
+	}
+}
+
+func (a *auditor) fail(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.pending {
+		if p.done != nil {
+			p.done <- err
+		}
+	}
+	a.pending = nil
+}
+
+// AuditInterceptor records audited calls served by this node (not those
+// it only forwarded: the leader records them). A payload read whose record
+// cannot be written fails when audit is fail-closed.
+func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if s.audit == nil || !audited(info.FullMethod) {
+		return handler(ctx, req)
+	}
+	ci := &callInfo{}
+	ctx = context.WithValue(ctx, callInfoKey{}, ci)
+	resp, err := handler(ctx, req)
+	ci.mu.Lock()
+	forwarded, account := ci.forwarded, ci.accountID
+	ci.mu.Unlock()
+	if forwarded || !s.raft.AcceptsWrites() {
+		return resp, err
+	}
+	rec := &pb.AuditRecord{
+		Time:        timestamppb.Now(),
+		AccountId:   account,
+		Method:      info.FullMethod,
+		ResourceIds: resourceIDs(req, resp),
+		Code:        codeName(status.Code(err)),
+		NodeId:      s.cfg.NodeID,
+		RequestId:   requestID(ctx),
+	}
+	wait := isPayloadRead(info.FullMethod) && err == nil
+	if aerr := s.audit.add(ctx, rec, wait); aerr != nil && wait {
+		if s.cfg.AuditFailOpen {
+			s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", info.FullMethod, "error", aerr)
+			return resp, err
+		}
+		return nil, status.Errorf(codes.Unavailable, "the audit record of this payload read could not be written (%v); retry", aerr)
+	}
+	return resp, err
+}
+
+// codeName is a status code in the SPEC's upper snake case.
+func codeName(c codes.Code) string {
+	var b strings.Builder
+	prevLower := false
+	for _, r := range c.String() {
+		upper := r >= 'A' && r <= 'Z'
+		if upper && prevLower {
+			b.WriteByte('_')
+		}
+		prevLower = !upper
+		b.WriteRune(r)
+	}
+	return strings.ToUpper(b.String())
+}
+
+func requestID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(mdRequestID); len(v) > 0 && len(v[0]) <= 128 {
+		return v[0]
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// resourceIDs collects the ids a call names or creates: string fields
+// called id or *_id, in the request and the response (never payloads).
+func resourceIDs(msgs ...any) []string {
+	seen := map[string]bool{}
+	var out []string
+	var walk func(m protoreflect.Message, depth int)
+	walk = func(m protoreflect.Message, depth int) {
+		if depth > 4 {
+			return
+		}
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			name := string(fd.Name())
+			switch {
+			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() && (name == "id" || strings.HasSuffix(name, "_id")):
+				if id := v.String(); id != "" && !seen[id] {
+					seen[id] = true
+					out = append(out, id)
+				}
+			case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && name != "payload":
+				walk(v.Message(), depth+1)
+			}
+			return true
+		})
+	}
+	for _, x := range msgs {
+		if m, ok := x.(proto.Message); ok && m != nil && m.ProtoReflect().IsValid() {
+			walk(m.ProtoReflect(), 0)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// pruneAudit proposes removing records older than the retention.
+func (s *Server) pruneAudit(ctx context.Context) {
+	if s.audit == nil || s.cfg.AuditRetention <= 0 {
+		return
+	}
+	cutoff := time.Now().Add(-s.cfg.AuditRetention).UnixNano()
+	due := false
+	_ = s.store.Read(func(v *store.View) error {
+		return v.ScanAudit(0, func(r *pb.AuditRecord) (bool, error) {
+			due = r.GetTime().AsTime().UnixNano() < cutoff && r.GetMethod() != "audit.prune"
+			return false, nil
+		})
+	})
+	if due {
+		s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_AuditPrune{AuditPrune: &fsmpb.AuditPrune{BeforeUnixNano: cutoff, Limit: 1000, NodeId: s.cfg.NodeID}}})
+	}
+}
+
+type auditService struct {
+	pb.UnimplementedAuditServiceServer
+	s *Server
+}
+
+func (x *auditService) List(ctx context.Context, req *pb.ListAuditRequest) (*pb.ListAuditResponse, error) {
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	var after uint64
+	if pg.after != "" {
+		if len(pg.after) != 8 {
+			return nil, invalid("page_token", "is not a token from a previous page")
+		}
+		after = beUint64(pg.after)
+	}
+	return query(ctx, x.s, req, x.s.regionChain(), func(v *store.View, _ *caller) (*pb.ListAuditResponse, error) {
+		out := &pb.ListAuditResponse{}
+		err := v.ScanAudit(after, func(r *pb.AuditRecord) (bool, error) {
+			if req.GetSince() != nil && r.GetTime().AsTime().Before(req.GetSince().AsTime()) {
+				return true, nil
+			}
+			if req.GetAccountId() != "" && r.GetAccountId() != req.GetAccountId() {
+				return true, nil
+			}
+			if req.GetResourceId() != "" && !contains(r.GetResourceIds(), req.GetResourceId()) {
+				return true, nil
+			}
+			if len(out.Records) == pg.size {
+				out.NextPageToken = pageToken(be8(out.Records[len(out.Records)-1].GetSeq()))
+				return false, nil
+			}
+			out.Records = append(out.Records, r)
+			return true, nil
+		})
+		return out, err
+	})
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Verify walks the chain: every record's hash, every link, no gap.
+func (x *auditService) Verify(ctx context.Context, req *pb.VerifyAuditRequest) (*pb.VerifyAuditResponse, error) {
+	return query(ctx, x.s, req, x.s.regionChain(), func(v *store.View, _ *caller) (*pb.VerifyAuditResponse, error) {
+		out := &pb.VerifyAuditResponse{Ok: true}
+		var prev *pb.AuditRecord
+		err := v.ScanAudit(0, func(r *pb.AuditRecord) (bool, error) {
+			out.Checked++
+			msg := ""
+			switch {
+			case fsm.AuditHash(r) != r.GetHash():
+				msg = fmt.Sprintf("record %d was altered: its content does not match its hash", r.GetSeq())
+			case prev != nil && r.GetSeq() != prev.GetSeq()+1:
+				msg = fmt.Sprintf("records %d-%d are missing", prev.GetSeq()+1, r.GetSeq()-1)
+			case prev != nil && r.GetPrevHash() != prev.GetHash():
+				msg = fmt.Sprintf("record %d does not link to record %d", r.GetSeq(), prev.GetSeq())
+			}
+			if msg != "" {
+				out.Ok, out.FirstBreakSeq, out.Message = false, r.GetSeq(), msg
+				return false, nil
+			}
+			prev = r
+			return true, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if out.Ok {
+			head, err := v.AuditHead()
+			if err != nil {
+				return nil, err
+			}
+			if prev != nil && (prev.GetSeq() != head.GetSeq() || prev.GetHash() != head.GetHash()) {
+				out.Ok, out.FirstBreakSeq = false, prev.GetSeq()+1
+				out.Message = fmt.Sprintf("the chain ends at record %d but the head says %d: records were removed from its end", prev.GetSeq(), head.GetSeq())
+			} else {
+				out.Message = fmt.Sprintf("%d records verified", out.Checked)
+			}
+		}
+		return out, nil
+	})
+}
