@@ -342,3 +342,19 @@ func (s *Store) Counts() (secrets, versions int64, err error) {
 	})
 	return secrets, versions, err
 }
+
+// Empty reports whether the store holds no key at all.
+func (s *Store) Empty() (bool, error) {
+	empty := true
+	errStop := errors.New("stop")
+	err := s.Read(func(v *View) error {
+		return v.ForEach(func(_, _ []byte) error {
+			empty = false
+			return errStop
+		})
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return empty, err
+}

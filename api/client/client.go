@@ -364,6 +364,9 @@ func (c *Client) Cluster() mbv1.ClusterServiceClient { return mbv1.NewClusterSer
 // Admin returns the AdminService client (key rewrap).
 func (c *Client) Admin() mbv1.AdminServiceClient { return mbv1.NewAdminServiceClient(c) }
 
+// Audit is the AuditService.
+func (c *Client) Audit() mbv1.AuditServiceClient { return mbv1.NewAuditServiceClient(c) }
+
 // WithIdempotencyKey returns a context whose mutations carry key instead of a
 // generated one, e.g. to retry a logical operation across process restarts.
 // Use a fresh key for each logical operation: the server answers a repeated

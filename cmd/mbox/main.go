@@ -155,7 +155,7 @@ MYSTERYBOX_CONSISTENCY), then the selected profile of the config file (see
 
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.AddCommand(a.projectCmd(), a.secretCmd(), a.versionCmd(), a.payloadCmd(), a.runCmd(), a.clusterCmd(),
-		a.benchCmd(),
+		a.benchCmd(), a.snapshotCmd(), a.auditCmd(),
 		a.accountCmd(), a.tokenCmd(), a.accessBindingCmd(), a.adminCmd(), a.configCmd(), a.completionCmd(root))
 	wrapRunE(root)
 	return root

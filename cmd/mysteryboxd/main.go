@@ -178,8 +178,8 @@ func restoreCommand() *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			if idx, _, err := st.AppliedIndex(); err != nil || idx != 0 {
-				return fmt.Errorf("%s already holds data (applied index %d): restore only into an empty data directory", dataDir, idx)
+			if empty, err := st.Empty(); err != nil || !empty {
+				return fmt.Errorf("%s already holds data: restore only into an empty data directory (%v)", dataDir, err)
 			}
 			if err := st.Restore(backup.BodyReader(f, h)); err != nil {
 				return err
