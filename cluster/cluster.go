@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 )
 
 // Errors of the cluster layer.
@@ -98,7 +99,9 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 	n.reads.node = n
 
 	var err error
-	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	// The freelist is rebuilt at open instead of written with every commit:
+	// fewer bytes synced per Raft append, the log's durability unchanged.
+	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open raft log: %w", err)
 	}
@@ -136,6 +139,9 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 	// The FSM keeps its own applied index in Pebble, so a restart replays only
 	// the log after it instead of reloading a whole snapshot.
 	rc.NoSnapshotRestoreOnStart = true
+	// Concurrent proposals become one log append and one FSM batch.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
 	setDuration(&rc.HeartbeatTimeout, cfg.HeartbeatTimeout)
 	setDuration(&rc.ElectionTimeout, cfg.ElectionTimeout)
 	setDuration(&rc.LeaderLeaseTimeout, cfg.LeaderLeaseTimeout)

@@ -74,6 +74,27 @@ type FSM struct {
 	logger  hclog.Logger
 	applied atomic.Uint64 // index of the last entry applied (or skipped)
 	obs     atomic.Pointer[Observer]
+	// identityGen changes whenever tokens, accounts or bindings may have
+	// changed, so that caches of them know to drop their entries.
+	identityGen     atomic.Uint64
+	identityTouched bool // by the batch being applied (FSM goroutine only)
+}
+
+// IdentityGeneration changes (increases) whenever an applied command or a
+// restore may have changed tokens, accounts or access bindings.
+func (f *FSM) IdentityGeneration() uint64 { return f.identityGen.Load() }
+
+// touchesIdentity reports whether a command can change what authentication
+// or authorization reads.
+func touchesIdentity(cmd *fsmpb.Command) bool {
+	switch cmd.GetOp().(type) {
+	case *fsmpb.Command_CreateAccount, *fsmpb.Command_DeleteAccount, *fsmpb.Command_CreateToken,
+		*fsmpb.Command_RevokeToken, *fsmpb.Command_CreateBinding, *fsmpb.Command_DeleteBinding,
+		*fsmpb.Command_BootstrapAdmin, *fsmpb.Command_DeleteProject, *fsmpb.Command_Purge,
+		*fsmpb.Command_CreateSecret, *fsmpb.Command_DeleteSecret, *fsmpb.Command_UndeleteSecret:
+		return true
+	}
+	return false
 }
 
 // Observer is told about applied batches and idempotent replays (metrics).
@@ -152,6 +173,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		panic(fmt.Sprintf("fsm: commit batch ending at index %d: %v", last.Index, err))
 	}
 	f.applied.Store(last.Index)
+	if f.identityTouched {
+		// After the commit: a cache that read the generation before
+		// reading the store can never hold pre-commit state under the
+		// new generation.
+		f.identityTouched = false
+		f.identityGen.Add(1)
+	}
 	f.observer().Applied(len(logs), time.Since(start))
 	return out
 }
@@ -187,6 +215,9 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 			f.observer().IdempotencyReplay()
 			return res
 		}
+	}
+	if touchesIdentity(cmd) {
+		f.identityTouched = true
 	}
 	res := a.dispatch(cmd)
 	if res.Err != nil && !isDomainError(res.Err) {
@@ -321,6 +352,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.applied.Store(idx)
+	f.identityGen.Add(1)
 	f.logger.Info("restored from snapshot", "applied_index", idx)
 	return nil
 }

@@ -222,6 +222,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		PurgeAfter:          cfg.PurgeAfter,
 		MaintenanceInterval: cfg.MaintenanceInterval,
 		PeerCreds:           peerCreds,
+		IdentityGeneration:  n.FSM.IdentityGeneration,
 		Audit:               cfg.Audit,
 		AuditFailOpen:       cfg.AuditFailOpen,
 		AuditRetention:      cfg.AuditRetention,

@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -112,8 +113,19 @@ func (s *Store) dbDir(no int) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%s%06d", dbDirPrefix, no))
 }
 
+// blockCacheBytes is Pebble's block cache. Point lookups dominate (records
+// by id, index entries, idempotency keys), and many look for keys that do
+// not exist, which bloom filters answer without reading a block.
+const blockCacheBytes = 64 << 20
+
 func (s *Store) openDB(no int) (*pebble.DB, error) {
-	opts := &pebble.Options{Logger: pebbleLogger{s.logger.Named("pebble")}}
+	cache := pebble.NewCache(blockCacheBytes)
+	defer cache.Unref()
+	opts := &pebble.Options{Logger: pebbleLogger{s.logger.Named("pebble")}, Cache: cache, Levels: make([]pebble.LevelOptions, 7)}
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		opts.Levels[i].FilterType = pebble.TableFilter
+	}
 	db, err := pebble.Open(s.dbDir(no), opts)
 	if err != nil {
 		return nil, fmt.Errorf("store: open pebble: %w", err)

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/fsm"
@@ -156,37 +158,104 @@ func (c *caller) has(p perm, chain []string) bool {
 	return false
 }
 
-// authenticate resolves the call's token against a view of the state.
-func (s *Server) authenticate(ctx context.Context, v *store.View) (*caller, error) {
+// authCache remembers resolved tokens between calls. An entry is valid
+// only while the FSM's identity generation is the one it was filled at:
+// any applied change to tokens, accounts or bindings (or a restore)
+// invalidates every entry, so the cache never answers differently from
+// the store.
+type authCache struct {
+	mu      sync.Mutex
+	entries map[string]*authEntry
+}
+
+type authEntry struct {
+	gen        uint64
+	secretHash []byte
+	expires    *timestamppb.Timestamp
+	caller     *caller
+}
+
+const maxAuthCache = 10000
+
+func (a *authCache) get(tokenID string, gen uint64) *authEntry {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e := a.entries[tokenID]; e != nil && e.gen == gen {
+		return e
+	}
+	return nil
+}
+
+func (a *authCache) put(tokenID string, e *authEntry) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.entries == nil || len(a.entries) >= maxAuthCache {
+		a.entries = map[string]*authEntry{}
+	}
+	a.entries[tokenID] = e
+}
+
+// authenticate resolves the call's token. The caller has already taken
+// the view it serves the call from (after the read barrier when
+// linearizable); a cache entry at the current identity generation is as
+// new as that view, and a miss is resolved from a view taken after
+// reading the generation.
+func (s *Server) authenticate(ctx context.Context, _ *store.View) (*caller, error) {
 	b, ok := ctx.Value(bearerKey{}).(*bearer)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token")
 	}
-	rec, err := v.Token(b.tokenID)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, status.Errorf(codes.Unauthenticated, "unknown or revoked token %s", b.tokenID)
+	gen := s.identityGen()
+	e := s.auth.get(b.tokenID, gen)
+	if e == nil {
+		var err error
+		if e, err = s.resolveToken(b.tokenID, gen); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
+	if e.caller == nil {
+		return nil, status.Errorf(codes.Unauthenticated, "unknown or revoked token %s", b.tokenID)
 	}
 	sum := sha256.Sum256([]byte(b.secret))
-	if subtle.ConstantTimeCompare(sum[:], rec.GetSecretHash()) != 1 {
+	if subtle.ConstantTimeCompare(sum[:], e.secretHash) != 1 {
 		return nil, status.Errorf(codes.Unauthenticated, "unknown or revoked token %s", b.tokenID)
 	}
-	if exp := rec.GetToken().GetSpec().GetExpiresAt(); exp != nil && !time.Now().Before(exp.AsTime()) {
-		return nil, status.Errorf(codes.Unauthenticated, "token %s expired at %s", b.tokenID, exp.AsTime().UTC().Format(time.RFC3339))
+	if e.expires != nil && !time.Now().Before(e.expires.AsTime()) {
+		return nil, status.Errorf(codes.Unauthenticated, "token %s expired at %s", b.tokenID, e.expires.AsTime().UTC().Format(time.RFC3339))
 	}
-	accountID := rec.GetToken().GetMetadata().GetParentId()
-	bindings, err := v.BindingsOfAccount(accountID)
+	return e.caller, nil
+}
+
+// resolveToken reads a token, its account's bindings, and caches them
+// (also a miss, as an entry without caller) at generation gen.
+func (s *Server) resolveToken(tokenID string, gen uint64) (*authEntry, error) {
+	e := &authEntry{gen: gen}
+	err := s.store.Read(func(v *store.View) error {
+		rec, err := v.Token(tokenID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		accountID := rec.GetToken().GetMetadata().GetParentId()
+		bindings, err := v.BindingsOfAccount(accountID)
+		if err != nil {
+			return err
+		}
+		c := &caller{accountID: accountID, roles: map[string][]string{}}
+		for _, ab := range bindings {
+			res := ab.GetSpec().GetResourceId()
+			c.roles[res] = append(c.roles[res], ab.GetSpec().GetRole())
+		}
+		e.secretHash, e.expires, e.caller = rec.GetSecretHash(), rec.GetToken().GetSpec().GetExpiresAt(), c
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	c := &caller{accountID: accountID, roles: map[string][]string{}}
-	for _, ab := range bindings {
-		res := ab.GetSpec().GetResourceId()
-		c.roles[res] = append(c.roles[res], ab.GetSpec().GetRole())
-	}
-	return c, nil
+	s.auth.put(tokenID, e)
+	return e, nil
 }
 
 // access is what an endpoint requires: a permission on a resource, whose

@@ -68,6 +68,9 @@ type Config struct {
 	// PeerCreds are the transport credentials for calls to other nodes
 	// (forwarding, status); nil means plaintext.
 	PeerCreds credentials.TransportCredentials
+	// IdentityGeneration is the FSM's identity generation (see
+	// fsm.FSM.IdentityGeneration); nil disables the authentication cache.
+	IdentityGeneration func() uint64
 	// Audit records every call that reads a payload or changes state.
 	Audit bool
 	// AuditFailOpen serves a payload read even when its audit record could
@@ -92,6 +95,7 @@ type Server struct {
 	dir    Directory // nil without gossip
 	obs    Observer  // nil without metrics
 	audit  *auditor  // nil without audit
+	auth   authCache
 }
 
 // Directory is what gossip tells about every node of every region.
@@ -104,6 +108,15 @@ type Observer interface{ Forwarded(method string) }
 
 // SetObserver installs o before serving.
 func (s *Server) SetObserver(o Observer) { s.obs = o }
+
+// identityGen returns the current identity generation; without a source
+// every call gets a fresh one, which disables the cache.
+func (s *Server) identityGen() uint64 {
+	if s.cfg.IdentityGeneration != nil {
+		return s.cfg.IdentityGeneration()
+	}
+	return uint64(time.Now().UnixNano())
+}
 
 // peerCreds returns the credentials for dialing other nodes.
 func (s *Server) peerCreds() credentials.TransportCredentials {

@@ -87,6 +87,13 @@ func TestAuditRetentionPrunesAndRecordsIt(t *testing.T) {
 	c := New(t, Options{Nodes: 1, AuditRetention: 500 * time.Millisecond})
 	n := c.WaitLeader()
 	setup(t, c, n)
+	// Mutations are audited right after they apply, asynchronously.
+	Eventually(t, 10*time.Second, "the setup's audit records", func() error {
+		if len(auditRecords(t, n)) < 2 {
+			return fmt.Errorf("no records yet")
+		}
+		return nil
+	})
 	first := auditRecords(t, n)[0].GetSeq()
 	Eventually(t, 15*time.Second, "old records to be pruned, and the pruning recorded", func() error {
 		recs := auditRecords(t, n)
