@@ -46,7 +46,12 @@ func freeBase(t *testing.T) int {
 
 // TestClusterScript runs scripts/cluster.sh with two regions of one node
 // each and checks that each region's directory lists both.
-func TestClusterScript(t *testing.T) {
+func TestClusterScript(t *testing.T) { clusterScript(t, false) }
+
+// TestClusterScriptTLS is the same deployment over TLS and mutual TLS.
+func TestClusterScriptTLS(t *testing.T) { clusterScript(t, true) }
+
+func clusterScript(t *testing.T, withTLS bool) {
 	if serverBuildErr != nil {
 		t.Fatal(serverBuildErr)
 	}
@@ -66,7 +71,11 @@ func TestClusterScript(t *testing.T) {
 		}
 		return string(out)
 	}
-	script("up", "--regions", "eu-north1,us-central1", "--nodes", "1", "--base-port", fmt.Sprint(base))
+	up := []string{"up", "--regions", "eu-north1,us-central1", "--nodes", "1", "--base-port", fmt.Sprint(base)}
+	if withTLS {
+		up = append(up, "--tls")
+	}
+	script(up...)
 	t.Cleanup(func() { script("down") })
 	for _, region := range []string{"eu-north1", "us-central1"} {
 		var env []string
@@ -77,6 +86,9 @@ func TestClusterScript(t *testing.T) {
 			}
 			eps, _ := os.ReadFile(filepath.Join(dir, region+"-n1", "grpc"))
 			env = []string{"MYSTERYBOX_ENDPOINTS=" + strings.TrimSpace(string(eps)), "MYSTERYBOX_TOKEN=" + strings.TrimSpace(string(tok))}
+			if withTLS {
+				env = append(env, "MYSTERYBOX_CA_FILE="+filepath.Join(dir, "tls-"+region, "ca.pem"))
+			}
 			return true
 		})
 		waitFor(t, 30*time.Second, region+" to list both regions with their leaders", func() bool {
@@ -84,6 +96,15 @@ func TestClusterScript(t *testing.T) {
 			return r.code == 0 && strings.Count(r.stdout, `"leader_id"`) == 2 &&
 				strings.Contains(r.stdout, "eu-north1") && strings.Contains(r.stdout, "us-central1")
 		})
+	}
+	if withTLS {
+		// The TLS port refuses plaintext.
+		eps, _ := os.ReadFile(filepath.Join(dir, "eu-north1-n1", "grpc"))
+		tok, _ := os.ReadFile(filepath.Join(dir, "eu-north1.admin.token"))
+		r := execMbox(t, []string{"MYSTERYBOX_ENDPOINTS=" + strings.TrimSpace(string(eps)), "MYSTERYBOX_TOKEN=" + strings.TrimSpace(string(tok))}, nil, "--timeout", "3s", "cluster", "status")
+		if r.code == 0 {
+			t.Fatalf("plaintext call to a TLS node succeeded: %v", r)
+		}
 	}
 	if st := script("status"); strings.Count(st, "running") != 2 {
 		t.Fatalf("status: %s", st)
