@@ -524,8 +524,22 @@ func (c *Client) attempt(ctx context.Context, addr, method string, args, reply a
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 		defer cancel()
 	}
-	return toStatus(cc.Invoke(ctx, method, args, reply, opts...))
+	var header, trailer metadata.MD
+	err = cc.Invoke(ctx, method, args, reply, append(opts, grpc.Header(&header), grpc.Trailer(&trailer))...)
+	for _, md := range []metadata.MD{header, trailer} {
+		if v := md.Get(HeaderLeader); len(v) > 0 && v[0] != "" {
+			c.learnLeader(v[0])
+			break
+		}
+	}
+	return toStatus(err)
 }
+
+// HeaderLeader is the response metadata in which every node names the
+// leader's gRPC address, so any client (whatever its token may read) sends
+// writes and linearizable reads straight there.
+const HeaderLeader = "x-mysterybox-leader"
+
 
 // succeeded makes addr sticky and, when the leader is wanted but unknown,
 // asks discovery to find it.

@@ -107,7 +107,47 @@ func (s *Server) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		s.logRefusal(info.FullMethod, "", err)
 		return nil, err
 	}
+	s.hintLeader(ctx)
 	return handler(context.WithValue(ctx, bearerKey{}, b), req)
+}
+
+// mdLeader tells clients where the leader is, so they can send writes and
+// linearizable reads there directly (any token may learn it; Status and
+// Members need a region admin).
+const mdLeader = "x-mysterybox-leader"
+
+// hintLeader attaches the leader's gRPC address, when known, to the
+// response headers and trailers (trailers reach the client on errors too).
+func (s *Server) hintLeader(ctx context.Context) {
+	addr := s.leaderGRPCAddr()
+	if addr == "" {
+		return
+	}
+	md := metadata.Pairs(mdLeader, addr)
+	_ = grpc.SetHeader(ctx, md)
+	_ = grpc.SetTrailer(ctx, md)
+}
+
+// leaderGRPCAddr returns the leader's gRPC address without waiting, from
+// a small cache refreshed when the leader changes.
+func (s *Server) leaderGRPCAddr() string {
+	id, _ := s.raft.Leader()
+	if id == "" {
+		return ""
+	}
+	if c := s.leaderHint.Load(); c != nil && c[0] == id {
+		return c[1]
+	}
+	addr := ""
+	if id == s.cfg.NodeID {
+		addr = s.cfg.GRPCAddress
+	} else if a, err := s.fwd.lookupLeaderAddr(id); err == nil {
+		addr = a
+	}
+	if addr != "" {
+		s.leaderHint.Store(&[2]string{id, addr})
+	}
+	return addr
 }
 
 // StreamInterceptor applies the same region rule to streaming calls.

@@ -93,8 +93,13 @@ func (f *forwarder) leaderAddress(ctx context.Context) (string, error) {
 	if leaderID == f.s.cfg.NodeID {
 		return "", status.Error(codes.Unavailable, "this node is becoming leader; retry")
 	}
-	// Gossip metadata first: it follows a node that moved; the replicated
-	// registry covers nodes without gossip.
+	return f.lookupLeaderAddr(leaderID)
+}
+
+// lookupLeaderAddr finds a node's gRPC address: gossip metadata first (it
+// follows a node that moved), then the replicated registry (which covers
+// nodes without gossip).
+func (f *forwarder) lookupLeaderAddr(leaderID string) (string, error) {
 	if f.s.dir != nil {
 		for _, m := range f.s.dir.Members() {
 			if m.Meta.Region == f.s.cfg.Region && m.Meta.NodeID == leaderID && m.Meta.GRPCAddr != "" && m.Health != cluster.HealthDead && m.Health != cluster.HealthLeft {

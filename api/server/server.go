@@ -96,6 +96,8 @@ type Server struct {
 	obs    Observer  // nil without metrics
 	audit  *auditor  // nil without audit
 	auth   authCache
+	// leaderHint caches {leader id, its gRPC address}.
+	leaderHint atomic.Pointer[[2]string]
 }
 
 // Directory is what gossip tells about every node of every region.
