@@ -244,7 +244,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		}
 	}
 	unary := []grpc.UnaryServerInterceptor{n.API.UnaryInterceptor, n.API.AuditInterceptor}
-	streams := []grpc.StreamServerInterceptor{n.API.StreamInterceptor}
+	streams := []grpc.StreamServerInterceptor{n.API.StreamInterceptor, n.API.AuditStreamInterceptor}
 	if cfg.MetricsAddr != "" {
 		if err := n.startMetrics(); err != nil {
 			return nil, err

@@ -216,6 +216,28 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	return resp, err
 }
 
+// AuditStreamInterceptor records audited streaming calls (Restore) like
+// AuditInterceptor does unary ones; they are never payload reads.
+func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.audit == nil || !audited(info.FullMethod) {
+		return handler(srv, ss)
+	}
+	ci := &callInfo{}
+	ctx := context.WithValue(ss.Context(), callInfoKey{}, ci)
+	err := handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
+	ci.mu.Lock()
+	forwarded, account := ci.forwarded, ci.accountID
+	ci.mu.Unlock()
+	if forwarded || !s.raft.AcceptsWrites() {
+		return err
+	}
+	_ = s.audit.add(ctx, &pb.AuditRecord{
+		Time: timestamppb.Now(), AccountId: account, Method: info.FullMethod, Code: codeName(status.Code(err)),
+		NodeId: s.cfg.NodeID, RequestId: requestID(ctx), ResourceIds: []string{s.cfg.Region},
+	}, false)
+	return err
+}
+
 // codeName is a status code in the SPEC's upper snake case.
 func codeName(c codes.Code) string {
 	var b strings.Builder

@@ -252,6 +252,7 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 }
 
 func (s *Server) proxyRestore(ctx context.Context, first *pb.RestoreChunk, stream pb.ClusterService_RestoreServer) error {
+	noteForwarded(ctx)
 	conn, fctx, err := s.leaderConn(ctx)
 	if err != nil {
 		return err
