@@ -267,9 +267,10 @@ func (s *Store) ResetAppliedIndex() error {
 	return s.Sync()
 }
 
-// ContentHash is Hash without the applied index and the node registry:
-// equal for two stores with the same data at different Raft positions and
-// on different nodes (a backup and the region it was restored into).
+// ContentHash is Hash without the applied index, the node registry and
+// the audit log: equal for two stores with the same data at different Raft
+// positions, on different nodes, with different access histories (a backup
+// and the region it was restored into, whose restore was itself audited).
 func (s *Store) ContentHash() (string, error) { return s.hash(false) }
 
 // Hash returns the SHA-256 of every key and value in the store, for
@@ -281,7 +282,8 @@ func (s *Store) hash(withApplied bool) (string, error) {
 	var lenBuf [8]byte
 	err := s.Read(func(v *View) error {
 		return v.ForEach(func(k, val []byte) error {
-			if !withApplied && (string(k) == keyApplied || bytes.HasPrefix(k, []byte(prefixNode))) {
+			if !withApplied && (string(k) == keyApplied || string(k) == keyAuditHead ||
+				bytes.HasPrefix(k, []byte(prefixNode)) || bytes.HasPrefix(k, []byte(prefixAudit))) {
 				return nil
 			}
 			binary.BigEndian.PutUint64(lenBuf[:], uint64(len(k)))
