@@ -78,11 +78,13 @@ type Cluster struct {
 
 // Node is one member; N is nil while it is stopped.
 type Node struct {
-	ID   string
-	Dir  string
-	Cfg  node.Config
-	N    *node.Node
-	conn *grpc.ClientConn
+	// started: the node ran at least once (its addresses are in Raft).
+	started bool
+	ID      string
+	Dir     string
+	Cfg     node.Config
+	N       *node.Node
+	conn    *grpc.ClientConn
 }
 
 // New starts a region: the first node bootstraps, the others join through it.
@@ -271,10 +273,6 @@ func (c *Cluster) newNode() *Node {
 		cfg.BootstrapExpect = c.opts.BootstrapExpect
 		cfg.DeadNodeReapAfter = c.opts.DeadNodeReapAfter
 		cfg.AdminTokenFile = filepath.Join(dir, "admin.token")
-		cfg.GossipSeeds = append([]string(nil), c.opts.Seeds...)
-		if len(c.Nodes) > 0 {
-			cfg.GossipSeeds = append(cfg.GossipSeeds, c.Nodes[0].Cfg.GossipAddr)
-		}
 	case len(c.Nodes) == 0:
 		cfg.Bootstrap = true
 		cfg.AdminTokenFile = filepath.Join(dir, "admin.token")
@@ -293,7 +291,23 @@ func (c *Cluster) newNode() *Node {
 
 func (c *Cluster) start(n *Node) {
 	c.t.Helper()
-	if err := c.TryStart(n); err != nil {
+	for attempt := 0; ; attempt++ {
+		err := c.TryStart(n)
+		if err == nil {
+			return
+		}
+		// A port reserved by freeAddr can be taken by another process
+		// before the node binds it. A node that never ran can move.
+		if !n.started && attempt < 5 && strings.Contains(err.Error(), "address already in use") {
+			n.Cfg.GRPCAddr, n.Cfg.RaftAddr = freeAddr(c.t), freeAddr(c.t)
+			if n.Cfg.GossipAddr != "" {
+				n.Cfg.GossipAddr = freeAddr(c.t)
+			}
+			if n.Cfg.MetricsAddr != "" {
+				n.Cfg.MetricsAddr = "127.0.0.1:0"
+			}
+			continue
+		}
 		c.t.Fatalf("start %s: %v", n.ID, err)
 	}
 }
@@ -301,6 +315,13 @@ func (c *Cluster) start(n *Node) {
 // TryStart starts a stopped node with its current Cfg and returns the error
 // instead of failing the test.
 func (c *Cluster) TryStart(n *Node) error {
+	if c.opts.Gossip && !n.started {
+		// Seeds are read now: the first node may have moved ports.
+		n.Cfg.GossipSeeds = append([]string(nil), c.opts.Seeds...)
+		if first := c.Nodes[0]; first != n {
+			n.Cfg.GossipSeeds = append(n.Cfg.GossipSeeds, first.Cfg.GossipAddr)
+		}
+	}
 	var out io.Writer = testWriter{c.t}
 	if c.opts.LogSink != nil {
 		out = io.MultiWriter(out, c.opts.LogSink)
@@ -311,6 +332,7 @@ func (c *Cluster) TryStart(n *Node) error {
 		return err
 	}
 	n.N = nn
+	n.started = true
 	return nil
 }
 
