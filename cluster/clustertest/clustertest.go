@@ -73,6 +73,7 @@ type Cluster struct {
 	// CA issues the nodes' certificates with Options.TLS; CAFile holds it.
 	CA     *tlsutil.CA
 	CAFile string
+	base   string // every node's data lives below
 	nextID int
 }
 
@@ -135,7 +136,9 @@ func Prepare(t testing.TB, opts Options) *Cluster {
 	if opts.Gossip && opts.BootstrapExpect == 0 {
 		opts.BootstrapExpect = opts.Nodes
 	}
-	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr}
+	// The temporary directory is made before Close is registered: cleanups
+	// run last-in first-out, so the nodes stop before their data goes.
+	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr, base: t.TempDir()}
 	t.Cleanup(c.Close)
 	if opts.TLS {
 		ca, err := tlsutil.NewCA("test CA", time.Hour)
@@ -146,7 +149,7 @@ func Prepare(t testing.TB, opts Options) *Cluster {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.CA, c.CAFile = ca, filepath.Join(t.TempDir(), "ca.pem")
+		c.CA, c.CAFile = ca, filepath.Join(c.base, "ca.pem")
 		if err := os.WriteFile(c.CAFile, certPEM, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -238,7 +241,7 @@ func (c *Cluster) newNode() *Node {
 	c.t.Helper()
 	c.nextID++
 	id := fmt.Sprintf("node%d", c.nextID)
-	dir := filepath.Join(c.t.TempDir(), id)
+	dir := filepath.Join(c.base, id)
 	cfg := node.Config{
 		Region:              c.Region,
 		NodeID:              id,
