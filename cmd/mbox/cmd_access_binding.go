@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"slices"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -118,22 +120,9 @@ func (a *app) bindingListCmd() *cobra.Command {
 }
 
 func (a *app) bindingGetCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show an access binding",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			b, err := cl.Identity().GetAccessBinding(cmd.Context(), &mbv1.GetAccessBindingRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.emit(b, bindingText(b))
-		},
-	}
+	return getCmd(a, "Show an access binding", func(ctx context.Context, cl *client.Client, id string) (*mbv1.AccessBinding, error) {
+		return cl.Identity().GetAccessBinding(ctx, &mbv1.GetAccessBindingRequest{Id: id})
+	}, bindingText)
 }
 
 func (a *app) bindingDeleteCmd() *cobra.Command {

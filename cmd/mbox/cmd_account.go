@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -106,22 +108,9 @@ func (a *app) accountListCmd() *cobra.Command {
 }
 
 func (a *app) accountGetCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show an account",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			acc, err := cl.Identity().GetAccount(cmd.Context(), &mbv1.GetAccountRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.emit(acc, accountText(acc))
-		},
-	}
+	return getCmd(a, "Show an account", func(ctx context.Context, cl *client.Client, id string) (*mbv1.Account, error) {
+		return cl.Identity().GetAccount(ctx, &mbv1.GetAccountRequest{Id: id})
+	}, accountText)
 }
 
 func (a *app) accountDeleteCmd() *cobra.Command {

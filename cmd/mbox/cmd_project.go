@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -88,22 +90,9 @@ func (a *app) projectListCmd() *cobra.Command {
 }
 
 func (a *app) projectGetCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show a project",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			p, err := cl.Identity().GetProject(cmd.Context(), &mbv1.GetProjectRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.emit(p, projectText(p))
-		},
-	}
+	return getCmd(a, "Show a project", func(ctx context.Context, cl *client.Client, id string) (*mbv1.Project, error) {
+		return cl.Identity().GetProject(ctx, &mbv1.GetProjectRequest{Id: id})
+	}, projectText)
 }
 
 func (a *app) projectDeleteCmd() *cobra.Command {

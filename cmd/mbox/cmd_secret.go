@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
+
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -69,22 +72,9 @@ its first version with those entries. Payload values are never printed.`,
 
 func (a *app) secretGetCmd() *cobra.Command {
 	var showDeleted bool
-	cmd := &cobra.Command{
-		Use:   "get ID",
-		Short: "Show a secret",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			s, err := cl.Secrets().Get(cmd.Context(), &mbv1.GetSecretRequest{Id: args[0], ShowScheduledForDeletion: showDeleted})
-			if err != nil {
-				return err
-			}
-			return a.emit(s, secretText(s))
-		},
-	}
+	cmd := getCmd(a, "Show a secret", func(ctx context.Context, cl *client.Client, id string) (*mbv1.Secret, error) {
+		return cl.Secrets().Get(ctx, &mbv1.GetSecretRequest{Id: id, ShowScheduledForDeletion: showDeleted})
+	}, secretText)
 	cmd.Flags().BoolVar(&showDeleted, "show-deleted", false, "also find a secret scheduled for deletion")
 	return cmd
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -155,22 +157,9 @@ func (a *app) tokenListCmd() *cobra.Command {
 }
 
 func (a *app) tokenGetCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "get ID",
-		Short: "Show a token's metadata",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			tok, err := cl.Identity().GetToken(cmd.Context(), &mbv1.GetTokenRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.emit(tok, tokenText(tok))
-		},
-	}
+	return getCmd(a, "Show a token's metadata", func(ctx context.Context, cl *client.Client, id string) (*mbv1.Token, error) {
+		return cl.Identity().GetToken(ctx, &mbv1.GetTokenRequest{Id: id})
+	}, tokenText)
 }
 
 func (a *app) tokenRevokeCmd() *cobra.Command {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
+
 	"github.com/spf13/cobra"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
 
@@ -61,22 +64,9 @@ Payload values are never printed.`,
 
 func (a *app) versionGetCmd() *cobra.Command {
 	var showDeleted bool
-	cmd := &cobra.Command{
-		Use:   "get ID",
-		Short: "Show a version (never its payload)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			v, err := cl.Versions().Get(cmd.Context(), &mbv1.GetSecretVersionRequest{Id: args[0], ShowScheduledForDeletion: showDeleted})
-			if err != nil {
-				return err
-			}
-			return a.emit(v, versionText(v))
-		},
-	}
+	cmd := getCmd(a, "Show a version (never its payload)", func(ctx context.Context, cl *client.Client, id string) (*mbv1.SecretVersion, error) {
+		return cl.Versions().Get(ctx, &mbv1.GetSecretVersionRequest{Id: id, ShowScheduledForDeletion: showDeleted})
+	}, versionText)
 	cmd.Flags().BoolVar(&showDeleted, "show-deleted", false, "also find a version scheduled for deletion")
 	return cmd
 }
