@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -194,6 +196,10 @@ func (n *Node) reconcile(ctx context.Context) {
 				continue
 			}
 		}
+		if err := n.checkPeerCertificate(m.Meta.RaftAddr); err != nil {
+			n.logger.Warn("not adding a discovered node: its Raft port does not present a valid certificate of this region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr, "error", err)
+			continue
+		}
 		if err := n.Raft.AddVoter(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("adding a discovered node failed", "node_id", m.Meta.NodeID, "error", err)
 			continue
@@ -234,4 +240,22 @@ func (n *Node) reconcile(ctx context.Context) {
 		n.logger.Info("reaped a dead node", "node_id", m.Meta.NodeID, "dead_for", time.Since(m.Since).Round(time.Second))
 		voters = remaining
 	}
+}
+
+// checkPeerCertificate: with mutual TLS, a node enters Raft only if its Raft
+// port proves a certificate of the cluster CA naming this region. Being in
+// gossip (having the gossip key) is not enough: an unreachable voter would
+// weaken the quorum.
+func (n *Node) checkPeerCertificate(raftAddr string) error {
+	cfg := n.peerClientTLS()
+	if cfg == nil {
+		return nil
+	}
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", raftAddr, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	return conn.Handshake()
 }

@@ -150,3 +150,25 @@ func TestCertificateReload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGossipJoinNeedsAValidCertificate: with mutual TLS, knowing the gossip
+// key is not enough to be added to Raft.
+func TestGossipJoinNeedsAValidCertificate(t *testing.T) {
+	c := New(t, Options{Nodes: 3, TLS: true, Gossip: true})
+	otherCA, err := tlsutil.NewCA("rogue CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogue := c.newNode()
+	caFile := filepath.Join(t.TempDir(), "rogue-ca.pem")
+	pemCA, _, _ := otherCA.PEM()
+	os.WriteFile(caFile, pemCA, 0o600)
+	rogue.Cfg.TLS = WriteNodeCert(t, otherCA, caFile, rogue.ID, c.Region, rogue.Dir, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	rogue.Cfg.BootstrapExpect = 0
+	c.start(rogue)
+	notJoined(t, c, rogue.ID)
+	// A node with a good certificate is added as usual.
+	good := c.AddNode()
+	c.WaitMembers(4)
+	_ = good
+}
