@@ -173,7 +173,9 @@ func (v *View) Bootstrapped() (bool, error) {
 
 // SetBootstrapped marks the region's first admin as created and records
 // the cluster id.
-func (b *Batch) SetBootstrapped(clusterID string) error { return b.set(keyBootstrapped, []byte(clusterID)) }
+func (b *Batch) SetBootstrapped(clusterID string) error {
+	return b.set(keyBootstrapped, []byte(clusterID))
+}
 
 // ClusterID returns the id recorded when the region was bootstrapped.
 func (v *View) ClusterID() (string, error) {

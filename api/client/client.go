@@ -540,7 +540,6 @@ func (c *Client) attempt(ctx context.Context, addr, method string, args, reply a
 // writes and linearizable reads straight there.
 const HeaderLeader = "x-mysterybox-leader"
 
-
 // succeeded makes addr sticky and, when the leader is wanted but unknown,
 // asks discovery to find it.
 func (c *Client) succeeded(addr string, preferLeader bool) {
