@@ -172,7 +172,7 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 			logger.Info("bootstrapped a new cluster", "node_id", cfg.NodeID)
 		}
 	}
-	n.raft, err = raft.NewRaft(rc, fsm, n.logStore, n.logStore, n.snapshots, n.transport)
+	n.raft, err = raft.NewRaft(rc, fsm, n.logStore, n.logStore, n.snapshots, noPipelineTransport{n.transport})
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
@@ -511,4 +511,18 @@ func (n *Node) RestoreBackup(index, term uint64, size int64, r io.Reader, timeou
 	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Term: term, Size: size}
 	return n.raft.Restore(meta, r, timeout)
+}
+
+// noPipelineTransport turns off hashicorp/raft's pipelined replication.
+// In raft v1.7.2 a pipeline whose response consumer has stopped (a follower
+// that errored, e.g. after a partition heals) blocks pipelineSend forever:
+// the follower stops receiving entries and Shutdown hangs (found by the
+// chaos campaign: `make chaos NODES=5`, a drain that never finished). Plain
+// AppendEntries with large batches (MaxAppendEntries) keep throughput.
+type noPipelineTransport struct {
+	*raft.NetworkTransport
+}
+
+func (noPipelineTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
 }
