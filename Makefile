@@ -39,6 +39,16 @@ proto:
 proto-check: proto
 	@git diff --exit-code -- api/mysteryboxv1 fsm/fsmpb || { echo "generated code is stale: run make proto"; exit 1; }
 
+# A chaos campaign against real processes (root: network namespaces; else
+# loopback proxies), checked for linearizability, lost writes, replica
+# divergence, plaintext at rest and crashes. See docs/reliability.md.
+# make chaos DURATION=30m NODES=5 SEED=123 FAULTS=all
+DURATION ?= 5m
+NODES    ?= 3
+.PHONY: chaos
+chaos: build
+	./scripts/chaos/run.sh --duration $(DURATION) --nodes $(NODES) $(if $(SEED),--seed $(SEED)) $(if $(FAULTS),--faults $(FAULTS))
+
 clean:
 	rm -rf $(BIN)
 

@@ -1,0 +1,122 @@
+package chaos
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mysterybox/mysterybox/chaos/harness"
+	"github.com/mysterybox/mysterybox/chaos/nemesis"
+)
+
+// buildServer builds mysteryboxd into dir; the chaos tests skip when it
+// does not build (another package is mid-change), and only then.
+func buildServer(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "mysteryboxd")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/mysterybox/mysterybox/cmd/mysteryboxd").CombinedOutput()
+	if err != nil {
+		t.Skipf("mysteryboxd does not build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runDir is kept when the test fails (for its history, schedule, logs and
+// visualisation) and removed otherwise.
+func runDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mbchaos-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("run folder kept: %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// TestChaosShort is the short, non-root chaos campaign of `make test`: a
+// 3-node region on loopback behind the fault-injecting proxies, a workload
+// of concurrent clients, and a nemesis killing nodes (the leader among
+// them), pausing the leader, cutting it off, cutting links one way and
+// slowing the network, for about 25 s (MBX_CHAOS_SHORT=<duration> to
+// change it); then every check must pass.
+func TestChaosShort(t *testing.T) {
+	bin := buildServer(t, t.TempDir())
+	d := 25 * time.Second
+	if v := os.Getenv("MBX_CHAOS_SHORT"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seed := uint64(time.Now().UnixNano() & (1<<53 - 1))
+	if v := os.Getenv("MBX_CHAOS_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{
+		Dir: runDir(t), Bin: bin, Net: "loopback", Formation: harness.Manual, Nodes: 3,
+		Duration: d, Seed: seed,
+		Faults:  []string{nemesis.Kill, nemesis.KillLeader, nemesis.PauseLeader, nemesis.PartitionLeader, nemesis.PartitionOneway, nemesis.SlowNet, nemesis.Mixed},
+		HoldMin: 2 * time.Second, HoldMax: 4 * time.Second, GapMin: time.Second, GapMax: 2 * time.Second,
+		Workers: 6, ActiveSecrets: 3, OpsPerSecret: 40, Think: 40 * time.Millisecond,
+		CheckTimeout: 30 * time.Second,
+		Log:          testWriter{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(res.Line())
+	if failures := unknownFailures(t, res); len(failures) > 0 {
+		t.Errorf("chaos seed=%d failed:\n  %s\n%s", res.Seed, strings.Join(failures, "\n  "), res.Table())
+	}
+	if res.FaultsTotal == 0 || res.Lost.AckedCreates == 0 {
+		t.Errorf("the campaign did nothing: %s", res.Line())
+	}
+}
+
+// knownBugs are product bugs the campaigns found that are not fixed yet,
+// by a substring of the failure they cause (docs/reliability.md). The
+// short test reports them without failing, so that `make test` stays
+// green while the fix is pending; MBX_CHAOS_REGRESSIONS=1 makes them fail.
+// Remove an entry with its fix.
+var knownBugs = []struct{ signature, bug string }{
+	{"did not exit within", "a node hangs on SIGTERM: hashicorp/raft pipeline replication deadlock (cluster/cluster.go, NewTCPTransportWithLogger; see docs/reliability.md)"},
+}
+
+// unknownFailures returns the failures of res that are not known bugs,
+// logging the known ones.
+func unknownFailures(t *testing.T, res *Result) []string {
+	var out []string
+next:
+	for _, f := range res.Failures {
+		if os.Getenv("MBX_CHAOS_REGRESSIONS") == "" {
+			for _, k := range knownBugs {
+				if strings.Contains(f, k.signature) {
+					t.Logf("KNOWN PRODUCT BUG (not failing the test): %s\n  %s", k.bug, f)
+					continue next
+				}
+			}
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
