@@ -82,16 +82,20 @@ type Result struct {
 	FaultsTotal int            `json:"faults_total"`
 	FaultErrors []string       `json:"fault_errors,omitempty"`
 
-	Workload      workload.Stats     `json:"workload"`
-	Linearizable  checker.LinResult  `json:"linearizable"`
-	Lost          checker.LostResult `json:"lost_writes"`
-	Unexpected    map[string]int     `json:"unexpected_errors,omitempty"`
-	Replicas      []checker.Replica  `json:"replicas"`
-	ReplicaIssues []string           `json:"replica_issues,omitempty"`
-	Canaries      []checker.Finding  `json:"canaries,omitempty"`
-	Panics        []checker.Finding  `json:"panics,omitempty"`
-	Exits         []harness.Exit     `json:"exits"`
-	StopIssues    []string           `json:"stop_issues,omitempty"`
+	Workload workload.Stats `json:"workload"`
+	// RegionSilence is the longest time no client got any answer
+	// (seconds), and when it ended.
+	RegionSilence   float64            `json:"region_silence_s"`
+	RegionSilenceAt float64            `json:"region_silence_ended_at_s"`
+	Linearizable    checker.LinResult  `json:"linearizable"`
+	Lost            checker.LostResult `json:"lost_writes"`
+	Unexpected      map[string]int     `json:"unexpected_errors,omitempty"`
+	Replicas        []checker.Replica  `json:"replicas"`
+	ReplicaIssues   []string           `json:"replica_issues,omitempty"`
+	Canaries        []checker.Finding  `json:"canaries,omitempty"`
+	Panics          []checker.Finding  `json:"panics,omitempty"`
+	Exits           []harness.Exit     `json:"exits"`
+	StopIssues      []string           `json:"stop_issues,omitempty"`
 
 	// Failures lists every failed check; empty means the run passed.
 	Failures []string `json:"failures"`
@@ -138,7 +142,8 @@ func (r *Result) Table() string {
 	fmt.Fprintf(&b, "| replicas | %s |\n", map[bool]string{true: "identical", false: strings.Join(r.ReplicaIssues, "; ")}[len(r.ReplicaIssues) == 0])
 	fmt.Fprintf(&b, "| canary plaintext found | %d |\n", len(r.Canaries))
 	fmt.Fprintf(&b, "| crashes (unexpected exits, panics) | %d |\n", r.crashes())
-	fmt.Fprintf(&b, "| longest unavailability seen by a client | %.1f s |\n", r.Workload.LongestUnavailable.Seconds())
+	fmt.Fprintf(&b, "| longest unavailability seen by a client (no answer to that client) | %.1f s |\n", r.Workload.LongestUnavailable.Seconds())
+	fmt.Fprintf(&b, "| longest time no client got any answer | %.1f s |\n", r.RegionSilence)
 	return b.String()
 }
 
@@ -241,6 +246,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		Fill: func(ctx context.Context) { wl.Fill(ctx, 8) }, Logf: logf,
 	}, cluster, rec.Start())
 
+	faultStart := time.Since(rec.Start())
 	runCtx, stopRun := context.WithTimeout(ctx, cfg.Duration)
 	defer stopRun()
 	drainCtx, stopDrain := context.WithTimeout(ctx, cfg.Duration+3*time.Minute)
@@ -265,6 +271,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}()
 	<-nemDone
+	faultEnd := time.Since(rec.Start())
 	logf("fault phase over; healing everything")
 	healCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	if err := nem.HealAll(healCtx, 2*time.Minute); err != nil {
@@ -296,6 +303,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	logf("final state: %d secrets, %d versions; checking %d operations", len(final.Secrets), len(final.Versions), len(ops))
 
 	res.Lost.Acked, res.Lost.AckedCreates = checker.CountAcked(ops)
+	gap, at := checker.LongestSilence(ops, int64(faultStart), int64(faultEnd))
+	res.RegionSilence, res.RegionSilenceAt = float64(gap)/1e9, float64(at)/1e9
 	if err == nil {
 		res.Linearizable = checker.CheckLinearizable(ops, final, cfg.CheckTimeout, filepath.Join(cfg.Dir, "linearizability.html"))
 		switch res.Linearizable.Result {

@@ -77,40 +77,12 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log(res.Line())
-	if failures := unknownFailures(t, res); len(failures) > 0 {
-		t.Errorf("chaos seed=%d failed:\n  %s\n%s", res.Seed, strings.Join(failures, "\n  "), res.Table())
+	if !res.OK() {
+		t.Errorf("chaos seed=%d failed:\n  %s\n%s", res.Seed, strings.Join(res.Failures, "\n  "), res.Table())
 	}
 	if res.FaultsTotal == 0 || res.Lost.AckedCreates == 0 {
 		t.Errorf("the campaign did nothing: %s", res.Line())
 	}
-}
-
-// knownBugs are product bugs the campaigns found that are not fixed yet,
-// by a substring of the failure they cause (docs/reliability.md). The
-// short test reports them without failing, so that `make test` stays
-// green while the fix is pending; MBX_CHAOS_REGRESSIONS=1 makes them fail.
-// Remove an entry with its fix.
-var knownBugs = []struct{ signature, bug string }{
-	{"did not exit within", "a node hangs on SIGTERM: hashicorp/raft pipeline replication deadlock (cluster/cluster.go, NewTCPTransportWithLogger; see docs/reliability.md)"},
-}
-
-// unknownFailures returns the failures of res that are not known bugs,
-// logging the known ones.
-func unknownFailures(t *testing.T, res *Result) []string {
-	var out []string
-next:
-	for _, f := range res.Failures {
-		if os.Getenv("MBX_CHAOS_REGRESSIONS") == "" {
-			for _, k := range knownBugs {
-				if strings.Contains(f, k.signature) {
-					t.Logf("KNOWN PRODUCT BUG (not failing the test): %s\n  %s", k.bug, f)
-					continue next
-				}
-			}
-		}
-		out = append(out, f)
-	}
-	return out
 }
 
 type testWriter struct{ t *testing.T }

@@ -185,6 +185,31 @@ type LostResult struct {
 	UnknownAbsent  int `json:"unknown_absent"`
 }
 
+// LongestSilence is the longest time during which no client got a
+// definite answer (success or predicted failure) from the region, among
+// the silences that began between from and to (nanoseconds on the
+// history's clock), and when it ended.
+func LongestSilence(ops []history.Op, from, to int64) (gap, endedAt int64) {
+	var rets []int64
+	for _, op := range ops {
+		if op.Outcome != history.Unknown && op.Worker >= 0 && op.Return >= from {
+			rets = append(rets, op.Return)
+		}
+	}
+	sort.Slice(rets, func(i, j int) bool { return rets[i] < rets[j] })
+	prev := from
+	for _, r := range rets {
+		if prev > to {
+			break
+		}
+		if r-prev > gap {
+			gap, endedAt = r-prev, r
+		}
+		prev = r
+	}
+	return gap, endedAt
+}
+
 // CountAcked counts the acknowledged mutations of ops, and of them the
 // version creations.
 func CountAcked(ops []history.Op) (acked, creates int) {

@@ -147,3 +147,17 @@ func TestCheckReplicas(t *testing.T) {
 		t.Fatal(p)
 	}
 }
+
+func TestLongestSilence(t *testing.T) {
+	ops := []history.Op{
+		{Outcome: history.OK, Return: 10},
+		{Outcome: history.Unknown, Return: 20},
+		{Outcome: history.Fail, Return: 40},
+		{Outcome: history.OK, Return: 45},
+		{Outcome: history.OK, Return: 100}, // after the window, ends a silence that began in it
+		{Outcome: history.OK, Return: 300},
+	}
+	if gap, at := LongestSilence(ops, 0, 50); gap != 55 || at != 100 {
+		t.Fatalf("LongestSilence = %d at %d, want 55 at 100", gap, at)
+	}
+}
