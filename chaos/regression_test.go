@@ -10,16 +10,6 @@ import (
 	"github.com/mysterybox/mysterybox/chaos/nemesis"
 )
 
-// regressions gates tests of product bugs the campaigns found and that are
-// not fixed yet: they fail until the fix lands, so they run only with
-// MBX_CHAOS_REGRESSIONS=1. With the fix, remove the gate (or use long).
-func regressions(t *testing.T) {
-	t.Helper()
-	if os.Getenv("MBX_CHAOS_REGRESSIONS") == "" {
-		t.Skip("known product bug, not fixed yet (docs/reliability.md); MBX_CHAOS_REGRESSIONS=1 runs it")
-	}
-}
-
 // long gates regression campaigns of fixed bugs that take minutes, too
 // long for `make test`: MBX_CHAOS_LONG=1 runs them.
 func long(t *testing.T) {
@@ -44,7 +34,6 @@ func long(t *testing.T) {
 // heartbeats to the dead id reach the replacement, which answers them: the
 // region counts an unconfigured node as the removed voter.
 func TestRegressionRemovedNodeStaysRemoved(t *testing.T) {
-	regressions(t)
 	bin := buildServer(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -50,7 +50,11 @@ func (a *applier) dispatch(cmd *fsmpb.Command) *Result {
 	case *fsmpb.Command_RegisterNode:
 		err = a.b.PutNode(op.RegisterNode.GetNode())
 	case *fsmpb.Command_DeregisterNode:
-		err = a.b.DeleteNode(op.DeregisterNode.GetNodeId())
+		if op.DeregisterNode.GetTombstone() {
+			err = a.b.PutNode(&fsmpb.NodeRecord{NodeId: op.DeregisterNode.GetNodeId(), Removed: true})
+		} else {
+			err = a.b.DeleteNode(op.DeregisterNode.GetNodeId())
+		}
 	case *fsmpb.Command_RewrapVersions:
 		resp, err = a.rewrap(op.RewrapVersions)
 	case *fsmpb.Command_CreateAccount:

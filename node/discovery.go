@@ -184,6 +184,9 @@ func (n *Node) reconcile(ctx context.Context) {
 			continue
 		}
 		s, known := inRaft[m.Meta.NodeID]
+		if !known && n.API.Removed(m.Meta.NodeID) {
+			continue // removed by an operator; only an explicit join brings it back
+		}
 		if known && s.Address == m.Meta.RaftAddr {
 			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr)
 			continue

@@ -251,7 +251,7 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	if err := s.raft.RemoveServer(req.GetNodeId()); err != nil {
 		return nil, toStatus(err)
 	}
-	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId()}}}); err != nil {
+	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId(), Tombstone: true}}}); err != nil {
 		return nil, err
 	}
 	return &pb.RemoveNodeResponse{}, nil

@@ -58,6 +58,19 @@ func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAdd
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
 }
 
+// Removed reports whether an operator removed nodeID (RemoveNode): then
+// discovery must not add it back until it joins explicitly.
+func (s *Server) Removed(nodeID string) bool {
+	removed := false
+	_ = s.store.Read(func(v *store.View) error {
+		if n, err := v.Node(nodeID); err == nil {
+			removed = n.GetRemoved()
+		}
+		return nil
+	})
+	return removed
+}
+
 // Deregister forgets a node removed from the region (leader only).
 func (s *Server) Deregister(ctx context.Context, nodeID string) {
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: nodeID}}})

@@ -1173,8 +1173,11 @@ func (x *RegisterNode) GetNode() *NodeRecord {
 }
 
 type DeregisterNode struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Keep a tombstone: discovery must not add the node back by itself (it
+	// was removed by an operator); an explicit Join clears it.
+	Tombstone     bool `protobuf:"varint,2,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1214,6 +1217,13 @@ func (x *DeregisterNode) GetNodeId() string {
 		return x.NodeId
 	}
 	return ""
+}
+
+func (x *DeregisterNode) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
 }
 
 // RewrapVersions replaces versions' wrapped data keys after a KEK rotation.
@@ -2416,10 +2426,12 @@ func (x *IdempotencyRecord) GetErrorMessage() string {
 }
 
 type NodeRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	RaftAddress   string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
-	GrpcAddress   string                 `protobuf:"bytes,3,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	NodeId      string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
+	GrpcAddress string                 `protobuf:"bytes,3,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	// Removed by an operator: discovery never re-adds it.
+	Removed       bool `protobuf:"varint,4,opt,name=removed,proto3" json:"removed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2473,6 +2485,13 @@ func (x *NodeRecord) GetGrpcAddress() string {
 		return x.GrpcAddress
 	}
 	return ""
+}
+
+func (x *NodeRecord) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
 }
 
 var File_fsm_proto protoreflect.FileDescriptor
@@ -2559,9 +2578,10 @@ const file_fsm_proto_rawDesc = "" +
 	"\x10PruneIdempotency\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\"A\n" +
 	"\fRegisterNode\x121\n" +
-	"\x04node\x18\x01 \x01(\v2\x1d.mysterybox.fsm.v1.NodeRecordR\x04node\")\n" +
+	"\x04node\x18\x01 \x01(\v2\x1d.mysterybox.fsm.v1.NodeRecordR\x04node\"G\n" +
 	"\x0eDeregisterNode\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"A\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1c\n" +
+	"\ttombstone\x18\x02 \x01(\bR\ttombstone\"A\n" +
 	"\x0eRewrapVersions\x12/\n" +
 	"\x05items\x18\x01 \x03(\v2\x19.mysterybox.fsm.v1.RewrapR\x05items\",\n" +
 	"\fRewrapResult\x12\x1c\n" +
@@ -2646,12 +2666,13 @@ const file_fsm_proto_rawDesc = "" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1d\n" +
 	"\n" +
 	"error_kind\x18\x04 \x01(\tR\terrorKind\x12#\n" +
-	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"k\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"\x85\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
-	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddressB2Z0github.com/mysterybox/mysterybox/fsm/fsmpb;fsmpbb\x06proto3"
+	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddress\x12\x18\n" +
+	"\aremoved\x18\x04 \x01(\bR\aremovedB2Z0github.com/mysterybox/mysterybox/fsm/fsmpb;fsmpbb\x06proto3"
 
 var (
 	file_fsm_proto_rawDescOnce sync.Once
