@@ -240,7 +240,7 @@ func (a *authCache) put(tokenID string, e *authEntry) {
 // linearizable); a cache entry at the current identity generation is as
 // new as that view, and a miss is resolved from a view taken after
 // reading the generation.
-func (s *Server) authenticate(ctx context.Context, _ *store.View) (*caller, error) {
+func (s *Server) authenticate(ctx context.Context) (*caller, error) {
 	b, ok := ctx.Value(bearerKey{}).(*bearer)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token")
@@ -309,7 +309,7 @@ type access struct {
 // v. It returns the caller for endpoints that filter by permission.
 func (s *Server) authorize(ctx context.Context, v *store.View, a access) (*caller, error) {
 	method, _ := grpc.Method(ctx)
-	c, err := s.authenticate(ctx, v)
+	c, err := s.authenticate(ctx)
 	if err != nil {
 		if _, ok := status.FromError(err); ok {
 			s.logRefusal(method, "", err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
@@ -98,22 +99,10 @@ func (x *versionService) List(ctx context.Context, req *pb.ListSecretVersionsReq
 	})
 }
 
-func beUint64(s string) uint64 {
-	var n uint64
-	for i := 0; i < 8; i++ {
-		n = n<<8 | uint64(s[i])
-	}
-	return n
-}
+// Page tokens of numbered lists carry the last number, 8 bytes big endian.
+func beUint64(s string) uint64 { return binary.BigEndian.Uint64([]byte(s)) }
 
-func be8(n uint64) string {
-	b := make([]byte, 8)
-	for i := 7; i >= 0; i-- {
-		b[i] = byte(n)
-		n >>= 8
-	}
-	return string(b)
-}
+func be8(n uint64) string { return string(binary.BigEndian.AppendUint64(nil, n)) }
 
 func (x *versionService) Delete(ctx context.Context, req *pb.DeleteSecretVersionRequest) (*pb.SecretVersion, error) {
 	if err := validateID("id", req.GetId()); err != nil {
