@@ -87,6 +87,49 @@ func TestRegressionRemovedNodeStaysRemoved(t *testing.T) {
 	}
 }
 
+// TestRegressionReplacementTakesOverDeadAddress: in a region formed through
+// gossip, a node that died and was wiped and started under a new id at the
+// same addresses — without an operator's RemoveNode — must replace the dead
+// id in Raft.
+//
+// Found with bug 2 (the wipe-rejoin fault): the leader refused the new id
+// every second with "found duplicate address in configuration" for as long
+// as the dead id held its Raft address (until --dead-node-reap-after, 72h by
+// default), and the leader's AppendEntries for the dead id reached the new
+// node at that address. Fixed in node/discovery.go replaceStaleHolder: an
+// alive member whose Raft address a dead (or unknown) id holds makes the
+// leader remove that id first.
+func TestRegressionReplacementTakesOverDeadAddress(t *testing.T) {
+	bin := buildServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := harness.Start(ctx, harness.Config{
+		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Gossip, Network: harness.NewLoopback(), Seed: 2, Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	leader := c.Leader(ctx)
+	victim := 1
+	if victim == leader {
+		victim = 2
+	}
+	oldID := c.Slot(victim).ID
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	newID, err := c.Wipe(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// WaitHealthy wants exactly the current slots as voters: oldID gone,
+	// newID in, every node on one leader and caught up.
+	if err := c.WaitHealthy(ctx, 60*time.Second); err != nil {
+		t.Fatalf("%s replacing %s (killed, not removed) at the same address: %v", newID, oldID, err)
+	}
+}
+
 // TestRegressionShutdownAfterLeaderChanges: every node must drain and exit
 // on SIGTERM within its --shutdown-timeout, also after leadership changed
 // under load.

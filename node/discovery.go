@@ -173,6 +173,12 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 	}
 	members := n.Gossip.Members()
+	health := map[string]string{} // gossip health by node id, this region only
+	for _, m := range members {
+		if m.Meta.Region == n.cfg.Region {
+			health[m.Meta.NodeID] = m.Health
+		}
+	}
 	for _, m := range members {
 		if m.Meta.Region != n.cfg.Region {
 			if s, ok := inRaft[m.Meta.NodeID]; ok && s.Address == m.Meta.RaftAddr {
@@ -202,6 +208,16 @@ func (n *Node) reconcile(ctx context.Context) {
 		if err := n.checkPeerCertificate(m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("not adding a discovered node: its Raft port does not present a valid certificate of this region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr, "error", err)
 			continue
+		}
+		if !known {
+			if stale, ok := n.replaceStaleHolder(ctx, servers, health, m); !ok {
+				continue
+			} else if stale.ID != "" {
+				delete(inRaft, stale.ID)
+				if stale.Voter {
+					voters--
+				}
+			}
 		}
 		if err := n.Raft.AddVoter(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("adding a discovered node failed", "node_id", m.Meta.NodeID, "error", err)
@@ -243,6 +259,39 @@ func (n *Node) reconcile(ctx context.Context) {
 		n.logger.Info("reaped a dead node", "node_id", m.Meta.NodeID, "dead_for", time.Since(m.Since).Round(time.Second))
 		voters = remaining
 	}
+}
+
+// replaceStaleHolder makes room for m, an alive member not in Raft, when
+// another id in the Raft configuration holds m's Raft address: a node
+// wiped and started under a new id where a dead one ran, without an
+// operator's RemoveNode first. Raft refuses two servers at one address, so
+// the old id goes, but only when gossip says it is dead or left, or does
+// not know it at all: the process at that address is then m, and the old
+// id's entry only weakens the quorum (its AppendEntries reach m). While
+// the old id still looks alive (gossip has not noticed the replacement
+// yet) nothing happens and the next round decides. It returns the removed
+// server (zero when none held the address) and whether m may be added.
+func (n *Node) replaceStaleHolder(ctx context.Context, servers []cluster.ServerInfo, health map[string]string, m cluster.GossipMember) (cluster.ServerInfo, bool) {
+	for _, s := range servers {
+		if s.ID == m.Meta.NodeID || s.Address != m.Meta.RaftAddr {
+			continue
+		}
+		if h, ok := health[s.ID]; ok && h != cluster.HealthDead && h != cluster.HealthLeft {
+			n.logger.Warn("not adding a discovered node yet: another member that gossip still sees as "+h+" holds its Raft address", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr, "holder", s.ID)
+			return cluster.ServerInfo{}, false
+		}
+		if s.ID == n.cfg.NodeID {
+			return cluster.ServerInfo{}, false // never remove ourselves for someone else
+		}
+		if err := n.Raft.RemoveServer(s.ID); err != nil {
+			n.logger.Warn("removing a dead node whose Raft address a new node holds failed", "node_id", s.ID, "new_node_id", m.Meta.NodeID, "error", err)
+			return cluster.ServerInfo{}, false
+		}
+		n.API.Deregister(ctx, s.ID)
+		n.logger.Info("removed a dead node: a new node holds its Raft address", "node_id", s.ID, "new_node_id", m.Meta.NodeID, "raft", s.Address)
+		return s, true
+	}
+	return cluster.ServerInfo{}, true
 }
 
 // checkPeerCertificate: with mutual TLS, a node enters Raft only if its Raft
