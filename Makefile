@@ -42,12 +42,13 @@ proto-check: proto
 # A chaos campaign against real processes (root: network namespaces; else
 # loopback proxies), checked for linearizability, lost writes, replica
 # divergence, plaintext at rest and crashes. See docs/reliability.md.
-# make chaos DURATION=30m NODES=5 SEED=123 FAULTS=all
+# make chaos DURATION=30m NODES=5 SEED=123 FAULTS=all CHAOS_ARGS="--raft-snapshot-threshold 2048"
+# (CHAOS_ARGS: more mbchaos flags, see bin/mbchaos -h)
 DURATION ?= 5m
 NODES    ?= 3
 .PHONY: chaos
 chaos: build
-	./scripts/chaos/run.sh --duration $(DURATION) --nodes $(NODES) $(if $(SEED),--seed $(SEED)) $(if $(FAULTS),--faults $(FAULTS))
+	./scripts/chaos/run.sh --duration $(DURATION) --nodes $(NODES) $(if $(SEED),--seed $(SEED)) $(if $(FAULTS),--faults $(FAULTS)) $(if $(CHAOS_ARGS),-- $(CHAOS_ARGS))
 
 clean:
 	rm -rf $(BIN)

@@ -65,6 +65,10 @@ type Config struct {
 	StaleReads bool
 	// ExtraArgs go to every mysteryboxd.
 	ExtraArgs []string
+	// Raft snapshot settings of every node (mysteryboxd's defaults when
+	// zero); small ones make snapshot-catchup quick and snapshots frequent.
+	SnapshotThreshold, TrailingLogs uint64
+	SnapshotInterval                time.Duration
 	// Log receives progress lines (also written to DIR/chaos.log).
 	Log io.Writer `json:"-"`
 }
@@ -214,10 +218,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	default:
 		return nil, fmt.Errorf("chaos: unknown network %q", cfg.Net)
 	}
+	nodeArgs := append([]string(nil), cfg.ExtraArgs...)
+	if cfg.SnapshotThreshold > 0 {
+		nodeArgs = append(nodeArgs, fmt.Sprintf("--raft-snapshot-threshold=%d", cfg.SnapshotThreshold))
+	}
+	if cfg.TrailingLogs > 0 {
+		nodeArgs = append(nodeArgs, fmt.Sprintf("--raft-trailing-logs=%d", cfg.TrailingLogs))
+	}
+	if cfg.SnapshotInterval > 0 {
+		nodeArgs = append(nodeArgs, "--raft-snapshot-interval="+cfg.SnapshotInterval.String())
+	}
 	startCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	cluster, err := harness.Start(startCtx, harness.Config{
 		Dir: cfg.Dir, Bin: cfg.Bin, Nodes: cfg.Nodes, Formation: cfg.Formation, Network: network,
-		ExtraArgs: cfg.ExtraArgs, Seed: cfg.Seed, Logf: logf,
+		ExtraArgs: nodeArgs, Seed: cfg.Seed, Logf: logf,
 	})
 	cancel()
 	if err != nil {
@@ -244,6 +258,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	nem := nemesis.New(nemesis.Config{
 		Seed: cfg.Seed, Faults: cfg.Faults, HoldMin: cfg.HoldMin, HoldMax: cfg.HoldMax, GapMin: cfg.GapMin, GapMax: cfg.GapMax,
 		Fill: func(ctx context.Context) { wl.Fill(ctx, 8) }, Logf: logf,
+		SnapshotThreshold: cfg.SnapshotThreshold, TrailingLogs: cfg.TrailingLogs,
 	}, cluster, rec.Start())
 
 	faultStart := time.Since(rec.Start())

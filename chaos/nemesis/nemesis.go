@@ -81,11 +81,13 @@ type Config struct {
 	// Fill, when set, writes as fast as it can until its context ends
 	// (snapshot-catchup uses it to push the log past a cut-off follower).
 	Fill func(ctx context.Context)
-	// TrailingLogs is the Raft log the leader keeps after a snapshot
-	// (hashicorp/raft default 10240); SnapshotWait bounds snapshot-catchup.
-	TrailingLogs uint64
-	SnapshotWait time.Duration
-	Logf         func(format string, args ...any)
+	// SnapshotThreshold and TrailingLogs are the nodes' Raft settings
+	// (mysteryboxd's defaults 8192 and 10240 when zero); SnapshotWait
+	// bounds snapshot-catchup.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	SnapshotWait      time.Duration
+	Logf              func(format string, args ...any)
 }
 
 // Event is one applied fault.
@@ -142,6 +144,9 @@ func New(cfg Config, c *harness.Cluster, start time.Time) *Nemesis {
 	}
 	if cfg.GapMax < cfg.GapMin {
 		cfg.GapMax = 2 * cfg.GapMin
+	}
+	if cfg.SnapshotThreshold == 0 {
+		cfg.SnapshotThreshold = 8192
 	}
 	if cfg.TrailingLogs == 0 {
 		cfg.TrailingLogs = 10240
@@ -622,9 +627,9 @@ func (n *Nemesis) snapshotCatchup(ctx context.Context, x int, ev *Event) error {
 		return err
 	}
 	// Fill until the log is long enough for a snapshot that compacts past
-	// x (TrailingLogs beyond it, plus hashicorp/raft's default snapshot
-	// threshold of 8192 entries); then wait for the leader's snapshot timer
-	// (SnapshotInterval, 120-240 s by default) while the workload goes on.
+	// x (TrailingLogs beyond it, plus the snapshot threshold); then wait
+	// for the leader's snapshot timer (--raft-snapshot-interval, 120-240 s
+	// by default) while the workload goes on.
 	fctx, stopFill := context.WithCancel(ctx)
 	defer stopFill()
 	done := make(chan struct{})
@@ -637,7 +642,7 @@ func (n *Nemesis) snapshotCatchup(ctx context.Context, x int, ev *Event) error {
 			return false, nil
 		}
 		if fctx.Err() == nil {
-			if st, err := n.c.Status(ctx, l); err == nil && st.GetLastLogIndex() > behind+n.cfg.TrailingLogs+8192+1000 {
+			if st, err := n.c.Status(ctx, l); err == nil && st.GetLastLogIndex() > behind+n.cfg.TrailingLogs+n.cfg.SnapshotThreshold+1000 {
 				stopFill()
 				<-done
 				n.logf("fault %d %s: log at %d; waiting for the leader's snapshot", ev.Seq, SnapshotCatchup, st.GetLastLogIndex())

@@ -56,6 +56,10 @@ type options struct {
 	purgeAfter      time.Duration
 	logLevel        string
 	shutdownTimeout time.Duration
+
+	snapshotInterval  time.Duration
+	snapshotThreshold uint64
+	trailingLogs      uint64
 }
 
 func main() {
@@ -106,6 +110,9 @@ func run(args []string) int {
 	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
 	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight calls")
+	f.DurationVar(&o.snapshotInterval, "raft-snapshot-interval", 120*time.Second, "how often Raft checks whether to snapshot (randomly 1–2× this)")
+	f.Uint64Var(&o.snapshotThreshold, "raft-snapshot-threshold", 8192, "Raft snapshots once this many log entries are past the last snapshot")
+	f.Uint64Var(&o.trailingLogs, "raft-trailing-logs", 10240, "log entries kept after a snapshot, so a follower this far behind catches up without one")
 	cmd.AddCommand(keygenCommand(), restoreCommand(), tlsCommand())
 	cmd.SetArgs(args)
 	if err := applyEnv(cmd, args); err != nil {
@@ -284,6 +291,12 @@ func serve(cmd *cobra.Command, o *options) error {
 		Audit:             o.audit,
 		AuditFailOpen:     o.auditFailOpen,
 		AuditRetention:    o.auditRetention,
+		SnapshotInterval:  o.snapshotInterval,
+		SnapshotThreshold: o.snapshotThreshold,
+		TrailingLogs:      o.trailingLogs,
+	}
+	if o.snapshotInterval <= 0 || o.snapshotThreshold == 0 || o.trailingLogs == 0 {
+		return usageError{errors.New("--raft-snapshot-interval, --raft-snapshot-threshold and --raft-trailing-logs must be positive")}
 	}
 	if o.tls.Enabled() {
 		if o.tls.CertFile == "" || o.tls.KeyFile == "" || o.tls.PeerCAFile == "" || o.tls.PeerCertFile == "" || o.tls.PeerKeyFile == "" {
