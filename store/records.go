@@ -17,9 +17,31 @@ import (
 // Store.Read) or a batch in progress (Batch embeds it and sees its writes).
 type View struct {
 	r pebble.Reader
+	// cache, when set, answers point lookups as of generation gen (see
+	// recordCache); a batch's view skips it for keys the batch wrote.
+	cache  *recordCache
+	gen    uint64
+	writes *batchWrites
 }
 
+// get returns a copy of key's value, which the caller may keep and modify.
 func (v *View) get(key string) ([]byte, error) {
+	val, err := v.getShared(key)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), val...), nil
+}
+
+// getShared returns key's value, which may be shared with the cache: the
+// caller must not modify it.
+func (v *View) getShared(key string) ([]byte, error) {
+	cacheable := v.cache != nil && (v.writes == nil || !v.writes.touched(key))
+	if cacheable {
+		if val, ok := v.cache.lookup(key, v.gen); ok {
+			return val, nil
+		}
+	}
 	val, closer, err := v.r.Get([]byte(key))
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, ErrNotFound
@@ -29,11 +51,14 @@ func (v *View) get(key string) ([]byte, error) {
 	}
 	out := append([]byte(nil), val...)
 	closer.Close()
+	if cacheable {
+		v.cache.offer(key, out, v.gen)
+	}
 	return out, nil
 }
 
 func (v *View) getProto(key string, m proto.Message) error {
-	raw, err := v.get(key)
+	raw, err := v.getShared(key)
 	if err != nil {
 		return err
 	}

@@ -160,6 +160,7 @@ func (s *Store) Restore(r io.Reader) error {
 	s.mu.Lock()
 	old, oldNo := s.db, s.dbNo
 	s.db, s.dbNo = db, newNo
+	s.cache.reset()
 	s.mu.Unlock()
 	if old != nil {
 		if err := old.Close(); err != nil {

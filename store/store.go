@@ -66,6 +66,8 @@ type Store struct {
 	mu   sync.RWMutex // guards db and dbNum against Restore's swap
 	db   *pebble.DB
 	dbNo int
+
+	cache *recordCache
 }
 
 // Open opens (or creates) the store in dir. A restore that crashed half-way
@@ -77,7 +79,7 @@ func Open(dir string, logger hclog.Logger) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", dir, err)
 	}
-	s := &Store{dir: dir, logger: logger}
+	s := &Store{dir: dir, logger: logger, cache: newRecordCache()}
 	no, err := s.readCurrent()
 	if err != nil {
 		return nil, err
@@ -203,9 +205,13 @@ func (s *Store) Read(fn func(v *View) error) error {
 	if s.db == nil {
 		return errors.New("store: closed")
 	}
+	// The snapshot and the generation are taken together, between commits.
+	s.cache.mu.RLock()
 	snap := s.db.NewSnapshot()
+	gen := s.cache.gen
+	s.cache.mu.RUnlock()
 	defer snap.Close()
-	return fn(&View{r: snap})
+	return fn(&View{r: snap, cache: s.cache, gen: gen})
 }
 
 // AppliedIndex returns the Raft index and term of the last entry applied.
@@ -222,7 +228,12 @@ func (s *Store) AppliedIndex() (index, term uint64, err error) {
 func (s *Store) NewBatch() *Batch {
 	s.mu.RLock()
 	b := s.db.NewIndexedBatch()
-	return &Batch{View: View{r: b}, b: b, s: s}
+	s.cache.mu.RLock()
+	gen := s.cache.gen
+	s.cache.mu.RUnlock()
+	nb := &Batch{b: b, s: s}
+	nb.View = View{r: b, cache: s.cache, gen: gen, writes: &nb.writes}
+	return nb
 }
 
 // Sync makes every committed batch durable (batches commit without fsync,
@@ -237,9 +248,10 @@ func (s *Store) Sync() error {
 // from creation to Commit/Close, so Restore cannot swap the database under it.
 type Batch struct {
 	View
-	b    *pebble.Batch
-	s    *Store
-	done bool
+	b      *pebble.Batch
+	s      *Store
+	done   bool
+	writes batchWrites
 }
 
 // Commit applies the batch. It does not fsync (see Sync).
@@ -249,7 +261,7 @@ func (b *Batch) Commit() error {
 	}
 	b.done = true
 	defer b.s.mu.RUnlock()
-	err := b.b.Commit(pebble.NoSync)
+	err := b.s.cache.commit(&b.writes, func() error { return b.b.Commit(pebble.NoSync) })
 	b.b.Close()
 	return err
 }
@@ -269,13 +281,21 @@ func (b *Batch) SetAppliedIndex(index, term uint64) error {
 	var v [16]byte
 	binary.BigEndian.PutUint64(v[:8], index)
 	binary.BigEndian.PutUint64(v[8:], term)
-	return b.b.Set([]byte(keyApplied), v[:], nil)
+	return b.set(keyApplied, v[:])
 }
 
-func (b *Batch) set(key string, value []byte) error { return b.b.Set([]byte(key), value, nil) }
-func (b *Batch) del(key string) error               { return b.b.Delete([]byte(key), nil) }
+func (b *Batch) set(key string, value []byte) error {
+	b.writes.set(key, value)
+	return b.b.Set([]byte(key), value, nil)
+}
+
+func (b *Batch) del(key string) error {
+	b.writes.del(key)
+	return b.b.Delete([]byte(key), nil)
+}
 
 func (b *Batch) delPrefix(prefix string) error {
+	b.writes.delPrefix(prefix)
 	return b.b.DeleteRange([]byte(prefix), prefixEnd([]byte(prefix)), nil)
 }
 
