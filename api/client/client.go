@@ -540,11 +540,15 @@ func (c *Client) attempt(ctx context.Context, addr, method string, args, reply a
 // writes and linearizable reads straight there.
 const HeaderLeader = "x-mysterybox-leader"
 
-// succeeded makes addr sticky and, when the leader is wanted but unknown,
-// asks discovery to find it.
+// succeeded makes addr sticky for calls that may go to any node and, when
+// the leader is wanted but unknown, asks discovery to find it. A call that
+// went to the leader does not move the sticky node there: stale reads
+// would then all land on the leader instead of spreading.
 func (c *Client) succeeded(addr string, preferLeader bool) {
 	c.mu.Lock()
-	c.sticky = addr
+	if !preferLeader || c.sticky == "" {
+		c.sticky = addr
+	}
 	unknown := c.leader == ""
 	c.mu.Unlock()
 	if preferLeader && unknown {

@@ -163,6 +163,15 @@ func TestDiscoveryLearnsNodesAndLeader(t *testing.T) {
 	if methodCount(nodes[0], "Create")+methodCount(nodes[1], "Create")+methodCount(nodes[1], "Get") != 0 {
 		t.Errorf("a leader-bound call went to a follower")
 	}
+	// Calls to the leader do not pull stale reads there: they stay on the
+	// node that last answered one (else every stale read would land on the
+	// leader).
+	if _, err := c.Secrets().Get(stale, &mbv1.GetSecretRequest{Id: "mbsec-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if methodCount(nodes[0], "Get") != 2 {
+		t.Errorf("the stale read after leader-bound calls did not go to the first node (leader saw %d Gets)", methodCount(nodes[2], "Get"))
+	}
 }
 
 func TestPrefersLeader(t *testing.T) {
