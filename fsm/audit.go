@@ -16,8 +16,14 @@ import (
 // with the hash field empty (prev_hash included, which chains it).
 func AuditHash(r *pb.AuditRecord) string {
 	c := proto.Clone(r).(*pb.AuditRecord)
-	c.Hash = ""
-	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	return hashUnhashed(c)
+}
+
+// hashUnhashed is AuditHash of a record the caller owns: it clears Hash
+// in place instead of cloning (the FSM hashes every record it applies).
+func hashUnhashed(r *pb.AuditRecord) string {
+	r.Hash = ""
+	raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
 	if err != nil {
 		panic(fmt.Sprintf("fsm: marshal audit record: %v", err))
 	}
@@ -25,10 +31,12 @@ func AuditHash(r *pb.AuditRecord) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// chainAudit links r, which the applier owns (decoded from this entry or
+// made here), to the head of the chain and stores it.
 func (a *applier) chainAudit(head *fsmpb.AuditHead, r *pb.AuditRecord) error {
 	r.Seq = head.GetSeq() + 1
 	r.PrevHash = head.GetHash()
-	r.Hash = AuditHash(r)
+	r.Hash = hashUnhashed(r)
 	if err := a.b.PutAudit(r); err != nil {
 		return err
 	}
@@ -41,8 +49,8 @@ func (a *applier) auditAppend(op *fsmpb.AuditAppend) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range op.GetRecords() {
-		if err := a.chainAudit(head, proto.Clone(r).(*pb.AuditRecord)); err != nil {
+	for _, r := range op.GetRecords() { // decoded from this entry: ours to fill in
+		if err := a.chainAudit(head, r); err != nil {
 			return err
 		}
 	}
