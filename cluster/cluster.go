@@ -24,6 +24,11 @@ import (
 	"go.etcd.io/bbolt"
 )
 
+// logCacheEntries is how many recent Raft entries stay in memory: several
+// append batches (MaxAppendEntries each), the window a follower that is
+// slightly behind reads from.
+const logCacheEntries = 1024
+
 // Errors of the cluster layer.
 var (
 	// ErrNotLeader: this node cannot serve the call; nothing was proposed.
@@ -172,7 +177,15 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 			logger.Info("bootstrapped a new cluster", "node_id", cfg.NodeID)
 		}
 	}
-	n.raft, err = raft.NewRaft(rc, fsm, n.logStore, n.logStore, n.snapshots, noPipelineTransport{n.transport})
+	// Recent entries stay in memory: replication to followers and a
+	// follower's applies read them back by index, which from bolt costs a
+	// read transaction and a decode each (about 3 % of a write's CPU).
+	logs, err := raft.NewLogCache(logCacheEntries, n.logStore)
+	if err != nil {
+		n.logStore.Close()
+		return nil, fmt.Errorf("cluster: raft log cache: %w", err)
+	}
+	n.raft, err = raft.NewRaft(rc, fsm, logs, n.logStore, n.snapshots, noPipelineTransport{n.transport})
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
