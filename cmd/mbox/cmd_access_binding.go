@@ -84,38 +84,17 @@ region's name. ROLE is one of:
 
 func (a *app) bindingListCmd() *cobra.Command {
 	var resourceID string
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list --resource-id R",
-		Short: "List the access bindings on a resource",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListAccessBindingsResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Identity().ListAccessBindings(cmd.Context(), &mbv1.ListAccessBindingsRequest{ResourceId: resourceID, PageSize: size, PageToken: token})
-				if err != nil {
-					return "", err
-				}
-				resp.Bindings = append(resp.Bindings, r.GetBindings()...)
-				return r.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, bindingsText(resp.Bindings))
+	cmd := listCmd(a, "list --resource-id R", "List the access bindings on a resource",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListAccessBindingsResponse, error) {
+			return cl.Identity().ListAccessBindings(ctx, &mbv1.ListAccessBindingsRequest{ResourceId: resourceID, PageSize: size, PageToken: token})
 		},
-	}
+		(*mbv1.ListAccessBindingsResponse).GetBindings,
+		func(bs []*mbv1.AccessBinding, next string) *mbv1.ListAccessBindingsResponse {
+			return &mbv1.ListAccessBindingsResponse{Bindings: bs, NextPageToken: next}
+		},
+		bindingsText)
 	cmd.Flags().StringVar(&resourceID, "resource-id", "", "project id, secret id or region name")
 	cmd.MarkFlagRequired("resource-id")
-	pg.register(cmd)
 	return cmd
 }
 

@@ -74,37 +74,15 @@ func (a *app) accountCreateCmd() *cobra.Command {
 }
 
 func (a *app) accountListCmd() *cobra.Command {
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the region's accounts",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListAccountsResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Identity().ListAccounts(cmd.Context(), &mbv1.ListAccountsRequest{PageSize: size, PageToken: token})
-				if err != nil {
-					return "", err
-				}
-				resp.Accounts = append(resp.Accounts, r.GetAccounts()...)
-				return r.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, accountsText(resp.Accounts))
+	return listCmd(a, "list", "List the region's accounts",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListAccountsResponse, error) {
+			return cl.Identity().ListAccounts(ctx, &mbv1.ListAccountsRequest{PageSize: size, PageToken: token})
 		},
-	}
-	pg.register(cmd)
-	return cmd
+		(*mbv1.ListAccountsResponse).GetAccounts,
+		func(as []*mbv1.Account, next string) *mbv1.ListAccountsResponse {
+			return &mbv1.ListAccountsResponse{Accounts: as, NextPageToken: next}
+		},
+		accountsText)
 }
 
 func (a *app) accountGetCmd() *cobra.Command {

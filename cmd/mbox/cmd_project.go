@@ -56,37 +56,15 @@ func (a *app) projectCreateCmd() *cobra.Command {
 }
 
 func (a *app) projectListCmd() *cobra.Command {
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list",
-		Short: "List the region's projects",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListProjectsResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Identity().ListProjects(cmd.Context(), &mbv1.ListProjectsRequest{PageSize: size, PageToken: token})
-				if err != nil {
-					return "", err
-				}
-				resp.Projects = append(resp.Projects, r.GetProjects()...)
-				return r.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, projectsText(resp.Projects))
+	return listCmd(a, "list", "List the region's projects",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListProjectsResponse, error) {
+			return cl.Identity().ListProjects(ctx, &mbv1.ListProjectsRequest{PageSize: size, PageToken: token})
 		},
-	}
-	pg.register(cmd)
-	return cmd
+		(*mbv1.ListProjectsResponse).GetProjects,
+		func(ps []*mbv1.Project, next string) *mbv1.ListProjectsResponse {
+			return &mbv1.ListProjectsResponse{Projects: ps, NextPageToken: next}
+		},
+		projectsText)
 }
 
 func (a *app) projectGetCmd() *cobra.Command {

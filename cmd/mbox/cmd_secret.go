@@ -107,40 +107,19 @@ func (a *app) secretGetByNameCmd() *cobra.Command {
 func (a *app) secretListCmd() *cobra.Command {
 	var parent string
 	var showDeleted bool
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list --parent-id P",
-		Short: "List a project's secrets",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListSecretsResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Secrets().List(cmd.Context(), &mbv1.ListSecretsRequest{
-					ParentId: parent, PageSize: size, PageToken: token, ShowScheduledForDeletion: showDeleted,
-				})
-				if err != nil {
-					return "", err
-				}
-				resp.Secrets = append(resp.Secrets, r.GetSecrets()...)
-				return r.GetNextPageToken(), nil
+	cmd := listCmd(a, "list --parent-id P", "List a project's secrets",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListSecretsResponse, error) {
+			return cl.Secrets().List(ctx, &mbv1.ListSecretsRequest{
+				ParentId: parent, PageSize: size, PageToken: token, ShowScheduledForDeletion: showDeleted,
 			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, secretsText(resp.Secrets))
 		},
-	}
+		(*mbv1.ListSecretsResponse).GetSecrets,
+		func(ss []*mbv1.Secret, next string) *mbv1.ListSecretsResponse {
+			return &mbv1.ListSecretsResponse{Secrets: ss, NextPageToken: next}
+		},
+		secretsText)
 	cmd.Flags().StringVar(&parent, "parent-id", "", "project id")
 	cmd.Flags().BoolVar(&showDeleted, "show-deleted", false, "include secrets scheduled for deletion")
-	pg.register(cmd)
 	cmd.MarkFlagRequired("parent-id")
 	return cmd
 }

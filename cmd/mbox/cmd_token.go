@@ -121,38 +121,17 @@ With -o json or -o yaml the whole response is printed, the bearer token in
 
 func (a *app) tokenListCmd() *cobra.Command {
 	var accountID string
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list --account-id A",
-		Short: "List an account's tokens (never their secret part)",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListTokensResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Identity().ListTokens(cmd.Context(), &mbv1.ListTokensRequest{AccountId: accountID, PageSize: size, PageToken: token})
-				if err != nil {
-					return "", err
-				}
-				resp.Tokens = append(resp.Tokens, r.GetTokens()...)
-				return r.GetNextPageToken(), nil
-			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, tokensText(resp.Tokens))
+	cmd := listCmd(a, "list --account-id A", "List an account's tokens (never their secret part)",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListTokensResponse, error) {
+			return cl.Identity().ListTokens(ctx, &mbv1.ListTokensRequest{AccountId: accountID, PageSize: size, PageToken: token})
 		},
-	}
+		(*mbv1.ListTokensResponse).GetTokens,
+		func(toks []*mbv1.Token, next string) *mbv1.ListTokensResponse {
+			return &mbv1.ListTokensResponse{Tokens: toks, NextPageToken: next}
+		},
+		tokensText)
 	cmd.Flags().StringVar(&accountID, "account-id", "", "account id")
 	cmd.MarkFlagRequired("account-id")
-	pg.register(cmd)
 	return cmd
 }
 

@@ -74,40 +74,19 @@ func (a *app) versionGetCmd() *cobra.Command {
 func (a *app) versionListCmd() *cobra.Command {
 	var parent string
 	var showDeleted bool
-	var pg paging
-	cmd := &cobra.Command{
-		Use:   "list --parent-id SECRET",
-		Short: "List a secret's versions",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := pg.check(cmd); err != nil {
-				return err
-			}
-			cl, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			resp := &mbv1.ListSecretVersionsResponse{}
-			next, err := pg.each(func(size int32, token string) (string, error) {
-				r, err := cl.Versions().List(cmd.Context(), &mbv1.ListSecretVersionsRequest{
-					ParentId: parent, PageSize: size, PageToken: token, ShowScheduledForDeletion: showDeleted,
-				})
-				if err != nil {
-					return "", err
-				}
-				resp.Versions = append(resp.Versions, r.GetVersions()...)
-				return r.GetNextPageToken(), nil
+	cmd := listCmd(a, "list --parent-id SECRET", "List a secret's versions",
+		func(ctx context.Context, cl *client.Client, size int32, token string) (*mbv1.ListSecretVersionsResponse, error) {
+			return cl.Versions().List(ctx, &mbv1.ListSecretVersionsRequest{
+				ParentId: parent, PageSize: size, PageToken: token, ShowScheduledForDeletion: showDeleted,
 			})
-			if err != nil {
-				return err
-			}
-			resp.NextPageToken = next
-			return a.emitList(resp, next, versionsText(resp.Versions))
 		},
-	}
+		(*mbv1.ListSecretVersionsResponse).GetVersions,
+		func(vs []*mbv1.SecretVersion, next string) *mbv1.ListSecretVersionsResponse {
+			return &mbv1.ListSecretVersionsResponse{Versions: vs, NextPageToken: next}
+		},
+		versionsText)
 	cmd.Flags().StringVar(&parent, "parent-id", "", "secret id")
 	cmd.Flags().BoolVar(&showDeleted, "show-deleted", false, "include versions scheduled for deletion")
-	pg.register(cmd)
 	cmd.MarkFlagRequired("parent-id")
 	return cmd
 }
