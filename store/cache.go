@@ -54,6 +54,14 @@ func (c *recordCache) lookup(key string, g uint64) ([]byte, bool) {
 	return e.val, true
 }
 
+// has reports whether key is cached (at any generation).
+func (c *recordCache) has(key string) bool {
+	c.mu.RLock()
+	_, ok := c.entries[key]
+	c.mu.RUnlock()
+	return ok
+}
+
 // offer stores val, read from a snapshot of generation g, unless a commit
 // has happened since (then val may be stale).
 func (c *recordCache) offer(key string, val []byte, g uint64) {
@@ -92,9 +100,11 @@ func (c *recordCache) put(key string, val []byte, since uint64) {
 }
 
 // commit runs apply (the Pebble commit) under the write lock, then applies
-// a batch's writes to the cache and moves to the next generation: set
-// keys get their new value (valid from the new generation), deleted ones
-// go, and a deleted range drops every cached key under its prefix.
+// a batch's writes to the cache and moves to the next generation: cached
+// keys the batch set get their new value (valid from the new generation),
+// deleted ones go, and a deleted range drops every cached key under its
+// prefix. Keys written but never read (payload entries, idempotency and
+// audit records) are not added: caching them cost more than it saved.
 func (c *recordCache) commit(w *batchWrites, apply func() error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -113,13 +123,16 @@ func (c *recordCache) commit(w *batchWrites, apply func() error) error {
 		}
 	}
 	for k, val := range w.keys {
-		if old, ok := c.entries[k]; ok {
+		old, ok := c.entries[k]
+		if !ok {
+			continue // only what was read before is worth keeping
+		}
+		if val == nil {
 			delete(c.entries, k)
 			c.bytes -= len(old.val)
+			continue
 		}
-		if val != nil && len(*val) <= cacheMaxValue {
-			c.put(k, *val, c.gen)
-		}
+		c.put(k, *val, c.gen) // a hot record rewritten: keep it hot
 	}
 	return nil
 }
@@ -140,7 +153,8 @@ func (c *recordCache) resetLocked() {
 // batchWrites records what a batch wrote, for reads through the batch
 // (which must not use the cache for those keys) and for the commit.
 type batchWrites struct {
-	keys            map[string]*[]byte // nil: deleted (or too large to cache)
+	cache           *recordCache
+	keys            map[string]*[]byte // nil: deleted, or not worth caching
 	deletedPrefixes []string
 }
 
@@ -148,8 +162,10 @@ func (w *batchWrites) set(key string, val []byte) {
 	if w.keys == nil {
 		w.keys = map[string]*[]byte{}
 	}
-	if len(val) > cacheMaxValue {
-		w.keys[key] = nil // not cached: the commit only drops it
+	if len(val) > cacheMaxValue || !w.cache.has(key) {
+		// The commit only drops it (should a reader cache it meanwhile):
+		// no copy of values nobody reads.
+		w.keys[key] = nil
 		return
 	}
 	v := append([]byte(nil), val...)

@@ -238,7 +238,7 @@ func (s *Store) NewBatch() *Batch {
 	s.cache.mu.RLock()
 	gen := s.cache.gen
 	s.cache.mu.RUnlock()
-	nb := &Batch{b: b, s: s}
+	nb := &Batch{b: b, s: s, writes: batchWrites{cache: s.cache}}
 	nb.View = View{r: b, cache: s.cache, gen: gen, writes: &nb.writes}
 	return nb
 }
