@@ -120,17 +120,10 @@ func (s *Store) dbDir(no int) string {
 // not exist, which bloom filters answer without reading a block.
 const blockCacheBytes = 64 << 20
 
-// memTableBytes: every applied batch rewrites a few hot keys (the applied
-// index, the audit head, the secret a version is added to); a larger
-// memtable than Pebble's 4 MiB collapses more of those rewrites before
-// they are flushed and compacted (compactions were ~10 % of a write's CPU).
-const memTableBytes = 32 << 20
-
 func (s *Store) openDB(no int) (*pebble.DB, error) {
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
-	opts := &pebble.Options{Logger: pebbleLogger{s.logger.Named("pebble")}, Cache: cache, Levels: make([]pebble.LevelOptions, 7),
-		MemTableSize: memTableBytes}
+	opts := &pebble.Options{Logger: pebbleLogger{s.logger.Named("pebble")}, Cache: cache, Levels: make([]pebble.LevelOptions, 7)}
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		opts.Levels[i].FilterType = pebble.TableFilter
