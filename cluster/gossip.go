@@ -56,6 +56,8 @@ type GossipMember struct {
 	Health string
 	// Since is when the node entered its current health (dead/left only).
 	Since time.Time
+	// Addr is the member's advertised gossip address (host:port).
+	Addr string
 }
 
 // GossipConfig configures membership gossip.
@@ -249,7 +251,7 @@ func (g *Gossip) record(n *memberlist.Node, health string) {
 	}
 	g.mu.Lock()
 	prev := g.members[n.Name]
-	m := &GossipMember{Meta: meta, Health: health}
+	m := &GossipMember{Meta: meta, Health: health, Addr: n.Address()}
 	if prev != nil && prev.Health == health {
 		m.Since = prev.Since
 	} else {

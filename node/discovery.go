@@ -51,6 +51,7 @@ func (n *Node) startGossip() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	n.stopGossip = cancel
 	n.goBackground(func() { n.joinSeeds(ctx) })
+	n.goBackground(func() { n.rejoinLoop(ctx) })
 	n.goBackground(func() {
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
@@ -94,6 +95,61 @@ func (n *Node) joinSeeds(ctx context.Context) {
 		if backoff < 5*time.Second {
 			backoff *= 2
 		}
+	}
+}
+
+// rejoinInterval is how often a node looks for Raft peers it has lost in
+// gossip.
+const rejoinInterval = 5 * time.Second
+
+// rejoinLoop keeps this node in gossip with its region's Raft peers. A node
+// restarted with only itself (or only dead nodes) as --join seeds would
+// otherwise stay alone: its peers see it dead, and nodes that join gossip
+// through it are never seen by the leader (found by the 1M-version scale
+// benchmark: the first node of scripts/cluster.sh, every node's seed, was
+// restarted and a fourth node never joined).
+func (n *Node) rejoinLoop(ctx context.Context) {
+	tick := time.NewTicker(rejoinInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n.rejoinLost()
+	}
+}
+
+// rejoinLost joins, at their registered gossip addresses, the Raft peers
+// that gossip does not show alive. Joining one that is alive but sees this
+// node dead makes this node refute its death with a new incarnation.
+func (n *Node) rejoinLost() {
+	servers, err := n.Raft.Servers()
+	if err != nil || len(servers) < 2 {
+		return
+	}
+	alive := map[string]bool{}
+	for _, m := range n.regionPeers() {
+		alive[m.Meta.NodeID] = true
+	}
+	var lost []string
+	for _, s := range servers {
+		if s.ID != n.cfg.NodeID && !alive[s.ID] {
+			lost = append(lost, s.ID)
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	addrs := n.API.GossipAddresses(lost)
+	if len(addrs) == 0 {
+		return
+	}
+	if k, err := n.Gossip.Join(addrs); err == nil && k > 0 {
+		n.logger.Info("rejoined gossip through Raft peers it had lost", "node_ids", lost, "reached", k)
+	} else if err != nil {
+		n.logger.Debug("Raft peers still unreachable in gossip", "node_ids", lost, "error", err)
 	}
 }
 
@@ -194,7 +250,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			continue // removed by an operator; only an explicit join brings it back
 		}
 		if known && s.Address == m.Meta.RaftAddr {
-			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr)
+			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
 			continue
 		}
 		if known {
@@ -224,7 +280,7 @@ func (n *Node) reconcile(ctx context.Context) {
 			continue
 		}
 		n.logger.Info("added a discovered node to the region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr)
-		n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr)
+		n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
 		voters++
 	}
 	if n.cfg.DeadNodeReapAfter <= 0 {

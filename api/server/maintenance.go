@@ -40,13 +40,17 @@ func (s *Server) RunLeaderTasks(ctx context.Context) {
 // registerSelf makes sure the replicated node registry has this node's
 // current addresses, so followers can forward to it.
 func (s *Server) registerSelf(ctx context.Context) {
-	s.EnsureRegistered(ctx, s.cfg.NodeID, s.cfg.RaftAddress, s.cfg.GRPCAddress)
+	gossip := ""
+	if s.dir != nil {
+		gossip = s.dir.Addr()
+	}
+	s.EnsureRegistered(ctx, s.cfg.NodeID, s.cfg.RaftAddress, s.cfg.GRPCAddress, gossip)
 }
 
 // EnsureRegistered records a node's addresses in the replicated registry
 // if they are missing or changed (leader only).
-func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAddr string) {
-	want := &fsmpb.NodeRecord{NodeId: nodeID, RaftAddress: raftAddr, GrpcAddress: grpcAddr}
+func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAddr, gossipAddr string) {
+	want := &fsmpb.NodeRecord{NodeId: nodeID, RaftAddress: raftAddr, GrpcAddress: grpcAddr, GossipAddress: gossipAddr}
 	var have *fsmpb.NodeRecord
 	_ = s.store.Read(func(v *store.View) error {
 		have, _ = v.Node(nodeID)
@@ -56,6 +60,21 @@ func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAdd
 		return
 	}
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
+}
+
+// GossipAddresses returns the registered gossip addresses of the region's
+// nodes other than this one.
+func (s *Server) GossipAddresses(nodeIDs []string) []string {
+	var out []string
+	_ = s.store.Read(func(v *store.View) error {
+		for _, id := range nodeIDs {
+			if n, err := v.Node(id); err == nil && n.GetGossipAddress() != "" && id != s.cfg.NodeID {
+				out = append(out, n.GetGossipAddress())
+			}
+		}
+		return nil
+	})
+	return out
 }
 
 // Removed reports whether an operator removed nodeID (RemoveNode): then

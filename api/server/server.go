@@ -103,6 +103,8 @@ type Server struct {
 // Directory is what gossip tells about every node of every region.
 type Directory interface {
 	Members() []cluster.GossipMember
+	// Addr is this node's own advertised gossip address.
+	Addr() string
 }
 
 // Observer is told about forwarded calls (metrics).

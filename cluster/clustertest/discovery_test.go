@@ -178,3 +178,57 @@ func TestWrongGossipKeyCannotJoin(t *testing.T) {
 	}
 	_ = b
 }
+
+// TestRestartedSeedRejoinsGossip: the first node is every other node's only
+// gossip seed and has no seed of its own (as with scripts/cluster.sh). Once
+// the others have seen it dead, it restarts: it must find its Raft peers in
+// gossip again (through their addresses in the node registry), and a new
+// node that joins through it must be added to the region.
+//
+// Found by the 1M-version scale benchmark: the restarted seed stayed alone
+// in gossip (its peers saw it dead for good), and the fourth node, which
+// joined gossip through it, was never seen by the leader.
+func TestRestartedSeedRejoinsGossip(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true})
+	seed := c.Nodes[0]
+	c.WaitConverged()
+	// Every node's gossip address is in the registry before the restart.
+	Eventually(t, 10*time.Second, "gossip addresses in the node registry", func() error {
+		if got := len(seed.N.API.GossipAddresses([]string{c.Nodes[1].ID, c.Nodes[2].ID})); got != 2 {
+			return fmt.Errorf("%d of 2 registered", got)
+		}
+		return nil
+	})
+	c.Stop(seed)
+	healthOf := func(from *Node, id string) string {
+		for _, m := range from.N.Gossip.Members() {
+			if m.Meta.NodeID == id {
+				return m.Health
+			}
+		}
+		return "unknown"
+	}
+	Eventually(t, 20*time.Second, "the others to see the seed dead", func() error {
+		for _, n := range c.Nodes[1:] {
+			if h := healthOf(n, seed.ID); h != "dead" {
+				return fmt.Errorf("%s sees %s %s", n.ID, seed.ID, h)
+			}
+		}
+		return nil
+	})
+	c.Restart(seed)
+	Eventually(t, 30*time.Second, "the restarted seed and its peers to see each other alive", func() error {
+		for _, n := range c.Nodes[1:] {
+			if h := healthOf(seed, n.ID); h != "alive" {
+				return fmt.Errorf("%s sees %s %s", seed.ID, n.ID, h)
+			}
+			if h := healthOf(n, seed.ID); h != "alive" {
+				return fmt.Errorf("%s sees %s %s", n.ID, seed.ID, h)
+			}
+		}
+		return nil
+	})
+	c.AddNode() // joins gossip through the restarted seed only
+	c.WaitMembers(4)
+	c.WaitConverged()
+}

@@ -2431,7 +2431,10 @@ type NodeRecord struct {
 	RaftAddress string                 `protobuf:"bytes,2,opt,name=raft_address,json=raftAddress,proto3" json:"raft_address,omitempty"`
 	GrpcAddress string                 `protobuf:"bytes,3,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
 	// Removed by an operator: discovery never re-adds it.
-	Removed       bool `protobuf:"varint,4,opt,name=removed,proto3" json:"removed,omitempty"`
+	Removed bool `protobuf:"varint,4,opt,name=removed,proto3" json:"removed,omitempty"`
+	// Advertised gossip address: a restarted node whose seeds are gone (or
+	// are itself) rejoins gossip through its region's known members.
+	GossipAddress string `protobuf:"bytes,5,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2492,6 +2495,13 @@ func (x *NodeRecord) GetRemoved() bool {
 		return x.Removed
 	}
 	return false
+}
+
+func (x *NodeRecord) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
+	}
+	return ""
 }
 
 var File_fsm_proto protoreflect.FileDescriptor
@@ -2666,13 +2676,14 @@ const file_fsm_proto_rawDesc = "" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1d\n" +
 	"\n" +
 	"error_kind\x18\x04 \x01(\tR\terrorKind\x12#\n" +
-	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"\x85\x01\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"\xac\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12!\n" +
 	"\fgrpc_address\x18\x03 \x01(\tR\vgrpcAddress\x12\x18\n" +
-	"\aremoved\x18\x04 \x01(\bR\aremovedB2Z0github.com/mysterybox/mysterybox/fsm/fsmpb;fsmpbb\x06proto3"
+	"\aremoved\x18\x04 \x01(\bR\aremoved\x12%\n" +
+	"\x0egossip_address\x18\x05 \x01(\tR\rgossipAddressB2Z0github.com/mysterybox/mysterybox/fsm/fsmpb;fsmpbb\x06proto3"
 
 var (
 	file_fsm_proto_rawDescOnce sync.Once
