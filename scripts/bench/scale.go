@@ -91,6 +91,15 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 		return fmt.Errorf("marker: %w", err)
 	}
 	markerSecret, markerVersion := sec.GetMetadata().GetId(), sec.GetStatus().GetPrimaryVersionId()
+	// The leader's applied index once the marker is in: a node has the whole
+	// state when it has applied this far. (A stale payload read alone does
+	// not prove it: with the audit log on, payload reads are forwarded to
+	// the leader.)
+	lst, err := mc.Cluster().Status(ctx, &mbv1.ClusterStatusRequest{})
+	if err != nil {
+		return fmt.Errorf("leader status: %w", err)
+	}
+	target := lst.GetAppliedIndex()
 
 	w := os.Stdout
 	fmt.Fprintf(w, "\n%s, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), machine())
@@ -121,7 +130,7 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 	if len(out) > 0 {
 		return fmt.Errorf("cluster.sh start %s: %s", node, out)
 	}
-	if err := waitServes(ctx, ep, c.token, markerSecret, markerVersion, 5*time.Minute); err != nil {
+	if err := waitServes(ctx, ep, c.token, markerSecret, markerVersion, target, 5*time.Minute); err != nil {
 		return fmt.Errorf("restart of %s: %w", node, err)
 	}
 	restart := time.Since(t0)
@@ -140,7 +149,7 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 	if err != nil {
 		return err
 	}
-	if err := waitServes(ctx, strings.TrimSpace(string(raw)), c.token, markerSecret, markerVersion, 10*time.Minute); err != nil {
+	if err := waitServes(ctx, strings.TrimSpace(string(raw)), c.token, markerSecret, markerVersion, target, 10*time.Minute); err != nil {
 		return fmt.Errorf("catch-up of %s: %w", newNode, err)
 	}
 	catchup := time.Since(t0)
@@ -157,9 +166,9 @@ func role(i int) string {
 	return "follower"
 }
 
-// waitServes polls node ep with a stale read of the marker until it
-// returns the marker version.
-func waitServes(ctx context.Context, ep, token, secret, version string, limit time.Duration) error {
+// waitServes polls node ep until it has applied the target index (its own
+// Status) and a stale read of the marker returns the marker version.
+func waitServes(ctx context.Context, ep, token, secret, version string, target uint64, limit time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cl, err := client.New(ctx, client.Config{Endpoints: []string{ep}, Token: token, DisableDiscovery: true, MaxAttempts: 1, Timeout: time.Second})
@@ -170,9 +179,16 @@ func waitServes(ctx context.Context, ep, token, secret, version string, limit ti
 	stale := metadata.Pairs(client.HeaderConsistency, client.ConsistencyStale)
 	var last error
 	for {
-		r, err := cl.Payloads().GetByKey(metadata.NewOutgoingContext(ctx, stale), &mbv1.GetPayloadByKeyRequest{SecretId: secret, Key: "v"})
-		if err == nil && r.GetVersionId() == version {
-			return nil
+		st, err := cl.Cluster().Status(ctx, &mbv1.ClusterStatusRequest{})
+		if err == nil && st.GetAppliedIndex() < target {
+			err = fmt.Errorf("applied index %d of %d", st.GetAppliedIndex(), target)
+		}
+		if err == nil {
+			var r *mbv1.GetPayloadByKeyResponse
+			r, err = cl.Payloads().GetByKey(metadata.NewOutgoingContext(ctx, stale), &mbv1.GetPayloadByKeyRequest{SecretId: secret, Key: "v"})
+			if err == nil && r.GetVersionId() == version {
+				return nil
+			}
 		}
 		if err != nil {
 			last = err
@@ -193,19 +209,23 @@ func readPID(dir, node string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(raw)))
 }
 
-// rss reads VmRSS from /proc/<pid>/status.
+// rss reads a process's resident memory from /proc/<pid>/smaps_rollup:
+// the total, and how much of it is anonymous (heap, stacks) and how much
+// file pages mapped in (raft-boltdb maps its whole log file; those pages
+// are clean and the kernel drops them under memory pressure).
 func rss(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
 		return "?"
 	}
+	kb := map[string]int{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return fmt.Sprintf("%d MiB", kb/1024)
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			kb[k] = n
 		}
 	}
-	return "?"
+	return fmt.Sprintf("%d MiB (anonymous %d MiB, mapped files %d MiB)", kb["Rss"]/1024, kb["Pss_Anon"]/1024, kb["Pss_File"]/1024)
 }
 
 // duSize is the total size of the files under dir.
