@@ -211,7 +211,7 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 	a := &applier{b: b, now: cmd.GetTimeUnixNano()}
 	key := cmd.GetIdempotencyKey()
 	if key != "" {
-		if res, done := a.replay(key, cmd.GetRequestHash()); done {
+		if res, done := a.replay(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId()); done {
 			f.observer().IdempotencyReplay()
 			return res
 		}
@@ -273,7 +273,18 @@ func errorf(kind error, format string, args ...any) error {
 	return &domainError{kind: kind, msg: fmt.Sprintf(format, args...)}
 }
 
-func (a *applier) replay(key string, hash []byte) (*Result, bool) {
+// HashKeyMismatch is the result of a command whose idempotency key has a
+// record with a request hash made under another key than the command's
+// (the active key rotated between a call and its retry). Nothing is
+// applied; the proposer hashes the request with KeyID and proposes again.
+// The leader thus needs no lookup of the key before proposing.
+type HashKeyMismatch struct{ KeyID string }
+
+func (e *HashKeyMismatch) Error() string {
+	return "the idempotency record's request hash uses key " + e.KeyID
+}
+
+func (a *applier) replay(key string, hash []byte, hashKeyID string) (*Result, bool) {
 	rec, err := a.b.Idempotency(key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, false
@@ -286,6 +297,9 @@ func (a *applier) replay(key string, hash []byte) (*Result, bool) {
 			panic(fmt.Sprintf("fsm: delete idempotency key: %v", err))
 		}
 		return nil, false
+	}
+	if hashKeyID != "" && rec.GetRequestHashKeyId() != "" && rec.GetRequestHashKeyId() != hashKeyID {
+		return &Result{Err: &HashKeyMismatch{KeyID: rec.GetRequestHashKeyId()}}, true
 	}
 	if !bytes.Equal(rec.GetRequestHash(), hash) {
 		return &Result{Err: errorf(ErrInvalidArgument, "x-idempotency-key was already used with a different request")}, true

@@ -62,19 +62,13 @@ func CheckKeyring(st *store.Store, kr *region.Keyring) error {
 	})
 }
 
-// fingerprint returns the key id and HMAC that identify req under an
-// idempotency key. A retry is fingerprinted with the key the first attempt
-// used, so a rotation between the two does not turn it into a mismatch.
-func (s *Server) fingerprint(ctx context.Context, key string, req proto.Message) (string, []byte, error) {
-	kr := s.keyring()
-	keyID := kr.ActiveKeyID()
-	_ = s.store.Read(func(v *store.View) error {
-		if rec, err := v.Idempotency(key); err == nil && kr.Has(rec.GetRequestHashKeyId()) {
-			keyID = rec.GetRequestHashKeyId()
-		}
-		return nil
-	})
-	mac, err := kr.RequestMAC(keyID, requestBytes(ctx, req))
+// fingerprint returns the key id and the HMAC under that key that identify
+// req under an idempotency key. propose starts with the active key; a
+// retry whose first call used another key is told so by the FSM
+// (fsm.HashKeyMismatch) and hashed again with that key, so a rotation
+// between the two does not turn it into a mismatch.
+func (s *Server) fingerprint(ctx context.Context, keyID string, req proto.Message) (string, []byte, error) {
+	mac, err := s.keyring().RequestMAC(keyID, requestBytes(ctx, req))
 	return keyID, mac, err
 }
 

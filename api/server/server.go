@@ -189,32 +189,48 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 	if err != nil {
 		return nil, err
 	}
+	hashKeyID := ""
 	if key != "" {
 		cmd.IdempotencyKey = key
-		cmd.RequestHashKeyId, cmd.RequestHash, err = s.fingerprint(ctx, key, req)
-		if err != nil {
-			return nil, toStatus(err)
-		}
+		hashKeyID = s.keyring().ActiveKeyID()
 	}
 	if err := s.checkVersions(cmd); err != nil {
 		return nil, err
 	}
-	data, err := fsm.EncodeCommand(cmd)
-	if err != nil {
-		return nil, toStatus(fmt.Errorf("encode command: %w", err))
+	// A retry whose first call was hashed under a key that has rotated
+	// since is answered with fsm.HashKeyMismatch: hash again with that key.
+	for attempt := 0; ; attempt++ {
+		if key != "" {
+			cmd.RequestHashKeyId, cmd.RequestHash, err = s.fingerprint(ctx, hashKeyID, req)
+			if err != nil {
+				return nil, toStatus(err)
+			}
+		}
+		data, err := fsm.EncodeCommand(cmd)
+		if err != nil {
+			return nil, toStatus(fmt.Errorf("encode command: %w", err))
+		}
+		res, err := s.raft.Apply(ctx, data)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		r, ok := res.(*fsm.Result)
+		if !ok {
+			return nil, toStatus(fmt.Errorf("unexpected apply response %T", res))
+		}
+		var mismatch *fsm.HashKeyMismatch
+		if errors.As(r.Err, &mismatch) && attempt == 0 {
+			if !s.keyring().Has(mismatch.KeyID) {
+				return nil, status.Errorf(codes.InvalidArgument, "x-idempotency-key was first used before a key rotation that retired key %s; use a new idempotency key", mismatch.KeyID)
+			}
+			hashKeyID = mismatch.KeyID
+			continue
+		}
+		if r.Err != nil {
+			return nil, toStatus(r.Err)
+		}
+		return r.Response, nil
 	}
-	res, err := s.raft.Apply(ctx, data)
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	r, ok := res.(*fsm.Result)
-	if !ok {
-		return nil, toStatus(fmt.Errorf("unexpected apply response %T", res))
-	}
-	if r.Err != nil {
-		return nil, toStatus(r.Err)
-	}
-	return r.Response, nil
 }
 
 // checkVersions refuses a command type some voter does not support yet

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -390,5 +391,57 @@ func TestNodeRefusesKeyringThatCannotOpenItsData(t *testing.T) {
 	got, err := pb.NewPayloadServiceClient(c.Conn(f)).GetByKey(context.Background(), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
 	if err != nil || got.GetEntry().GetStringValue() != "v1" {
 		t.Fatalf("after restart with the right keyring: %v %v", got, err)
+	}
+}
+
+// TestIdempotentRetryAcrossKeyRotation: a call and its retry (same
+// x-idempotency-key) with a key rotation in between. The retry is hashed
+// with the new active key first; the FSM answers that the record used the
+// old one, and the leader hashes it again with that key: the retry gets the
+// first call's result, and a different request under the same key is still
+// refused.
+func TestIdempotentRetryAcrossKeyRotation(t *testing.T) {
+	k1, k2 := randomKey(t), randomKey(t)
+	c := New(t, Options{Nodes: 3})
+	setKeyring := func(kr *region.Keyring) {
+		for _, n := range c.Running() {
+			n.Cfg.Keyring = kr
+			if err := n.N.API.SetKeyring(kr); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	setKeyring(newKeyring(t, "k1", map[string][]byte{"k1": k1}))
+	leader := c.WaitLeader()
+	_, secret := setup(t, c, leader)
+	versions := pb.NewSecretVersionServiceClient(c.Conn(leader))
+	create := func(value string) (*pb.SecretVersion, error) {
+		ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-idempotency-key", "rotation-retry")
+		return versions.Create(ctx, &pb.CreateSecretVersionRequest{Version: &pb.SecretVersion{
+			Metadata: &pb.Metadata{ParentId: secret.GetMetadata().GetId()},
+			Spec:     &pb.SecretVersionSpec{Payload: payload("password", value)},
+		}})
+	}
+	first, err := create("before-rotation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setKeyring(newKeyring(t, "k2", map[string][]byte{"k1": k1, "k2": k2}))
+	retry, err := create("before-rotation")
+	if err != nil {
+		t.Fatalf("retry after the rotation: %v", err)
+	}
+	if retry.GetMetadata().GetId() != first.GetMetadata().GetId() {
+		t.Fatalf("retry created version %s, want the first call's %s", retry.GetMetadata().GetId(), first.GetMetadata().GetId())
+	}
+	if _, err := create("another-request"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("another request under the same key after the rotation: %v, want INVALID_ARGUMENT", err)
+	}
+	list, err := versions.List(ctxT(t), &pb.ListSecretVersionsRequest{ParentId: secret.GetMetadata().GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(list.GetVersions()); n != 2 { // setup's version and the first call's
+		t.Fatalf("%d versions, want 2", n)
 	}
 }
