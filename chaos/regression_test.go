@@ -19,6 +19,31 @@ func long(t *testing.T) {
 	}
 }
 
+// gossipRegionWithAKilledFollower starts a 3-node region formed through
+// gossip and SIGKILLs one follower; it returns the follower's slot and id.
+func gossipRegionWithAKilledFollower(t *testing.T, seed uint64) (context.Context, *harness.Cluster, int, string) {
+	t.Helper()
+	bin := buildServer(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	c, err := harness.Start(ctx, harness.Config{
+		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Gossip, Network: harness.NewLoopback(), Seed: seed, Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	victim := 1
+	if victim == c.Leader(ctx) {
+		victim = 2
+	}
+	id := c.Slot(victim).ID
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, c, victim, id
+}
+
 // TestRegressionRemovedNodeStaysRemoved: in a region formed through gossip,
 // a node that died and was removed with ClusterService.RemoveNode must not
 // come back, and a replacement wiped and started under a new id at the
@@ -34,26 +59,8 @@ func long(t *testing.T) {
 // heartbeats to the dead id reach the replacement, which answers them: the
 // region counts an unconfigured node as the removed voter.
 func TestRegressionRemovedNodeStaysRemoved(t *testing.T) {
-	bin := buildServer(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c, err := harness.Start(ctx, harness.Config{
-		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Gossip, Network: harness.NewLoopback(), Seed: 1, Logf: t.Logf,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	leader := c.Leader(ctx)
-	victim := 1
-	if victim == leader {
-		victim = 2
-	}
-	id := c.Slot(victim).ID
-	if err := c.Kill(victim); err != nil {
-		t.Fatal(err)
-	}
-	err = harness.Poll(ctx, 30*time.Second, "removing "+id, func() (bool, error) {
+	ctx, c, victim, id := gossipRegionWithAKilledFollower(t, 1)
+	err := harness.Poll(ctx, 30*time.Second, "removing "+id, func() (bool, error) {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return c.RemoveNode(rctx, id) == nil, nil
@@ -100,25 +107,7 @@ func TestRegressionRemovedNodeStaysRemoved(t *testing.T) {
 // alive member whose Raft address a dead (or unknown) id holds makes the
 // leader remove that id first.
 func TestRegressionReplacementTakesOverDeadAddress(t *testing.T) {
-	bin := buildServer(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	c, err := harness.Start(ctx, harness.Config{
-		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Gossip, Network: harness.NewLoopback(), Seed: 2, Logf: t.Logf,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	leader := c.Leader(ctx)
-	victim := 1
-	if victim == leader {
-		victim = 2
-	}
-	oldID := c.Slot(victim).ID
-	if err := c.Kill(victim); err != nil {
-		t.Fatal(err)
-	}
+	ctx, c, victim, oldID := gossipRegionWithAKilledFollower(t, 2)
 	newID, err := c.Wipe(victim)
 	if err != nil {
 		t.Fatal(err)
