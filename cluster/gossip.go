@@ -79,6 +79,7 @@ type Gossip struct {
 	cfg    GossipConfig
 	logger hclog.Logger
 	ml     *memberlist.Memberlist
+	addr   string // advertised gossip address, fixed once started
 
 	mu      sync.Mutex
 	members map[string]*GossipMember // by memberlist name (region/node id)
@@ -124,6 +125,10 @@ func NewGossip(cfg GossipConfig, logger hclog.Logger) (*Gossip, error) {
 		return nil, fmt.Errorf("gossip: start on %s: %w", cfg.BindAddr, err)
 	}
 	g.ml = ml
+	// Read once, now: memberlist's LocalNode is the live state that
+	// UpdateNode rewrites without a lock readers could take.
+	n := ml.LocalNode()
+	g.addr = net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
 	return g, nil
 }
 
@@ -143,10 +148,7 @@ func splitHostPort(addr string) (string, int, error) {
 }
 
 // Addr is the address peers reach this node's gossip at.
-func (g *Gossip) Addr() string {
-	n := g.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+func (g *Gossip) Addr() string { return g.addr }
 
 // Join contacts seeds (any node of any region). It fails only when none
 // answers; a wrong gossip key shows up as seeds that cannot be decrypted.
