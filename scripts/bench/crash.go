@@ -20,28 +20,11 @@ import (
 // while writes are in flight, all are restarted, and every write that was
 // acknowledged must be readable (linearizable SecretVersionService.Get).
 func runCrash(ctx context.Context, o options, repo, dir string, writeFor time.Duration) error {
-	binDir := o.mbBinDir
-	if binDir == "" {
-		binDir = filepath.Join(repo, "bin")
-	}
-	binDir, err := filepath.Abs(binDir)
+	c, t, stop, err := preparedRegion(ctx, o, repo, dir, o.keys)
 	if err != nil {
 		return err
 	}
-	logf("starting a 3-node MysteryBox region")
-	c, err := startMysteryBox(ctx, repo, binDir, filepath.Join(dir, "mysterybox"), o.basePort, 3, false)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
-	t, err := loadgen.NewMysteryBox(loadgen.MysteryBoxConfig{Endpoints: c.endpoints, Token: c.token, Conns: o.conns, ValueSize: o.valueSize})
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	if err := t.Prepare(ctx, o.keys); err != nil {
-		return err
-	}
+	defer stop()
 	// Writers through api/client (idempotency keys, retries), recording the
 	// id of every acknowledged version.
 	wc, err := client.New(ctx, client.Config{Endpoints: c.endpoints, Token: c.token, Timeout: 5 * time.Second})

@@ -18,34 +18,44 @@ import (
 	"github.com/mysterybox/mysterybox/loadgen"
 )
 
+// preparedRegion starts a 3-node MysteryBox region from the binaries under
+// test and prepares keys secrets on it through a load-generator target
+// (scale and crash modes). stop releases both.
+func preparedRegion(ctx context.Context, o options, repo, dir string, keys int) (c *mbCluster, t *loadgen.MysteryBox, stop func(), err error) {
+	binDir := o.mbBinDir
+	if binDir == "" {
+		binDir = filepath.Join(repo, "bin")
+	}
+	if binDir, err = filepath.Abs(binDir); err != nil {
+		return nil, nil, nil, err
+	}
+	logf("starting a 3-node MysteryBox region")
+	if c, err = startMysteryBox(ctx, repo, binDir, filepath.Join(dir, "mysterybox"), o.basePort, 3, false); err != nil {
+		return nil, nil, nil, err
+	}
+	if t, err = loadgen.NewMysteryBox(loadgen.MysteryBoxConfig{Endpoints: c.endpoints, Token: c.token, Conns: o.conns, ValueSize: o.valueSize}); err != nil {
+		c.stop()
+		return nil, nil, nil, err
+	}
+	stop = func() { t.Close(); c.stop() }
+	if err = t.Prepare(ctx, keys); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return c, t, stop, nil
+}
+
 // runScale measures the large-state targets on a MysteryBox region
 // holding n secret versions: how long a restarted node takes to serve
 // again, each node's RSS, and how long a new node takes to catch up (by
 // snapshot, since the leader has compacted its log long before n entries).
 func runScale(ctx context.Context, o options, repo, dir string, n int) error {
-	binDir := o.mbBinDir
-	if binDir == "" {
-		binDir = filepath.Join(repo, "bin")
-	}
-	binDir, err := filepath.Abs(binDir)
-	if err != nil {
-		return err
-	}
-	logf("starting a 3-node MysteryBox region")
-	c, err := startMysteryBox(ctx, repo, binDir, filepath.Join(dir, "mysterybox"), o.basePort, 3, false)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
-	t, err := loadgen.NewMysteryBox(loadgen.MysteryBoxConfig{Endpoints: c.endpoints, Token: c.token, Conns: o.conns, ValueSize: o.valueSize})
-	if err != nil {
-		return err
-	}
-	defer t.Close()
 	keys := min(o.keys, n)
-	if err := t.Prepare(ctx, keys); err != nil {
+	c, t, stop, err := preparedRegion(ctx, o, repo, dir, keys)
+	if err != nil {
 		return err
 	}
+	defer stop()
 
 	// Fill: n versions in total (Prepare wrote one per key).
 	start := time.Now()
