@@ -327,11 +327,17 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 func TestTokenOfAnotherRegionIsRefusedEverywhere(t *testing.T) {
 	a := New(t, Options{Nodes: 1, Region: "eu-north1"})
-	b := New(t, Options{Nodes: 1, Region: "us-central1"})
-	nb := b.WaitLeader()
-	// a's admin token, presented to b: the same account name, roles and
-	// all, but of another region.
-	conn := b.Dial(nb, a.AdminToken)
+	b := New(t, Options{Nodes: 3, Region: "us-central1"})
+	// a's admin token, presented to b's leader and to a follower (which
+	// forwards writes and linearizable reads to the leader): the same
+	// account name, roles and all, but of another region.
+	for _, nb := range []*Node{b.WaitLeader(), b.Followers()[0]} {
+		refusedEverywhere(t, b.Dial(nb, a.AdminToken), nb.ID)
+	}
+}
+
+func refusedEverywhere(t *testing.T, conn *grpc.ClientConn, node string) {
+	t.Helper()
 	ctx := ctxT(t)
 	methods := 0
 	protoregistry.GlobalFiles.RangeFilesByPackage("mysterybox.v1", func(fd protoreflect.FileDescriptor) bool {
@@ -345,7 +351,7 @@ func TestTokenOfAnotherRegionIsRefusedEverywhere(t *testing.T) {
 				err := conn.Invoke(ctx, full, in.New().Interface(), out.New().Interface())
 				methods++
 				if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "eu-north1") || !strings.Contains(err.Error(), "us-central1") {
-					t.Errorf("%s with a token of eu-north1 on us-central1: %v, want PERMISSION_DENIED naming both regions", full, err)
+					t.Errorf("%s with a token of eu-north1 on us-central1 (%s): %v, want PERMISSION_DENIED naming both regions", full, node, err)
 				}
 			}
 		}
