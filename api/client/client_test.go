@@ -67,7 +67,7 @@ func (f *fakeSecrets) Get(ctx context.Context, req *mbv1.GetSecretRequest) (*mbv
 }
 
 // startFake serves f on 127.0.0.1:0 and returns its address.
-func startFake(t *testing.T, f *fakeSecrets) string {
+func startFake(t *testing.T, f mbv1.SecretServiceServer) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

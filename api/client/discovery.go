@@ -75,36 +75,30 @@ func (c *Client) discoveryStopped() bool {
 // It returns PERMISSION_DENIED when the token lacks the region's admin role;
 // background discovery then stops.
 func (c *Client) Refresh(ctx context.Context) error {
-	var lastErr error
-	for _, addr := range c.order(false) {
-		resp := &mbv1.ListMembersResponse{}
-		err := c.discoveryCall(ctx, addr, methodMembers, &mbv1.ListMembersRequest{}, resp)
-		if err == nil {
-			c.learnMembers(resp.GetMembers())
-			return nil
-		}
-		if refused(err) {
-			c.stopDiscovery(err)
-			return err
-		}
-		lastErr = err
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return lastErr
+	return askAnyNode(ctx, c, methodMembers, &mbv1.ListMembersRequest{}, func(resp *mbv1.ListMembersResponse) {
+		c.learnMembers(resp.GetMembers())
+	})
 }
 
 // refreshLeader asks the first node that answers which node leads.
 func (c *Client) refreshLeader(ctx context.Context) error {
+	return askAnyNode(ctx, c, methodStatus, &mbv1.ClusterStatusRequest{}, func(resp *mbv1.ClusterStatusResponse) {
+		if a := resp.GetLeaderGrpcAddress(); a != "" {
+			c.learnLeader(a)
+		}
+	})
+}
+
+// askAnyNode makes one discovery call on each node in turn until one
+// answers, and hands the answer to learn. A refusal (the token may not
+// discover) stops background discovery for good.
+func askAnyNode[T any](ctx context.Context, c *Client, method string, req any, learn func(*T)) error {
 	var lastErr error
 	for _, addr := range c.order(false) {
-		resp := &mbv1.ClusterStatusResponse{}
-		err := c.discoveryCall(ctx, addr, methodStatus, &mbv1.ClusterStatusRequest{}, resp)
+		resp := new(T)
+		err := c.discoveryCall(ctx, addr, method, req, resp)
 		if err == nil {
-			if a := resp.GetLeaderGrpcAddress(); a != "" {
-				c.learnLeader(a)
-			}
+			learn(resp)
 			return nil
 		}
 		if refused(err) {

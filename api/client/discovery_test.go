@@ -302,16 +302,9 @@ func (h *hangingSecrets) Create(ctx context.Context, _ *mbv1.CreateSecretRequest
 
 func TestAttemptTimeoutMovesOnFromHungNode(t *testing.T) {
 	h := &hangingSecrets{}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	mbv1.RegisterSecretServiceServer(srv, h)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
+	hung := startFake(t, h)
 	f := &fakeSecrets{}
-	c := newClient(t, Config{Endpoints: []string{lis.Addr().String(), startFake(t, f)}, Timeout: 20 * time.Second, AttemptTimeout: 300 * time.Millisecond})
+	c := newClient(t, Config{Endpoints: []string{hung, startFake(t, f)}, Timeout: 20 * time.Second, AttemptTimeout: 300 * time.Millisecond})
 
 	start := time.Now()
 	if _, err := c.Secrets().Create(context.Background(), createReq()); err != nil {
@@ -341,17 +334,10 @@ func TestAttemptTimeoutMovesOnFromHungNode(t *testing.T) {
 
 func TestCallerDeadlineWinsOverAttemptTimeout(t *testing.T) {
 	h := &hangingSecrets{}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer()
-	mbv1.RegisterSecretServiceServer(srv, h)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	c := newClient(t, Config{Endpoints: []string{lis.Addr().String()}, Timeout: 400 * time.Millisecond, AttemptTimeout: 5 * time.Second})
+	hung := startFake(t, h)
+	c := newClient(t, Config{Endpoints: []string{hung}, Timeout: 400 * time.Millisecond, AttemptTimeout: 5 * time.Second})
 	start := time.Now()
-	_, err = c.Secrets().Get(context.Background(), &mbv1.GetSecretRequest{Id: "x"})
+	_, err := c.Secrets().Get(context.Background(), &mbv1.GetSecretRequest{Id: "x"})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("err = %v, want DEADLINE_EXCEEDED", err)
 	}

@@ -69,21 +69,7 @@ func marshalYAML(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(js, &doc); err != nil {
-		return nil, err
-	}
-	resetStyle(&doc)
-	var buf bytes.Buffer
-	enc := yaml.NewEncoder(&buf)
-	enc.SetIndent(2)
-	if err := enc.Encode(&doc); err != nil {
-		return nil, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return jsonToYAML(js)
 }
 
 // resetStyle drops the flow/quoted styles inherited from JSON so the encoder
