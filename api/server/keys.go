@@ -62,14 +62,13 @@ func CheckKeyring(st *store.Store, kr *region.Keyring) error {
 	})
 }
 
-// fingerprint returns the key id and the HMAC under that key that identify
-// req under an idempotency key. propose starts with the active key; a
+// fingerprint returns the HMAC under keyID that identifies req under an
+// idempotency key. propose starts with the active key; a
 // retry whose first call used another key is told so by the FSM
 // (fsm.HashKeyMismatch) and hashed again with that key, so a rotation
 // between the two does not turn it into a mismatch.
-func (s *Server) fingerprint(ctx context.Context, keyID string, req proto.Message) (string, []byte, error) {
-	mac, err := s.keyring().RequestMAC(keyID, requestBytes(ctx, req))
-	return keyID, mac, err
+func (s *Server) fingerprint(ctx context.Context, keyID string, req proto.Message) ([]byte, error) {
+	return s.keyring().RequestMAC(keyID, requestBytes(ctx, req))
 }
 
 type adminService struct {

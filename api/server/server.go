@@ -201,7 +201,8 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 	// since is answered with fsm.HashKeyMismatch: hash again with that key.
 	for attempt := 0; ; attempt++ {
 		if key != "" {
-			cmd.RequestHashKeyId, cmd.RequestHash, err = s.fingerprint(ctx, hashKeyID, req)
+			cmd.RequestHashKeyId = hashKeyID
+			cmd.RequestHash, err = s.fingerprint(ctx, hashKeyID, req)
 			if err != nil {
 				return nil, toStatus(err)
 			}

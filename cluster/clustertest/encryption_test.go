@@ -444,4 +444,31 @@ func TestIdempotentRetryAcrossKeyRotation(t *testing.T) {
 	if n := len(list.GetVersions()); n != 2 { // setup's version and the first call's
 		t.Fatalf("%d versions, want 2", n)
 	}
+	// Once every data key is rewrapped and k1 is gone from the keyring, the
+	// record's request hash cannot be recomputed: a retry under that
+	// idempotency key is refused, naming the retired key, and applies nothing.
+	for round := 0; ; round++ {
+		resp, err := pb.NewAdminServiceClient(c.Conn(leader)).Rewrap(ctxT(t), &pb.RewrapRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetRemaining() == 0 {
+			break
+		}
+		if round > 10 {
+			t.Fatalf("rewrap does not finish: %v", resp)
+		}
+	}
+	c.WaitConverged()
+	setKeyring(newKeyring(t, "k2", map[string][]byte{"k2": k2}))
+	if _, err := create("before-rotation"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "k1") {
+		t.Fatalf("retry after its hash key was retired: %v, want INVALID_ARGUMENT naming k1", err)
+	}
+	list, err = versions.List(ctxT(t), &pb.ListSecretVersionsRequest{ParentId: secret.GetMetadata().GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(list.GetVersions()); n != 2 {
+		t.Fatalf("%d versions after the refused retry, want 2", n)
+	}
 }
