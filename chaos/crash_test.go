@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,11 +76,24 @@ func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 			}
 		}()
 	}
-	// Write until the leader has taken a few snapshots, then kill everyone.
-	err = harness.Poll(ctx, time.Minute, "acknowledged writes past three snapshot thresholds", func() (bool, error) {
+	// Write past three snapshot thresholds and until a snapshot is on disk
+	// (the log has been compacted), then kill everyone.
+	snapshotsOnDisk := func() int {
+		n := 0
+		for _, sl := range c.Slots() {
+			ents, _ := os.ReadDir(filepath.Join(sl.DataDir, "raft", "snapshots"))
+			for _, e := range ents {
+				if !strings.HasSuffix(e.Name(), ".tmp") { // one being written
+					n++
+				}
+			}
+		}
+		return n
+	}
+	err = harness.Poll(ctx, time.Minute, "acknowledged writes past three snapshot thresholds and a snapshot", func() (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(acked) > 3*512, nil
+		return len(acked) > 3*512 && snapshotsOnDisk() > 0, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,12 +111,7 @@ func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 	want := len(acked)
 	mu.Unlock()
 	t.Logf("%d writes acknowledged before every node was killed", want)
-	snapshots := 0
-	for _, sl := range c.Slots() {
-		ents, _ := os.ReadDir(filepath.Join(sl.DataDir, "raft", "snapshots"))
-		snapshots += len(ents)
-	}
-	if snapshots == 0 {
+	if snapshotsOnDisk() == 0 {
 		t.Fatal("no node took a Raft snapshot before the crash: the test did not exercise log compaction")
 	}
 

@@ -1,5 +1,5 @@
-// Package cluster runs one node's Raft: the raft-boltdb log and stable
-// store, file snapshots, the TCP transport, bootstrap and membership changes,
+// Package cluster runs one node's Raft: the log and stable store (raft-wal
+// or raft-boltdb), file snapshots, the TCP transport, bootstrap and membership changes,
 // leader tracking that never blocks Raft, and the linearizable-read barrier.
 //
 // It knows nothing of secrets: it replicates opaque commands into a raft.FSM.
@@ -13,15 +13,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 )
 
 // logCacheEntries is how many recent Raft entries stay in memory: several
@@ -49,8 +46,12 @@ type Config struct {
 	// RaftAdvertise is the address peers dial; empty means the bound address,
 	// which must then be a concrete host.
 	RaftAdvertise string
-	// DataDir holds raft.db and the snapshots folder.
+	// DataDir holds the log store (wal/ or raft.db) and the snapshots folder.
 	DataDir string
+	// LogStore is LogStoreWAL or LogStoreBoltDB; empty keeps the store the
+	// data directory has (the WAL for a new one). Naming the other store
+	// migrates the log into it at start.
+	LogStore string
 	// PeerTLSServer and PeerTLSClient, when set, carry Raft over mutual TLS.
 	PeerTLSServer *tls.Config
 	PeerTLSClient *tls.Config
@@ -74,7 +75,7 @@ type Node struct {
 	logger    hclog.Logger
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
-	logStore  *raftboltdb.BoltStore
+	logStore  logStore
 	snapshots *raft.FileSnapshotStore
 
 	readyTerm atomic.Uint64 // term whose post-election barrier has returned
@@ -104,12 +105,12 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 	n.reads.node = n
 
 	var err error
-	// The freelist is rebuilt at open instead of written with every commit:
-	// fewer bytes synced per Raft append, the log's durability unchanged.
-	n.logStore, err = raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType}})
+	var kind string
+	n.logStore, kind, err = openLogStore(cfg.DataDir, cfg.LogStore, logger)
 	if err != nil {
-		return nil, fmt.Errorf("cluster: open raft log: %w", err)
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
+	logger.Debug("raft log store", "store", kind)
 	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, logger.Named("snapshots"))
 	if err != nil {
 		n.logStore.Close()

@@ -101,6 +101,9 @@ type Config struct {
 	SnapshotThreshold  uint64
 	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
+	// RaftLogStore: cluster.LogStoreWAL or LogStoreBoltDB ("" keeps the
+	// data directory's, the WAL when new).
+	RaftLogStore string
 }
 
 // Node is a running MysteryBox node.
@@ -208,6 +211,7 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		SnapshotThreshold:  cfg.SnapshotThreshold,
 		SnapshotInterval:   cfg.SnapshotInterval,
 		TrailingLogs:       cfg.TrailingLogs,
+		LogStore:           cfg.RaftLogStore,
 		PeerTLSServer:      n.peerServerTLS(),
 		PeerTLSClient:      n.peerClientTLS(),
 	}, n.FSM, logger.Named("cluster"))

@@ -35,6 +35,9 @@ type Options struct {
 	PurgeAfter        time.Duration
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
+	// RaftLogStore of every node (cluster.LogStoreWAL or LogStoreBoltDB;
+	// empty: the default).
+	RaftLogStore string
 	// LogLevel of the nodes' loggers (default warn); their output goes to
 	// the test log, and also to LogSink when set.
 	LogLevel hclog.Level
@@ -256,6 +259,7 @@ func (c *Cluster) newNode() *Node {
 		LeaderLeaseTimeout:  150 * time.Millisecond,
 		SnapshotThreshold:   c.opts.SnapshotThreshold,
 		TrailingLogs:        c.opts.TrailingLogs,
+		RaftLogStore:        c.opts.RaftLogStore,
 	}
 	if c.opts.Metrics {
 		cfg.MetricsAddr = "127.0.0.1:0"

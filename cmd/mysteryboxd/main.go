@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/mysterybox/mysterybox/backup"
+	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/node"
 	"github.com/mysterybox/mysterybox/region"
 	"github.com/mysterybox/mysterybox/store"
@@ -61,6 +62,7 @@ type options struct {
 	snapshotInterval  time.Duration
 	snapshotThreshold uint64
 	trailingLogs      uint64
+	raftLogStore      string
 }
 
 func main() {
@@ -132,6 +134,7 @@ func run(args []string) int {
 	f.DurationVar(&o.snapshotInterval, "raft-snapshot-interval", 30*time.Second, "how often Raft checks whether to snapshot (randomly 1–2× this)")
 	f.Uint64Var(&o.snapshotThreshold, "raft-snapshot-threshold", 8192, "Raft snapshots once this many log entries are past the last snapshot")
 	f.Uint64Var(&o.trailingLogs, "raft-trailing-logs", 10240, "log entries kept after a snapshot, so a follower this far behind catches up without one")
+	f.StringVar(&o.raftLogStore, "raft-log-store", "", "Raft log store: wal or boltdb; empty keeps the data directory's (wal when new); naming the other migrates the log at start")
 	cmd.AddCommand(keygenCommand(), restoreCommand(), tlsCommand())
 	cmd.SetArgs(args)
 	if err := applyEnv(cmd, args); err != nil {
@@ -313,9 +316,13 @@ func serve(cmd *cobra.Command, o *options) error {
 		SnapshotInterval:  o.snapshotInterval,
 		SnapshotThreshold: o.snapshotThreshold,
 		TrailingLogs:      o.trailingLogs,
+		RaftLogStore:      o.raftLogStore,
 	}
 	if o.snapshotInterval <= 0 || o.snapshotThreshold == 0 || o.trailingLogs == 0 {
 		return usageError{errors.New("--raft-snapshot-interval, --raft-snapshot-threshold and --raft-trailing-logs must be positive")}
+	}
+	if !cluster.ValidLogStore(o.raftLogStore) {
+		return usageError{fmt.Errorf("--raft-log-store must be %q or %q, not %q", cluster.LogStoreWAL, cluster.LogStoreBoltDB, o.raftLogStore)}
 	}
 	if o.tls.Enabled() {
 		if o.tls.CertFile == "" || o.tls.KeyFile == "" || o.tls.PeerCAFile == "" || o.tls.PeerCertFile == "" || o.tls.PeerKeyFile == "" {
