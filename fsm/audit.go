@@ -3,10 +3,14 @@ package fsm
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
@@ -42,6 +46,83 @@ func (a *applier) chainAudit(head *fsmpb.AuditHead, r *pb.AuditRecord) error {
 	}
 	head.Seq, head.Hash = r.GetSeq(), r.GetHash()
 	return nil
+}
+
+// auditCall completes the audit record a command carried (nil: none) with
+// the command's outcome and chains it. A HashKeyMismatch applied nothing:
+// the leader proposes the command again, record included.
+func (a *applier) auditCall(r *pb.AuditRecord, res *Result) {
+	if r == nil {
+		return
+	}
+	var mismatch *HashKeyMismatch
+	if errors.As(res.Err, &mismatch) {
+		return
+	}
+	r.Code = AuditCode(res.Err)
+	if res.Response != nil {
+		r.ResourceIds = AuditResourceIDs(r.GetResourceIds(), res.Response)
+	}
+	head, err := a.b.AuditHead()
+	if err == nil {
+		err = a.chainAudit(head, r)
+	}
+	if err == nil {
+		err = a.b.SetAuditHead(head)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("fsm: chain the audit record of a command: %v", err))
+	}
+}
+
+// AuditCode is the status code, in the SPEC's upper snake case, that the
+// API returns for a command's result (the same mapping as api/server's
+// error table, for the errors a command can end with).
+func AuditCode(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	return strings.ToUpper(errorKind(err))
+}
+
+// AuditResourceIDs adds to ids the ids a message names: string fields
+// called id or *_id, in nested messages too (never in a payload), and
+// returns the set sorted.
+func AuditResourceIDs(ids []string, msgs ...any) []string {
+	seen := make(map[string]bool, len(ids))
+	out := ids[:0:0]
+	add := func(id string) {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	for _, id := range ids {
+		add(id)
+	}
+	var walk func(m protoreflect.Message, depth int)
+	walk = func(m protoreflect.Message, depth int) {
+		if depth > 4 {
+			return
+		}
+		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			name := string(fd.Name())
+			switch {
+			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() && (name == "id" || strings.HasSuffix(name, "_id")):
+				add(v.String())
+			case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && name != "payload":
+				walk(v.Message(), depth+1)
+			}
+			return true
+		})
+	}
+	for _, x := range msgs {
+		if m, ok := x.(proto.Message); ok && m != nil && m.ProtoReflect().IsValid() {
+			walk(m.ProtoReflect(), 0)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (a *applier) auditAppend(op *fsmpb.AuditAppend) error {

@@ -36,16 +36,25 @@ const CommandFormat = 1
 // leader proposes a type only once every voter advertises (in gossip) a
 // version at least that high, so a rolling upgrade never sends a node a
 // command it cannot apply.
-const CommandVersion = 2
+const CommandVersion = 3
 
-// RequiredVersion is the command version that introduced cmd's type.
+// AuditInCommandVersion is the command version from which a command may
+// carry its call's audit record (Command.audit). An older node would
+// ignore the field and its audit chain would miss those records, so the
+// leader attaches it only once every voter advertises this version.
+const AuditInCommandVersion = 3
+
+// RequiredVersion is the command version that introduced cmd's type (or
+// its audit field).
 func RequiredVersion(cmd *fsmpb.Command) int {
-	switch cmd.GetOp().(type) {
-	case *fsmpb.Command_RewrapVersions:
-		return 2
-	default:
-		return 1
+	need := 1
+	if _, ok := cmd.GetOp().(*fsmpb.Command_RewrapVersions); ok {
+		need = 2
 	}
+	if cmd.GetAudit() != nil {
+		need = max(need, AuditInCommandVersion)
+	}
+	return need
 }
 
 // IdempotencyTTL is how long a mutation's result is remembered under its
@@ -213,6 +222,7 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 	if key != "" {
 		if res, done := a.replay(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId()); done {
 			f.observer().IdempotencyReplay()
+			a.auditCall(cmd.GetAudit(), res)
 			return res
 		}
 	}
@@ -228,6 +238,7 @@ func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
 	if key != "" {
 		a.remember(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId(), res)
 	}
+	a.auditCall(cmd.GetAudit(), res)
 	return res
 }
 

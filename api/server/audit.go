@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
@@ -25,12 +23,15 @@ import (
 	"github.com/mysterybox/mysterybox/store"
 )
 
-// callInfo is filled in while a call runs: who made it (once authorized)
-// and whether this node only forwarded it (then the leader audits it).
+// callInfo is filled in while a call runs: who made it (once authorized),
+// whether this node only forwarded it (then the leader audits it), and
+// whether its record went into the Raft command it proposed.
 type callInfo struct {
+	method    string
 	mu        sync.Mutex
 	accountID string
 	forwarded bool
+	recorded  bool
 }
 
 type callInfoKey struct{}
@@ -187,20 +188,20 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(ctx, req)
 	}
-	ci := &callInfo{}
+	ci := &callInfo{method: info.FullMethod}
 	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := handler(ctx, req)
 	ci.mu.Lock()
-	forwarded, account := ci.forwarded, ci.accountID
+	forwarded, account, recorded := ci.forwarded, ci.accountID, ci.recorded
 	ci.mu.Unlock()
-	if forwarded || !s.raft.AcceptsWrites() {
+	if forwarded || recorded || !s.raft.AcceptsWrites() {
 		return resp, err
 	}
 	rec := &pb.AuditRecord{
 		Time:        timestamppb.Now(),
 		AccountId:   account,
 		Method:      info.FullMethod,
-		ResourceIds: resourceIDs(req, resp),
+		ResourceIds: fsm.AuditResourceIDs(nil, req, resp),
 		Code:        codeName(status.Code(err)),
 		NodeId:      s.cfg.NodeID,
 		RequestId:   requestID(ctx),
@@ -222,13 +223,13 @@ func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(srv, ss)
 	}
-	ci := &callInfo{}
+	ci := &callInfo{method: info.FullMethod}
 	ctx := context.WithValue(ss.Context(), callInfoKey{}, ci)
 	err := handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
 	ci.mu.Lock()
-	forwarded, account := ci.forwarded, ci.accountID
+	forwarded, account, recorded := ci.forwarded, ci.accountID, ci.recorded
 	ci.mu.Unlock()
-	if forwarded || !s.raft.AcceptsWrites() {
+	if forwarded || recorded || !s.raft.AcceptsWrites() {
 		return err
 	}
 	_ = s.audit.add(ctx, &pb.AuditRecord{
@@ -236,6 +237,39 @@ func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 		NodeId: s.cfg.NodeID, RequestId: requestID(ctx), ResourceIds: []string{s.cfg.Region},
 	}, false)
 	return err
+}
+
+// callRecord returns the audit record to carry in the command an audited
+// call is about to propose (nil when the call is not audited, was already
+// recorded, or some voter cannot apply such a command yet). The FSM
+// completes it with the outcome; markRecorded then stops the interceptor
+// from writing a second one.
+func (s *Server) callRecord(ctx context.Context, req proto.Message) *pb.AuditRecord {
+	ci := infoFrom(ctx)
+	if s.audit == nil || req == nil || ci == nil || !s.versions.supports(fsm.AuditInCommandVersion) {
+		return nil
+	}
+	ci.mu.Lock()
+	defer ci.mu.Unlock()
+	if ci.recorded || ci.forwarded {
+		return nil
+	}
+	return &pb.AuditRecord{
+		Time:        timestamppb.Now(),
+		AccountId:   ci.accountID,
+		Method:      ci.method,
+		ResourceIds: fsm.AuditResourceIDs(nil, req),
+		NodeId:      s.cfg.NodeID,
+		RequestId:   requestID(ctx),
+	}
+}
+
+func markRecorded(ctx context.Context) {
+	if ci := infoFrom(ctx); ci != nil {
+		ci.mu.Lock()
+		ci.recorded = true
+		ci.mu.Unlock()
+	}
 }
 
 // codeName is a status code in the SPEC's upper snake case.
@@ -261,39 +295,6 @@ func requestID(ctx context.Context) string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// resourceIDs collects the ids a call names or creates: string fields
-// called id or *_id, in the request and the response (never payloads).
-func resourceIDs(msgs ...any) []string {
-	seen := map[string]bool{}
-	var out []string
-	var walk func(m protoreflect.Message, depth int)
-	walk = func(m protoreflect.Message, depth int) {
-		if depth > 4 {
-			return
-		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			name := string(fd.Name())
-			switch {
-			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() && (name == "id" || strings.HasSuffix(name, "_id")):
-				if id := v.String(); id != "" && !seen[id] {
-					seen[id] = true
-					out = append(out, id)
-				}
-			case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && name != "payload":
-				walk(v.Message(), depth+1)
-			}
-			return true
-		})
-	}
-	for _, x := range msgs {
-		if m, ok := x.(proto.Message); ok && m != nil && m.ProtoReflect().IsValid() {
-			walk(m.ProtoReflect(), 0)
-		}
-	}
-	sort.Strings(out)
-	return out
 }
 
 // pruneAudit proposes removing records older than the retention.

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,7 +96,10 @@ type Server struct {
 	dir    Directory // nil without gossip
 	obs    Observer  // nil without metrics
 	audit  *auditor  // nil without audit
-	auth   authCache
+	// versions caches the region's oldest command version (callRecord
+	// asks on every write).
+	versions versionCache
+	auth     authCache
 	// leaderHint caches {leader id, its gRPC address}.
 	leaderHint atomic.Pointer[[2]string]
 }
@@ -148,6 +152,7 @@ func New(cfg Config, r Raft, st *store.Store, kr *region.Keyring, logger hclog.L
 		logger = hclog.NewNullLogger()
 	}
 	s := &Server{cfg: cfg, raft: r, store: st, logger: logger, health: health.NewServer()}
+	s.versions.s = s
 	if err := s.SetKeyring(kr); err != nil {
 		return nil, err
 	}
@@ -194,6 +199,7 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 		cmd.IdempotencyKey = key
 		hashKeyID = s.keyring().ActiveKeyID()
 	}
+	cmd.Audit = s.callRecord(ctx, req)
 	if err := s.checkVersions(cmd); err != nil {
 		return nil, err
 	}
@@ -227,6 +233,9 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 			hashKeyID = mismatch.KeyID
 			continue
 		}
+		if cmd.Audit != nil && !errors.As(r.Err, &mismatch) {
+			markRecorded(ctx) // applied, with the record
+		}
 		if r.Err != nil {
 			return nil, toStatus(r.Err)
 		}
@@ -242,9 +251,23 @@ func (s *Server) checkVersions(cmd *fsmpb.Command) error {
 	if need <= 1 || s.dir == nil {
 		return nil
 	}
-	servers, err := s.raft.Servers()
+	id, v, err := s.oldestVoter()
 	if err != nil {
 		return toStatus(err)
+	}
+	if v < need {
+		return status.Errorf(codes.FailedPrecondition, "node %s applies commands up to version %d; this operation needs version %d: upgrade every node first", id, v, need)
+	}
+	return nil
+}
+
+// oldestVoter returns the voter that advertises the lowest command version
+// in gossip, and that version (0 for a voter gossip does not know). The
+// caller checks that gossip runs (s.dir != nil).
+func (s *Server) oldestVoter() (id string, version int, err error) {
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return "", 0, err
 	}
 	have := map[string]int{}
 	for _, m := range s.dir.Members() {
@@ -252,12 +275,39 @@ func (s *Server) checkVersions(cmd *fsmpb.Command) error {
 			have[m.Meta.NodeID] = m.Meta.CommandVersion
 		}
 	}
+	version = -1
 	for _, sv := range servers {
-		if v := have[sv.ID]; sv.Voter && v < need {
-			return status.Errorf(codes.FailedPrecondition, "node %s applies commands up to version %d; this operation needs version %d: upgrade every node first", sv.ID, v, need)
+		if v := have[sv.ID]; sv.Voter && (version < 0 || v < version) {
+			id, version = sv.ID, v
 		}
 	}
-	return nil
+	return id, max(version, 0), nil
+}
+
+// versionCache answers whether every voter applies a command version,
+// from a check at most a second old. Without gossip the versions are
+// unknown and the answer is no: features that need them stay off.
+type versionCache struct {
+	s       *Server
+	mu      sync.Mutex
+	oldest  int
+	checked time.Time
+}
+
+func (c *versionCache) supports(version int) bool {
+	if c.s.dir == nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.checked) > time.Second {
+		c.oldest = 0
+		if _, v, err := c.s.oldestVoter(); err == nil {
+			c.oldest = v
+		}
+		c.checked = time.Now()
+	}
+	return c.oldest >= version
 }
 
 // mutate runs a write: forward it when this node is not the leader;

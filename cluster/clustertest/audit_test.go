@@ -8,6 +8,9 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/store"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 func auditRecords(t *testing.T, n *Node) []*pb.AuditRecord {
@@ -120,4 +123,77 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// recordsOf returns the audit records of the call with request id rid.
+func recordsOf(t *testing.T, n *Node, rid string) []*pb.AuditRecord {
+	t.Helper()
+	var out []*pb.AuditRecord
+	for _, r := range auditRecords(t, n) {
+		if r.GetRequestId() == rid {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestMutationIsAuditedInItsOwnCommand: in a region whose nodes all apply
+// command version 3, a mutation's audit record is committed with the
+// mutation — on every node the moment the call returns, through a follower
+// too — exactly once, with its outcome, also when the FSM refuses it.
+func TestMutationIsAuditedInItsOwnCommand(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true})
+	leader := c.WaitLeader()
+	_, secret := setup(t, c, leader)
+	id := secret.GetMetadata().GetId()
+	f := c.Followers()[0]
+	// Gossip must have told the leader every node's version first.
+	Eventually(t, 10*time.Second, "the leader to put records in commands", func() error {
+		rid := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+		ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-request-id", rid)
+		if _, err := pb.NewSecretVersionServiceClient(c.Conn(leader)).Create(ctx, &pb.CreateSecretVersionRequest{
+			Version: &pb.SecretVersion{Metadata: &pb.Metadata{ParentId: id}, Spec: &pb.SecretVersionSpec{Payload: payload("k", "probe")}},
+		}); err != nil {
+			return err
+		}
+		if len(recordsOf(t, leader, rid)) != 1 {
+			return fmt.Errorf("no record committed with the write yet")
+		}
+		return nil
+	})
+
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-request-id", "create-through-follower")
+	v, err := pb.NewSecretVersionServiceClient(c.Conn(f)).Create(ctx, &pb.CreateSecretVersionRequest{
+		Version: &pb.SecretVersion{Metadata: &pb.Metadata{ParentId: id}, Spec: &pb.SecretVersionSpec{Payload: payload("k", "v")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No waiting: the record is in the leader's state as the call returns.
+	recs := recordsOf(t, leader, "create-through-follower")
+	if len(recs) != 1 || recs[0].GetCode() != "OK" || !contains(recs[0].GetResourceIds(), v.GetMetadata().GetId()) || !contains(recs[0].GetResourceIds(), id) || recs[0].GetAccountId() == "" {
+		t.Fatalf("records of the write: %v, want one OK record naming the secret and the new version", recs)
+	}
+	// A mutation the FSM refuses (stale resource_version) is recorded with
+	// its code.
+	ctx = metadata.AppendToOutgoingContext(ctxT(t), "x-request-id", "stale-delete")
+	_, err = pb.NewSecretServiceClient(c.Conn(leader)).Delete(ctx, &pb.DeleteSecretRequest{Id: id, ResourceVersion: 1})
+	if status.Code(err) != codes.Aborted {
+		t.Fatalf("delete with a stale resource_version: %v, want ABORTED", err)
+	}
+	recs = recordsOf(t, leader, "stale-delete")
+	if len(recs) != 1 || recs[0].GetCode() != "ABORTED" {
+		t.Fatalf("records of the refused delete: %v, want one ABORTED", recs)
+	}
+	// Every replica holds the same chain, and it verifies.
+	c.WaitConverged()
+	for _, n := range c.Nodes {
+		if got := recordsOf(t, n, "create-through-follower"); len(got) != 1 {
+			t.Fatalf("%s has %d records of the write", n.ID, len(got))
+		}
+	}
+	res, err := pb.NewAuditServiceClient(c.Conn(f)).Verify(ctxT(t), &pb.VerifyAuditRequest{})
+	if err != nil || !res.GetOk() {
+		t.Fatalf("verify: %v %v", res, err)
+	}
 }

@@ -44,6 +44,12 @@ type Command struct {
 	IdempotencyKey   string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	RequestHash      []byte `protobuf:"bytes,4,opt,name=request_hash,json=requestHash,proto3" json:"request_hash,omitempty"`
 	RequestHashKeyId string `protobuf:"bytes,5,opt,name=request_hash_key_id,json=requestHashKeyId,proto3" json:"request_hash_key_id,omitempty"`
+	// The audit record of the API call that proposed this command (command
+	// version 3). The FSM completes it with the outcome (code, ids of what
+	// the call created) and chains it in the same batch, so the record of an
+	// acknowledged mutation is as durable as the mutation itself. Empty for
+	// internal commands and while some voter is older.
+	Audit *mysteryboxv1.AuditRecord `protobuf:"bytes,6,opt,name=audit,proto3" json:"audit,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_CreateProject
@@ -137,6 +143,13 @@ func (x *Command) GetRequestHashKeyId() string {
 		return x.RequestHashKeyId
 	}
 	return ""
+}
+
+func (x *Command) GetAudit() *mysteryboxv1.AuditRecord {
+	if x != nil {
+		return x.Audit
+	}
+	return nil
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -2508,13 +2521,14 @@ var File_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xe0\x0e\n" +
+	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\x92\x0f\n" +
 	"\aCommand\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12-\n" +
-	"\x13request_hash_key_id\x18\x05 \x01(\tR\x10requestHashKeyId\x12I\n" +
+	"\x13request_hash_key_id\x18\x05 \x01(\tR\x10requestHashKeyId\x120\n" +
+	"\x05audit\x18\x06 \x01(\v2\x1a.mysterybox.v1.AuditRecordR\x05audit\x12I\n" +
 	"\x0ecreate_project\x18\n" +
 	" \x01(\v2 .mysterybox.fsm.v1.CreateProjectH\x00R\rcreateProject\x12I\n" +
 	"\x0edelete_project\x18\v \x01(\v2 .mysterybox.fsm.v1.DeleteProjectH\x00R\rdeleteProject\x12F\n" +
@@ -2736,63 +2750,64 @@ var file_fsm_proto_goTypes = []any{
 	(*IdempotencyRecord)(nil),          // 34: mysterybox.fsm.v1.IdempotencyRecord
 	(*NodeRecord)(nil),                 // 35: mysterybox.fsm.v1.NodeRecord
 	nil,                                // 36: mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	(*mysteryboxv1.Project)(nil),       // 37: mysterybox.v1.Project
-	(*mysteryboxv1.Secret)(nil),        // 38: mysterybox.v1.Secret
-	(*mysteryboxv1.SecretVersion)(nil), // 39: mysterybox.v1.SecretVersion
-	(*mysteryboxv1.Account)(nil),       // 40: mysterybox.v1.Account
-	(*mysteryboxv1.Token)(nil),         // 41: mysterybox.v1.Token
-	(*mysteryboxv1.AccessBinding)(nil), // 42: mysterybox.v1.AccessBinding
-	(*mysteryboxv1.AuditRecord)(nil),   // 43: mysterybox.v1.AuditRecord
+	(*mysteryboxv1.AuditRecord)(nil),   // 37: mysterybox.v1.AuditRecord
+	(*mysteryboxv1.Project)(nil),       // 38: mysterybox.v1.Project
+	(*mysteryboxv1.Secret)(nil),        // 39: mysterybox.v1.Secret
+	(*mysteryboxv1.SecretVersion)(nil), // 40: mysterybox.v1.SecretVersion
+	(*mysteryboxv1.Account)(nil),       // 41: mysterybox.v1.Account
+	(*mysteryboxv1.Token)(nil),         // 42: mysterybox.v1.Token
+	(*mysteryboxv1.AccessBinding)(nil), // 43: mysterybox.v1.AccessBinding
 }
 var file_fsm_proto_depIdxs = []int32{
-	1,  // 0: mysterybox.fsm.v1.Command.create_project:type_name -> mysterybox.fsm.v1.CreateProject
-	2,  // 1: mysterybox.fsm.v1.Command.delete_project:type_name -> mysterybox.fsm.v1.DeleteProject
-	3,  // 2: mysterybox.fsm.v1.Command.create_secret:type_name -> mysterybox.fsm.v1.CreateSecret
-	4,  // 3: mysterybox.fsm.v1.Command.update_secret:type_name -> mysterybox.fsm.v1.UpdateSecret
-	5,  // 4: mysterybox.fsm.v1.Command.delete_secret:type_name -> mysterybox.fsm.v1.DeleteSecret
-	6,  // 5: mysterybox.fsm.v1.Command.undelete_secret:type_name -> mysterybox.fsm.v1.UndeleteSecret
-	7,  // 6: mysterybox.fsm.v1.Command.create_version:type_name -> mysterybox.fsm.v1.CreateVersion
-	8,  // 7: mysterybox.fsm.v1.Command.delete_version:type_name -> mysterybox.fsm.v1.DeleteVersion
-	9,  // 8: mysterybox.fsm.v1.Command.undelete_version:type_name -> mysterybox.fsm.v1.UndeleteVersion
-	10, // 9: mysterybox.fsm.v1.Command.purge:type_name -> mysterybox.fsm.v1.Purge
-	11, // 10: mysterybox.fsm.v1.Command.prune_idempotency:type_name -> mysterybox.fsm.v1.PruneIdempotency
-	12, // 11: mysterybox.fsm.v1.Command.register_node:type_name -> mysterybox.fsm.v1.RegisterNode
-	13, // 12: mysterybox.fsm.v1.Command.deregister_node:type_name -> mysterybox.fsm.v1.DeregisterNode
-	14, // 13: mysterybox.fsm.v1.Command.rewrap_versions:type_name -> mysterybox.fsm.v1.RewrapVersions
-	17, // 14: mysterybox.fsm.v1.Command.create_account:type_name -> mysterybox.fsm.v1.CreateAccount
-	18, // 15: mysterybox.fsm.v1.Command.delete_account:type_name -> mysterybox.fsm.v1.DeleteAccount
-	19, // 16: mysterybox.fsm.v1.Command.create_token:type_name -> mysterybox.fsm.v1.CreateToken
-	21, // 17: mysterybox.fsm.v1.Command.revoke_token:type_name -> mysterybox.fsm.v1.RevokeToken
-	22, // 18: mysterybox.fsm.v1.Command.create_binding:type_name -> mysterybox.fsm.v1.CreateBinding
-	23, // 19: mysterybox.fsm.v1.Command.delete_binding:type_name -> mysterybox.fsm.v1.DeleteBinding
-	24, // 20: mysterybox.fsm.v1.Command.bootstrap_admin:type_name -> mysterybox.fsm.v1.BootstrapAdmin
-	25, // 21: mysterybox.fsm.v1.Command.audit_append:type_name -> mysterybox.fsm.v1.AuditAppend
-	26, // 22: mysterybox.fsm.v1.Command.audit_prune:type_name -> mysterybox.fsm.v1.AuditPrune
-	37, // 23: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
-	38, // 24: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
-	7,  // 25: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
-	36, // 26: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
-	39, // 27: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
-	30, // 28: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
-	35, // 29: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
-	16, // 30: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
-	40, // 31: mysterybox.fsm.v1.CreateAccount.account:type_name -> mysterybox.v1.Account
-	29, // 32: mysterybox.fsm.v1.CreateToken.token:type_name -> mysterybox.fsm.v1.TokenRecord
-	41, // 33: mysterybox.fsm.v1.CreateTokenResult.token:type_name -> mysterybox.v1.Token
-	42, // 34: mysterybox.fsm.v1.CreateBinding.binding:type_name -> mysterybox.v1.AccessBinding
-	40, // 35: mysterybox.fsm.v1.BootstrapAdmin.account:type_name -> mysterybox.v1.Account
-	29, // 36: mysterybox.fsm.v1.BootstrapAdmin.token:type_name -> mysterybox.fsm.v1.TokenRecord
-	42, // 37: mysterybox.fsm.v1.BootstrapAdmin.binding:type_name -> mysterybox.v1.AccessBinding
-	43, // 38: mysterybox.fsm.v1.AuditAppend.records:type_name -> mysterybox.v1.AuditRecord
-	41, // 39: mysterybox.fsm.v1.TokenRecord.token:type_name -> mysterybox.v1.Token
-	31, // 40: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
-	38, // 41: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
-	39, // 42: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	37, // 0: mysterybox.fsm.v1.Command.audit:type_name -> mysterybox.v1.AuditRecord
+	1,  // 1: mysterybox.fsm.v1.Command.create_project:type_name -> mysterybox.fsm.v1.CreateProject
+	2,  // 2: mysterybox.fsm.v1.Command.delete_project:type_name -> mysterybox.fsm.v1.DeleteProject
+	3,  // 3: mysterybox.fsm.v1.Command.create_secret:type_name -> mysterybox.fsm.v1.CreateSecret
+	4,  // 4: mysterybox.fsm.v1.Command.update_secret:type_name -> mysterybox.fsm.v1.UpdateSecret
+	5,  // 5: mysterybox.fsm.v1.Command.delete_secret:type_name -> mysterybox.fsm.v1.DeleteSecret
+	6,  // 6: mysterybox.fsm.v1.Command.undelete_secret:type_name -> mysterybox.fsm.v1.UndeleteSecret
+	7,  // 7: mysterybox.fsm.v1.Command.create_version:type_name -> mysterybox.fsm.v1.CreateVersion
+	8,  // 8: mysterybox.fsm.v1.Command.delete_version:type_name -> mysterybox.fsm.v1.DeleteVersion
+	9,  // 9: mysterybox.fsm.v1.Command.undelete_version:type_name -> mysterybox.fsm.v1.UndeleteVersion
+	10, // 10: mysterybox.fsm.v1.Command.purge:type_name -> mysterybox.fsm.v1.Purge
+	11, // 11: mysterybox.fsm.v1.Command.prune_idempotency:type_name -> mysterybox.fsm.v1.PruneIdempotency
+	12, // 12: mysterybox.fsm.v1.Command.register_node:type_name -> mysterybox.fsm.v1.RegisterNode
+	13, // 13: mysterybox.fsm.v1.Command.deregister_node:type_name -> mysterybox.fsm.v1.DeregisterNode
+	14, // 14: mysterybox.fsm.v1.Command.rewrap_versions:type_name -> mysterybox.fsm.v1.RewrapVersions
+	17, // 15: mysterybox.fsm.v1.Command.create_account:type_name -> mysterybox.fsm.v1.CreateAccount
+	18, // 16: mysterybox.fsm.v1.Command.delete_account:type_name -> mysterybox.fsm.v1.DeleteAccount
+	19, // 17: mysterybox.fsm.v1.Command.create_token:type_name -> mysterybox.fsm.v1.CreateToken
+	21, // 18: mysterybox.fsm.v1.Command.revoke_token:type_name -> mysterybox.fsm.v1.RevokeToken
+	22, // 19: mysterybox.fsm.v1.Command.create_binding:type_name -> mysterybox.fsm.v1.CreateBinding
+	23, // 20: mysterybox.fsm.v1.Command.delete_binding:type_name -> mysterybox.fsm.v1.DeleteBinding
+	24, // 21: mysterybox.fsm.v1.Command.bootstrap_admin:type_name -> mysterybox.fsm.v1.BootstrapAdmin
+	25, // 22: mysterybox.fsm.v1.Command.audit_append:type_name -> mysterybox.fsm.v1.AuditAppend
+	26, // 23: mysterybox.fsm.v1.Command.audit_prune:type_name -> mysterybox.fsm.v1.AuditPrune
+	38, // 24: mysterybox.fsm.v1.CreateProject.project:type_name -> mysterybox.v1.Project
+	39, // 25: mysterybox.fsm.v1.CreateSecret.secret:type_name -> mysterybox.v1.Secret
+	7,  // 26: mysterybox.fsm.v1.CreateSecret.first_version:type_name -> mysterybox.fsm.v1.CreateVersion
+	36, // 27: mysterybox.fsm.v1.UpdateSecret.labels:type_name -> mysterybox.fsm.v1.UpdateSecret.LabelsEntry
+	40, // 28: mysterybox.fsm.v1.CreateVersion.version:type_name -> mysterybox.v1.SecretVersion
+	30, // 29: mysterybox.fsm.v1.CreateVersion.payload:type_name -> mysterybox.fsm.v1.SealedPayload
+	35, // 30: mysterybox.fsm.v1.RegisterNode.node:type_name -> mysterybox.fsm.v1.NodeRecord
+	16, // 31: mysterybox.fsm.v1.RewrapVersions.items:type_name -> mysterybox.fsm.v1.Rewrap
+	41, // 32: mysterybox.fsm.v1.CreateAccount.account:type_name -> mysterybox.v1.Account
+	29, // 33: mysterybox.fsm.v1.CreateToken.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	42, // 34: mysterybox.fsm.v1.CreateTokenResult.token:type_name -> mysterybox.v1.Token
+	43, // 35: mysterybox.fsm.v1.CreateBinding.binding:type_name -> mysterybox.v1.AccessBinding
+	41, // 36: mysterybox.fsm.v1.BootstrapAdmin.account:type_name -> mysterybox.v1.Account
+	29, // 37: mysterybox.fsm.v1.BootstrapAdmin.token:type_name -> mysterybox.fsm.v1.TokenRecord
+	43, // 38: mysterybox.fsm.v1.BootstrapAdmin.binding:type_name -> mysterybox.v1.AccessBinding
+	37, // 39: mysterybox.fsm.v1.AuditAppend.records:type_name -> mysterybox.v1.AuditRecord
+	42, // 40: mysterybox.fsm.v1.TokenRecord.token:type_name -> mysterybox.v1.Token
+	31, // 41: mysterybox.fsm.v1.SealedPayload.entries:type_name -> mysterybox.fsm.v1.SealedEntry
+	39, // 42: mysterybox.fsm.v1.SecretRecord.secret:type_name -> mysterybox.v1.Secret
+	40, // 43: mysterybox.fsm.v1.VersionRecord.version:type_name -> mysterybox.v1.SecretVersion
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_fsm_proto_init() }
