@@ -15,8 +15,9 @@ import (
 
 // applier applies one command inside a batch, at the command's time.
 type applier struct {
-	b   *store.Batch
-	now int64 // the command's time, Unix nanoseconds
+	b    *store.Batch
+	head *auditHead // the audit chain's head, shared by the batch's commands
+	now  int64      // the command's time, Unix nanoseconds
 }
 
 func (a *applier) ts() *timestamppb.Timestamp { return timestamppb.New(time.Unix(0, a.now)) }

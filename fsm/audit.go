@@ -14,6 +14,7 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
 )
 
 // AuditHash is the hash of a record: SHA-256 of its deterministic encoding
@@ -35,9 +36,42 @@ func hashUnhashed(r *pb.AuditRecord) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// auditHead is the chain's head during one Raft batch: its commands chain
+// records one after another (with audit records in mutation commands, most
+// commands do), and reading the head back from the indexed batch each time
+// would cost a merged Pebble lookup per command. It is read once, when
+// first needed, and written once, with the batch.
+type auditHead struct {
+	head  *fsmpb.AuditHead
+	dirty bool
+}
+
+func (h *auditHead) get(b *store.Batch) (*fsmpb.AuditHead, error) {
+	if h.head == nil {
+		head, err := b.AuditHead()
+		if err != nil {
+			return nil, err
+		}
+		h.head = head
+	}
+	return h.head, nil
+}
+
+func (h *auditHead) flush(b *store.Batch) error {
+	if !h.dirty {
+		return nil
+	}
+	h.dirty = false
+	return b.SetAuditHead(h.head)
+}
+
 // chainAudit links r, which the applier owns (decoded from this entry or
 // made here), to the head of the chain and stores it.
-func (a *applier) chainAudit(head *fsmpb.AuditHead, r *pb.AuditRecord) error {
+func (a *applier) chainAudit(r *pb.AuditRecord) error {
+	head, err := a.head.get(a.b)
+	if err != nil {
+		return err
+	}
 	r.Seq = head.GetSeq() + 1
 	r.PrevHash = head.GetHash()
 	r.Hash = hashUnhashed(r)
@@ -45,6 +79,7 @@ func (a *applier) chainAudit(head *fsmpb.AuditHead, r *pb.AuditRecord) error {
 		return err
 	}
 	head.Seq, head.Hash = r.GetSeq(), r.GetHash()
+	a.head.dirty = true
 	return nil
 }
 
@@ -63,14 +98,7 @@ func (a *applier) auditCall(r *pb.AuditRecord, res *Result) {
 	if res.Response != nil {
 		r.ResourceIds = AuditResourceIDs(r.GetResourceIds(), res.Response)
 	}
-	head, err := a.b.AuditHead()
-	if err == nil {
-		err = a.chainAudit(head, r)
-	}
-	if err == nil {
-		err = a.b.SetAuditHead(head)
-	}
-	if err != nil {
+	if err := a.chainAudit(r); err != nil {
 		panic(fmt.Sprintf("fsm: chain the audit record of a command: %v", err))
 	}
 }
@@ -126,16 +154,12 @@ func AuditResourceIDs(ids []string, msgs ...any) []string {
 }
 
 func (a *applier) auditAppend(op *fsmpb.AuditAppend) error {
-	head, err := a.b.AuditHead()
-	if err != nil {
-		return err
-	}
 	for _, r := range op.GetRecords() { // decoded from this entry: ours to fill in
-		if err := a.chainAudit(head, r); err != nil {
+		if err := a.chainAudit(r); err != nil {
 			return err
 		}
 	}
-	return a.b.SetAuditHead(head)
+	return nil
 }
 
 // auditPrune removes records older than the cutoff and chains a record of
@@ -157,10 +181,6 @@ func (a *applier) auditPrune(op *fsmpb.AuditPrune) error {
 			return err
 		}
 	}
-	head, err := a.b.AuditHead()
-	if err != nil {
-		return err
-	}
 	rec := &pb.AuditRecord{
 		Time:        a.ts(),
 		Method:      "audit.prune",
@@ -168,8 +188,5 @@ func (a *applier) auditPrune(op *fsmpb.AuditPrune) error {
 		NodeId:      op.GetNodeId(),
 		ResourceIds: []string{fmt.Sprintf("removed records %d-%d, older than %s", old[0], old[len(old)-1], time.Unix(0, op.GetBeforeUnixNano()).UTC().Format(time.RFC3339))},
 	}
-	if err := a.chainAudit(head, rec); err != nil {
-		return err
-	}
-	return a.b.SetAuditHead(head)
+	return a.chainAudit(rec)
 }

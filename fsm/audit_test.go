@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/hashicorp/raft"
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/fsm"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
@@ -120,5 +121,49 @@ func TestAuditFieldNeedsVersion3(t *testing.T) {
 	}
 	if got := fsm.RequiredVersion(withAudit(cmd, "CreateProject")); got != fsm.AuditInCommandVersion || fsm.CommandVersion < got {
 		t.Fatalf("command with a record needs %d (this build applies %d)", got, fsm.CommandVersion)
+	}
+}
+
+// TestAuditChainAcrossOneBatch: records chained by several commands of one
+// Raft batch (in-command records, an AuditAppend between them) link one
+// after another, and the stored head is the last of them.
+func TestAuditChainAcrossOneBatch(t *testing.T) {
+	h := newHarness(t)
+	h.ok(withAudit(cmdCreateProject("project-1", "p"), "CreateProject"))
+	logs := []*raft.Log{
+		h.log(withAudit(cmdCreateSecret("mbsec-1", "project-1", "db", newVersion("mbsecver-1", "mbsec-1", true)), "CreateSecret")),
+		h.log(&fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: &fsmpb.AuditAppend{Records: []*pb.AuditRecord{{Method: "GetByKey", Code: "OK"}, {Method: "Get", Code: "OK"}}}}}),
+		h.log(withAudit(cmdCreateVersion("mbsecver-2", "mbsec-1", true), "CreateVersion")),
+		h.log(cmdCreateVersion("mbsecver-3", "mbsec-1", true)),
+	}
+	for i, r := range h.f.ApplyBatch(logs) {
+		if res := asResult(t, r); res.Err != nil {
+			t.Fatalf("entry %d: %v", i, res.Err)
+		}
+	}
+	recs := h.audit()
+	methods := []string{"CreateProject", "CreateSecret", "GetByKey", "Get", "CreateVersion"}
+	if len(recs) != len(methods) {
+		t.Fatalf("%d records, want %d: %v", len(recs), len(methods), recs)
+	}
+	for i, r := range recs {
+		if r.GetMethod() != methods[i] || r.GetSeq() != uint64(i+1) || r.GetHash() != fsm.AuditHash(r) || (i > 0 && r.GetPrevHash() != recs[i-1].GetHash()) {
+			t.Fatalf("record %d = %v: not the chain link it should be", i, r)
+		}
+	}
+	h.read(func(v *store.View) error {
+		head, err := v.AuditHead()
+		if err != nil {
+			return err
+		}
+		if last := recs[len(recs)-1]; head.GetSeq() != last.GetSeq() || head.GetHash() != last.GetHash() {
+			t.Fatalf("head %v, want the last record %d", head, last.GetSeq())
+		}
+		return nil
+	})
+	// The next batch continues from that head.
+	h.ok(withAudit(cmdCreateVersion("mbsecver-4", "mbsec-1", true), "CreateVersion"))
+	if recs := h.audit(); recs[len(recs)-1].GetSeq() != 6 || recs[len(recs)-1].GetPrevHash() != recs[len(recs)-2].GetHash() {
+		t.Fatalf("the next batch did not continue the chain: %v", recs[len(recs)-1])
 	}
 }

@@ -162,6 +162,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	b := f.store.NewBatch()
 	defer b.Close()
 	var last *raft.Log
+	head := &auditHead{}
 	for i, l := range logs {
 		if l.Index <= f.applied.Load() {
 			continue
@@ -170,10 +171,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		out[i] = f.applyCommand(b, l)
+		out[i] = f.applyCommand(b, head, l)
 	}
 	if last == nil {
 		return out
+	}
+	if err := head.flush(b); err != nil {
+		panic(fmt.Sprintf("fsm: record the audit head at index %d: %v", last.Index, err))
 	}
 	if err := b.SetAppliedIndex(last.Index, last.Term); err != nil {
 		panic(fmt.Sprintf("fsm: record applied index %d: %v", last.Index, err))
@@ -215,9 +219,9 @@ func EncodeCommand(cmd *fsmpb.Command) ([]byte, error) {
 	return proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
 }
 
-func (f *FSM) applyCommand(b *store.Batch, l *raft.Log) *Result {
+func (f *FSM) applyCommand(b *store.Batch, head *auditHead, l *raft.Log) *Result {
 	cmd := DecodeCommand(l.Data)
-	a := &applier{b: b, now: cmd.GetTimeUnixNano()}
+	a := &applier{b: b, head: head, now: cmd.GetTimeUnixNano()}
 	key := cmd.GetIdempotencyKey()
 	if key != "" {
 		if res, done := a.replay(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId()); done {
