@@ -52,6 +52,7 @@ type options struct {
 	jsonOut   string
 	pause     time.Duration
 	noIdemKey bool
+	mbRoute   string
 	scale     int
 	crash     time.Duration
 }
@@ -74,6 +75,7 @@ func main() {
 	flag.StringVar(&o.only, "scenarios", "", "run only scenarios whose name matches this regexp")
 	flag.StringVar(&o.profile, "profile", "", "save CPU profiles of every server for each scenario's measured window in this directory (builds a pprof-enabled mysteryboxd)")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the raw results as JSON to this file")
+	flag.StringVar(&o.mbRoute, "mysterybox-route", loadgen.RouteSpread, "MysteryBox connections: spread (pinned round-robin to the nodes, as etcd's are; followers forward) or client (api/client sends writes and linearizable reads to the leader)")
 	flag.BoolVar(&o.noIdemKey, "mysterybox-no-idempotency-key", false, "MysteryBox writes without x-idempotency-key over plain gRPC (api/client always sends one)")
 	flag.DurationVar(&o.pause, "pause", 0, "pause between runs, to let background work (compactions) settle (default 2s, quick 500ms)")
 	flag.IntVar(&o.scale, "scale", 0, "instead of the suite: fill a MysteryBox region with this many versions, then measure a node's restart, RSS and a new node's catch-up")
@@ -293,7 +295,7 @@ func setupMysteryBox(ctx context.Context, o options, repo, dir string) (*system,
 		return nil, err
 	}
 	t, err := loadgen.NewMysteryBox(loadgen.MysteryBoxConfig{
-		Endpoints: c.endpoints, Token: c.token, Conns: o.conns, Route: loadgen.RouteSpread, ValueSize: o.valueSize,
+		Endpoints: c.endpoints, Token: c.token, Conns: o.conns, Route: o.mbRoute, ValueSize: o.valueSize,
 		NoIdempotencyKey: o.noIdemKey,
 	})
 	if err != nil {
