@@ -628,7 +628,7 @@ func (n *Nemesis) snapshotCatchup(ctx context.Context, x int, ev *Event) error {
 	}
 	// Fill until the log is long enough for a snapshot that compacts past
 	// x (TrailingLogs beyond it, plus the snapshot threshold); then wait
-	// for the leader's snapshot timer (--raft-snapshot-interval, 30-60 s
+	// for the leader's snapshot timer (--raft-snapshot-interval, 120-240 s
 	// by default) while the workload goes on.
 	fctx, stopFill := context.WithCancel(ctx)
 	defer stopFill()
