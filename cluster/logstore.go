@@ -30,7 +30,7 @@ const (
 const (
 	boltFile       = "raft.db"
 	walDir         = "wal"
-	migratingSufix = ".migrating"
+	migratingSuffix = ".migrating"
 )
 
 // raftStableKeys are the keys hashicorp/raft keeps in its StableStore:
@@ -154,7 +154,7 @@ func (w walStore) GetLog(index uint64, log *raft.Log) error {
 // store in use (the half-built copy is discarded next time); after it, the
 // new one (openLogStore removes the old).
 func migrateLogStore(dir, from, to string, logger hclog.Logger) error {
-	tmp := storePath(dir, to) + migratingSufix
+	tmp := storePath(dir, to) + migratingSuffix
 	if err := os.RemoveAll(tmp); err != nil {
 		return fmt.Errorf("migrate raft log: %w", err)
 	}

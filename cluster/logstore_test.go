@@ -128,7 +128,7 @@ func TestLogStoreMigratesBothWays(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, step.gone)); !os.IsNotExist(err) {
 			t.Fatalf("after migrating to %s the old store %s remains: %v", step.to, step.gone, err)
 		}
-		if _, err := os.Stat(filepath.Join(dir, step.gone+migratingSufix)); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, step.gone+migratingSuffix)); err == nil {
 			t.Fatalf("after migrating to %s a temporary copy remains", step.to)
 		}
 	}
@@ -144,7 +144,7 @@ func TestInterruptedMigration(t *testing.T) {
 	s.Close()
 
 	// A crash mid-copy: a partial WAL under the temporary name.
-	partial, err := openStore(filepath.Join(dir, walDir+migratingSufix), LogStoreWAL)
+	partial, err := openStore(filepath.Join(dir, walDir+migratingSuffix), LogStoreWAL)
 	if err != nil {
 		t.Fatal(err)
 	}
