@@ -28,8 +28,8 @@ const (
 
 // File names inside the Raft data directory.
 const (
-	boltFile       = "raft.db"
-	walDir         = "wal"
+	boltFile        = "raft.db"
+	walDir          = "wal"
 	migratingSuffix = ".migrating"
 )
 
