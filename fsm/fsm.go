@@ -41,20 +41,18 @@ const CommandVersion = 3
 // AuditInCommandVersion is the command version from which a command may
 // carry its call's audit record (Command.audit). An older node would
 // ignore the field and its audit chain would miss those records, so the
-// leader attaches it only once every voter advertises this version.
+// leader attaches it only while every node of the region advertises this
+// version; unlike a command type, it is never a reason to refuse a call.
 const AuditInCommandVersion = 3
 
-// RequiredVersion is the command version that introduced cmd's type (or
-// its audit field).
+// RequiredVersion is the command version that introduced cmd's type.
 func RequiredVersion(cmd *fsmpb.Command) int {
-	need := 1
-	if _, ok := cmd.GetOp().(*fsmpb.Command_RewrapVersions); ok {
-		need = 2
+	switch cmd.GetOp().(type) {
+	case *fsmpb.Command_RewrapVersions:
+		return 2
+	default:
+		return 1
 	}
-	if cmd.GetAudit() != nil {
-		need = max(need, AuditInCommandVersion)
-	}
-	return need
 }
 
 // IdempotencyTTL is how long a mutation's result is remembered under its

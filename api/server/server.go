@@ -284,9 +284,11 @@ func (s *Server) oldestVoter() (id string, version int, err error) {
 	return id, max(version, 0), nil
 }
 
-// versionCache answers whether every voter applies a command version,
-// from a check at most a second old. Without gossip the versions are
-// unknown and the answer is no: features that need them stay off.
+// versionCache answers whether every node of the region applies a command
+// version, from a check at most a second old: the voters, and every node
+// gossip shows in the region, so a node that is joining counts before it
+// becomes a voter. Without gossip the versions are unknown and the answer
+// is no: features that need them stay off.
 type versionCache struct {
 	s       *Server
 	mu      sync.Mutex
@@ -304,6 +306,11 @@ func (c *versionCache) supports(version int) bool {
 		c.oldest = 0
 		if _, v, err := c.s.oldestVoter(); err == nil {
 			c.oldest = v
+			for _, m := range c.s.dir.Members() {
+				if m.Meta.Region == c.s.cfg.Region && m.Health != cluster.HealthDead && m.Health != cluster.HealthLeft {
+					c.oldest = min(c.oldest, m.Meta.CommandVersion)
+				}
+			}
 		}
 		c.checked = time.Now()
 	}

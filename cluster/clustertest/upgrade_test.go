@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
@@ -21,7 +22,22 @@ func TestMixedVersionRegion(t *testing.T) {
 	if old.Cfg.AdvertiseCommandVersion != 1 {
 		t.Fatalf("node1 should be the old one: %+v", old.Cfg.AdvertiseCommandVersion)
 	}
-	setup(t, c, c.WaitLeader()) // version-1 commands flow normally
+	_, secret := setup(t, c, c.WaitLeader()) // version-1 commands flow normally
+	// With an old node in the region, a mutation's audit record does not
+	// ride in its command (the old node would drop it): it is written
+	// after the mutation, once.
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-request-id", "write-beside-an-old-node")
+	if _, err := pb.NewSecretVersionServiceClient(c.Conn(c.WaitLeader())).Create(ctx, &pb.CreateSecretVersionRequest{
+		Version: &pb.SecretVersion{Metadata: &pb.Metadata{ParentId: secret.GetMetadata().GetId()}, Spec: &pb.SecretVersionSpec{Payload: payload("k", "v")}},
+	}); err != nil {
+		t.Fatalf("a write with an old node in the region: %v", err)
+	}
+	Eventually(t, 10*time.Second, "the write's audit record", func() error {
+		if got := recordsOf(t, c.WaitLeader(), "write-beside-an-old-node"); len(got) != 1 || got[0].GetCode() != "OK" {
+			return fmt.Errorf("records %v, want one OK", got)
+		}
+		return nil
+	})
 	admin := pb.NewAdminServiceClient(c.Conn(c.Nodes[1]))
 	Eventually(t, 10*time.Second, "the old node's version to be known", func() error {
 		_, err := admin.Rewrap(ctxT(t), &pb.RewrapRequest{})
