@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -240,6 +241,13 @@ func TestDevModeSurvivesRestart(t *testing.T) {
 		t.Fatalf("dev server after SIGTERM: %v, want exit 0", dev.err)
 	}
 	before, _ := os.ReadFile(tokenFile)
+	// The restart also moves the node's Raft log from the WAL (the default
+	// of a new data directory) to raft-boltdb: the data survives that too.
+	raftDir := filepath.Join(dir, "data", "raft")
+	if _, err := os.Stat(filepath.Join(raftDir, "wal")); err != nil {
+		t.Fatalf("a new data directory should keep its Raft log in wal/: %v", err)
+	}
+	dev.args = append(dev.args, "--raft-log-store", "boltdb")
 	dev.start(t)
 	waitFor(t, 30*time.Second, "the restarted dev server", func() bool {
 		r := execMbox(t, envOf(), nil, "payload", "get-by-key", "--secret-id", secretID, "--key", "pw")
@@ -248,6 +256,48 @@ func TestDevModeSurvivesRestart(t *testing.T) {
 	if after, _ := os.ReadFile(tokenFile); string(after) != string(before) {
 		t.Fatal("the admin token file was rewritten on restart")
 	}
+	if _, err := os.Stat(filepath.Join(raftDir, "raft.db")); err != nil {
+		t.Fatalf("after --raft-log-store boltdb the log should be in raft.db: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(raftDir, "wal")); !os.IsNotExist(err) {
+		t.Fatalf("after migrating, wal/ should be gone: %v", err)
+	}
 	dev.signal(syscall.SIGTERM)
 	<-dev.done
+}
+
+// TestUnknownRaftLogStoreIsAUsageError: a bad --raft-log-store (flag or
+// environment) stops mysteryboxd before it touches the data directory,
+// with exit 2 and a message naming the value and the choices.
+func TestUnknownRaftLogStoreIsAUsageError(t *testing.T) {
+	if serverBuildErr != nil {
+		t.Fatal(serverBuildErr)
+	}
+	dataDir := filepath.Join(t.TempDir(), "data")
+	for _, c := range []struct {
+		args []string
+		env  string
+	}{
+		{args: []string{"--raft-log-store", "rocksdb"}},
+		{env: "MYSTERYBOX_RAFT_LOG_STORE=rocksdb"},
+	} {
+		cmd := exec.Command(serverBin, append([]string{"--dev", "--data-dir", dataDir}, c.args...)...)
+		cmd.Env = cleanEnv()
+		if c.env != "" {
+			cmd.Env = append(cmd.Env, c.env)
+		}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+			t.Fatalf("%v %s: %v, want exit 2\n%s", c.args, c.env, err, out)
+		}
+		for _, want := range []string{"--raft-log-store", `"rocksdb"`, `"wal"`, `"boltdb"`} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%v %s: the error does not name %s:\n%s", c.args, c.env, want, out)
+			}
+		}
+		if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+			t.Fatalf("a usage error created the data directory: %v", err)
+		}
+	}
 }
