@@ -28,6 +28,7 @@ import (
 // whether its record went into the Raft command it proposed.
 type callInfo struct {
 	method    string
+	requestID string // the same in every record of the call
 	mu        sync.Mutex
 	accountID string
 	forwarded bool
@@ -188,7 +189,7 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(ctx, req)
 	}
-	ci := &callInfo{method: info.FullMethod}
+	ci := &callInfo{method: info.FullMethod, requestID: requestID(ctx)}
 	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := handler(ctx, req)
 	ci.mu.Lock()
@@ -204,7 +205,7 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 		ResourceIds: fsm.AuditResourceIDs(nil, req, resp),
 		Code:        codeName(status.Code(err)),
 		NodeId:      s.cfg.NodeID,
-		RequestId:   requestID(ctx),
+		RequestId:   ci.requestID,
 	}
 	wait := isPayloadRead(info.FullMethod) && err == nil
 	if aerr := s.audit.add(ctx, rec, wait); aerr != nil && wait {
@@ -223,7 +224,7 @@ func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(srv, ss)
 	}
-	ci := &callInfo{method: info.FullMethod}
+	ci := &callInfo{method: info.FullMethod, requestID: requestID(ss.Context())}
 	ctx := context.WithValue(ss.Context(), callInfoKey{}, ci)
 	err := handler(srv, &authedStream{ServerStream: ss, ctx: ctx})
 	ci.mu.Lock()
@@ -234,7 +235,7 @@ func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 	}
 	_ = s.audit.add(ctx, &pb.AuditRecord{
 		Time: timestamppb.Now(), AccountId: account, Method: info.FullMethod, Code: codeName(status.Code(err)),
-		NodeId: s.cfg.NodeID, RequestId: requestID(ctx), ResourceIds: []string{s.cfg.Region},
+		NodeId: s.cfg.NodeID, RequestId: ci.requestID, ResourceIds: []string{s.cfg.Region},
 	}, false)
 	return err
 }
@@ -260,7 +261,7 @@ func (s *Server) callRecord(ctx context.Context, req proto.Message) *pb.AuditRec
 		Method:      ci.method,
 		ResourceIds: fsm.AuditResourceIDs(nil, req),
 		NodeId:      s.cfg.NodeID,
-		RequestId:   requestID(ctx),
+		RequestId:   ci.requestID,
 	}
 }
 
