@@ -3,6 +3,7 @@ package store
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // recordCache holds recently read and written values of point lookups, so
@@ -22,13 +23,42 @@ import (
 type recordCache struct {
 	mu      sync.RWMutex
 	gen     uint64
-	entries map[string]cacheEntry
+	entries map[string]*cacheEntry
 	bytes   int
 }
 
 type cacheEntry struct {
 	val   []byte // never modified once stored
 	since uint64
+	// decoded is val unmarshalled, kept for readers that promise not to
+	// modify it (sharedProto): a hot record read on every call is then
+	// decoded once per write instead of once per read. Its memory counts
+	// towards the cache's bound from when it is kept (decodedBytes, under
+	// mu).
+	decoded      atomic.Pointer[any]
+	decodedBytes int
+}
+
+// size is what the entry counts towards cacheMaxBytes.
+func (e *cacheEntry) size() int { return len(e.val) + e.decodedBytes }
+
+// keepDecoded attaches m, decoded from e.val, to e if e is still the
+// cached entry of key, counting an estimate of its memory.
+func (c *recordCache) keepDecoded(key string, e *cacheEntry, m any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[key] != e || e.decoded.Load() != nil {
+		return
+	}
+	// A decoded message holds copies of the record's strings and bytes
+	// plus Go structs and slice headers: about twice the encoding.
+	n := 2*len(e.val) + 128
+	if c.bytes+n > cacheMaxBytes {
+		return
+	}
+	e.decoded.Store(&m)
+	e.decodedBytes = n
+	c.bytes += n
 }
 
 const (
@@ -40,18 +70,18 @@ const (
 )
 
 func newRecordCache() *recordCache {
-	return &recordCache{entries: map[string]cacheEntry{}}
+	return &recordCache{entries: map[string]*cacheEntry{}}
 }
 
-// lookup returns key's value as of generation g, if cached.
-func (c *recordCache) lookup(key string, g uint64) ([]byte, bool) {
+// lookup returns key's entry as of generation g, if cached.
+func (c *recordCache) lookup(key string, g uint64) (*cacheEntry, bool) {
 	c.mu.RLock()
 	e, ok := c.entries[key]
 	c.mu.RUnlock()
 	if !ok || e.since > g {
 		return nil, false
 	}
-	return e.val, true
+	return e, true
 }
 
 // has reports whether key is cached (at any generation).
@@ -82,20 +112,20 @@ func (c *recordCache) offer(key string, val []byte, g uint64) {
 // put adds an entry; the caller holds mu.
 func (c *recordCache) put(key string, val []byte, since uint64) {
 	if old, ok := c.entries[key]; ok {
-		c.bytes -= len(old.val)
+		c.bytes -= old.size()
 	}
 	for c.bytes+len(val) > cacheMaxBytes && len(c.entries) > 0 {
 		// Evict about a tenth, in map order (random enough, and cheap).
 		n := len(c.entries)/10 + 1
 		for k, e := range c.entries {
 			delete(c.entries, k)
-			c.bytes -= len(e.val)
+			c.bytes -= e.size()
 			if n--; n == 0 {
 				break
 			}
 		}
 	}
-	c.entries[key] = cacheEntry{val: val, since: since}
+	c.entries[key] = &cacheEntry{val: val, since: since}
 	c.bytes += len(val)
 }
 
@@ -118,7 +148,7 @@ func (c *recordCache) commit(w *batchWrites, apply func() error) error {
 		for k, e := range c.entries {
 			if strings.HasPrefix(k, p) {
 				delete(c.entries, k)
-				c.bytes -= len(e.val)
+				c.bytes -= e.size()
 			}
 		}
 	}
@@ -129,7 +159,7 @@ func (c *recordCache) commit(w *batchWrites, apply func() error) error {
 		}
 		if val == nil {
 			delete(c.entries, k)
-			c.bytes -= len(old.val)
+			c.bytes -= old.size()
 			continue
 		}
 		c.put(k, *val, c.gen) // a hot record rewritten: keep it hot
@@ -146,7 +176,7 @@ func (c *recordCache) reset() {
 
 func (c *recordCache) resetLocked() {
 	c.gen++
-	c.entries = map[string]cacheEntry{}
+	c.entries = map[string]*cacheEntry{}
 	c.bytes = 0
 }
 

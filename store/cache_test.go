@@ -7,6 +7,11 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 )
 
 func openTestStore(t *testing.T) *Store {
@@ -218,5 +223,131 @@ func TestCacheIsBounded(t *testing.T) {
 	c.offer("big", make([]byte, cacheMaxValue+1), c.gen)
 	if _, ok := c.lookup("big", c.gen); ok {
 		t.Fatal("a value over cacheMaxValue was cached")
+	}
+}
+
+func testSecretRecord(id, projectID, name string) *fsmpb.SecretRecord {
+	return &fsmpb.SecretRecord{Secret: &pb.Secret{
+		Metadata: &pb.Metadata{Id: id, ParentId: projectID, Name: name, ResourceVersion: 1},
+		Status:   &pb.SecretStatus{State: pb.State_ACTIVE},
+	}}
+}
+
+func putSecretRec(t testing.TB, st *Store, rec *fsmpb.SecretRecord) {
+	t.Helper()
+	b := st.NewBatch()
+	defer b.Close()
+	if err := b.PutSecret(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sharedSecret(t testing.TB, st *Store, id string) *fsmpb.SecretRecord {
+	t.Helper()
+	var rec *fsmpb.SecretRecord
+	if err := st.Read(func(v *View) error {
+		var err error
+		rec, err = v.SharedSecret(id)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// A record read through SharedSecret is decoded once while it stays the
+// same, and a write replaces it: readers after the commit get the new
+// record, readers of an older snapshot the old one.
+func TestSharedRecordsAreDecodedOnceAndFollowWrites(t *testing.T) {
+	st := openTestStore(t)
+	putSecretRec(t, st, testSecretRecord("mbsec-1", "project-a", "db"))
+
+	first := sharedSecret(t, st, "mbsec-1") // from Pebble: now cached
+	second := sharedSecret(t, st, "mbsec-1")
+	third := sharedSecret(t, st, "mbsec-1")
+	if second != third {
+		t.Fatal("a cached record was decoded again for another reader")
+	}
+	if !proto.Equal(first, second) || second.GetSecret().GetMetadata().GetName() != "db" {
+		t.Fatalf("shared record %v, want %v", second, first)
+	}
+
+	// A snapshot taken before the rename keeps seeing the old record.
+	err := st.Read(func(old *View) error {
+		renamed := testSecretRecord("mbsec-1", "project-a", "db-renamed")
+		putSecretRec(t, st, renamed)
+		got, err := old.SharedSecret("mbsec-1")
+		if err != nil {
+			return err
+		}
+		if name := got.GetSecret().GetMetadata().GetName(); name != "db" {
+			t.Errorf("a snapshot from before the write read %q", name)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if name := sharedSecret(t, st, "mbsec-1").GetSecret().GetMetadata().GetName(); name != "db-renamed" {
+			t.Fatalf("read %d after the write: %q", i, name)
+		}
+	}
+}
+
+// The FSM modifies what it reads through its batch: a batch's view never
+// hands out (or stores) a shared message.
+func TestBatchViewsNeverShareRecords(t *testing.T) {
+	st := openTestStore(t)
+	putSecretRec(t, st, testSecretRecord("mbsec-1", "project-a", "db"))
+	sharedSecret(t, st, "mbsec-1")
+	shared := sharedSecret(t, st, "mbsec-1") // decoded and kept
+
+	b := st.NewBatch()
+	defer b.Close()
+	rec, err := b.SharedSecret("mbsec-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec == shared {
+		t.Fatal("a batch's view got the shared record")
+	}
+	rec.Secret.Metadata.Name = "changed in the batch"
+	if name := sharedSecret(t, st, "mbsec-1").GetSecret().GetMetadata().GetName(); name != "db" {
+		t.Fatalf("a batch's change reached other readers before commit: %q", name)
+	}
+}
+
+// Decoded records count towards the cache's bound, and leave the count
+// when their entry goes.
+func TestSharedRecordsCountTowardsTheBound(t *testing.T) {
+	st := openTestStore(t)
+	putSecretRec(t, st, testSecretRecord("mbsec-1", "project-a", "db"))
+	sharedSecret(t, st, "mbsec-1")
+	st.cache.mu.RLock()
+	rawOnly := st.cache.bytes
+	st.cache.mu.RUnlock()
+	sharedSecret(t, st, "mbsec-1")
+	st.cache.mu.RLock()
+	withDecoded := st.cache.bytes
+	st.cache.mu.RUnlock()
+	if withDecoded <= rawOnly {
+		t.Fatalf("cache bytes %d with a decoded record, %d without", withDecoded, rawOnly)
+	}
+
+	b := st.NewBatch()
+	if err := b.DeleteSecret(testSecretRecord("mbsec-1", "project-a", "db")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	st.cache.mu.RLock()
+	defer st.cache.mu.RUnlock()
+	if st.cache.bytes != 0 || len(st.cache.entries) != 0 {
+		t.Fatalf("after deleting the only cached record: %d bytes, %d entries", st.cache.bytes, len(st.cache.entries))
 	}
 }

@@ -38,8 +38,8 @@ func (v *View) get(key string) ([]byte, error) {
 func (v *View) getShared(key string) ([]byte, error) {
 	cacheable := v.cache != nil && (v.writes == nil || !v.writes.touched(key))
 	if cacheable {
-		if val, ok := v.cache.lookup(key, v.gen); ok {
-			return val, nil
+		if e, ok := v.cache.lookup(key, v.gen); ok {
+			return e.val, nil
 		}
 	}
 	val, closer, err := v.r.Get([]byte(key))
@@ -66,6 +66,35 @@ func (v *View) getProto(key string, m proto.Message) error {
 		return fmt.Errorf("store: corrupt record %q: %w", key, err)
 	}
 	return nil
+}
+
+// sharedProto returns key's record decoded into a message of newMsg's
+// type, possibly the very message other readers got: the caller must not
+// modify it (nor anything it points to). A snapshot's view keeps a decoded
+// copy in the cache; a batch's view (the FSM, which modifies what it reads)
+// always decodes afresh.
+func sharedProto[M proto.Message](v *View, key string, newMsg func() M) (M, error) {
+	var zero M
+	if v.cache != nil && v.writes == nil {
+		if e, ok := v.cache.lookup(key, v.gen); ok {
+			if d := e.decoded.Load(); d != nil {
+				if m, ok := (*d).(M); ok {
+					return m, nil
+				}
+			}
+			m := newMsg()
+			if err := proto.Unmarshal(e.val, m); err != nil {
+				return zero, fmt.Errorf("store: corrupt record %q: %w", key, err)
+			}
+			v.cache.keepDecoded(key, e, m)
+			return m, nil
+		}
+	}
+	m := newMsg()
+	if err := v.getProto(key, m); err != nil {
+		return zero, err
+	}
+	return m, nil
 }
 
 // scan calls fn for each key with prefix, in key order, starting strictly
@@ -191,6 +220,12 @@ func (v *View) Secret(id string) (*fsmpb.SecretRecord, error) {
 	return r, v.getProto(prefixSecret+id, r)
 }
 
+// SharedSecret is Secret for readers that do not modify the record: it may
+// be shared with other readers (and is then not decoded again).
+func (v *View) SharedSecret(id string) (*fsmpb.SecretRecord, error) {
+	return sharedProto(v, prefixSecret+id, func() *fsmpb.SecretRecord { return &fsmpb.SecretRecord{} })
+}
+
 // SecretIDByName returns the id of the live secret called name in a project.
 func (v *View) SecretIDByName(projectID, name string) (string, error) {
 	raw, err := v.get(prefixSecretName + projectID + "/" + name)
@@ -255,6 +290,12 @@ func (b *Batch) DeleteSecret(rec *fsmpb.SecretRecord) error {
 func (v *View) Version(id string) (*fsmpb.VersionRecord, error) {
 	r := &fsmpb.VersionRecord{}
 	return r, v.getProto(prefixVersion+id, r)
+}
+
+// SharedVersion is Version for readers that do not modify the record: it
+// may be shared with other readers (and is then not decoded again).
+func (v *View) SharedVersion(id string) (*fsmpb.VersionRecord, error) {
+	return sharedProto(v, prefixVersion+id, func() *fsmpb.VersionRecord { return &fsmpb.VersionRecord{} })
 }
 
 // ScanVersions calls fn for a secret's versions ordered by number (newest
@@ -381,6 +422,12 @@ func (b *Batch) PutKeyCheck(kekID string, check []byte) error {
 func (v *View) Entry(versionID, key string) (*fsmpb.SealedEntry, error) {
 	e := &fsmpb.SealedEntry{}
 	return e, v.getProto(prefixEntry+versionID+"/"+key, e)
+}
+
+// SharedEntry is Entry for readers that do not modify it: it may be shared
+// with other readers (and is then not decoded again).
+func (v *View) SharedEntry(versionID, key string) (*fsmpb.SealedEntry, error) {
+	return sharedProto(v, prefixEntry+versionID+"/"+key, func() *fsmpb.SealedEntry { return &fsmpb.SealedEntry{} })
 }
 
 // PutEntry writes one sealed payload entry of a version.

@@ -73,8 +73,9 @@ func exempt(method string) bool {
 }
 
 func parseBearer(ctx context.Context) (*bearer, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(mdAuth)
+	// ValueFromIncomingContext copies one key's values, not the whole map
+	// (which FromIncomingContext copies on every call).
+	vals := metadata.ValueFromIncomingContext(ctx, mdAuth)
 	if len(vals) == 0 {
 		return nil, status.Error(codes.Unauthenticated, "no token: send metadata `authorization: Bearer <token>`")
 	}
@@ -355,7 +356,7 @@ func (s *Server) secretChain(p perm, secretID string) access {
 }
 
 func (s *Server) secretParents(v *store.View, secretID string) ([]string, error) {
-	rec, err := v.Secret(secretID)
+	rec, err := v.SharedSecret(secretID)
 	if errors.Is(err, store.ErrNotFound) {
 		return []string{s.cfg.Region}, nil
 	}
@@ -367,7 +368,7 @@ func (s *Server) secretParents(v *store.View, secretID string) ([]string, error)
 
 func (s *Server) versionChain(p perm, versionID string) access {
 	return access{perm: p, chain: func(v *store.View) ([]string, error) {
-		rec, err := v.Version(versionID)
+		rec, err := v.SharedVersion(versionID)
 		if errors.Is(err, store.ErrNotFound) {
 			return []string{s.cfg.Region}, nil
 		}

@@ -18,7 +18,8 @@ type payloadService struct {
 }
 
 // readableVersion resolves which version a payload read reads: the given
-// one, or the secret's primary.
+// one, or the secret's primary. The record may be shared with other
+// readers (store.View.SharedVersion): never modify it.
 func readableVersion(v *store.View, secretID, versionID string) (*fsmpb.VersionRecord, error) {
 	secret, err := visibleSecret(v, secretID, false)
 	if err != nil {
@@ -32,7 +33,7 @@ func readableVersion(v *store.View, secretID, versionID string) (*fsmpb.VersionR
 			return nil, status.Errorf(codes.NotFound, "secret %s has no active version", secretID)
 		}
 	}
-	rec, err := v.Version(versionID)
+	rec, err := v.SharedVersion(versionID)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && rec.GetVersion().GetMetadata().GetParentId() != secretID) {
 		return nil, status.Errorf(codes.NotFound, "version %s of secret %s not found", versionID, secretID)
 	}
@@ -76,7 +77,7 @@ func (x *payloadService) Get(ctx context.Context, req *pb.GetPayloadRequest) (*p
 		id := rec.GetVersion().GetMetadata().GetId()
 		sealed := make([]*fsmpb.SealedEntry, 0, len(rec.GetEntryKeys()))
 		for _, k := range rec.GetEntryKeys() {
-			e, err := v.Entry(id, k)
+			e, err := v.SharedEntry(id, k)
 			if err != nil {
 				return nil, fmt.Errorf("version %s: entry %q: %v", id, k, err)
 			}
@@ -109,7 +110,7 @@ func (x *payloadService) GetByKey(ctx context.Context, req *pb.GetPayloadByKeyRe
 			return nil, err
 		}
 		id := rec.GetVersion().GetMetadata().GetId()
-		e, err := v.Entry(id, req.GetKey())
+		e, err := v.SharedEntry(id, req.GetKey())
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "key %q not in version %s", req.GetKey(), id)
 		}

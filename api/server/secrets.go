@@ -61,9 +61,10 @@ func (s *Server) stampVersion(secretID string, spec *pb.SecretVersionSpec) (*fsm
 }
 
 // visibleSecret returns the secret with id, hiding one scheduled for
-// deletion unless asked.
+// deletion unless asked. The message may be shared with other readers
+// (store.View.SharedSecret): return it or read it, never modify it.
 func visibleSecret(v *store.View, id string, showDeleted bool) (*pb.Secret, error) {
-	rec, err := v.Secret(id)
+	rec, err := v.SharedSecret(id)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, notFound("secret", id)
 	}
