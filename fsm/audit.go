@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -117,7 +118,7 @@ func AuditCode(err error) string {
 // called id or *_id, in nested messages too (never in a payload), and
 // returns the set sorted.
 func AuditResourceIDs(ids []string, msgs ...any) []string {
-	seen := make(map[string]bool, len(ids))
+	seen := make(map[string]bool, len(ids)+4)
 	out := ids[:0:0]
 	add := func(id string) {
 		if id != "" && !seen[id] {
@@ -133,16 +134,17 @@ func AuditResourceIDs(ids []string, msgs ...any) []string {
 		if depth > 4 {
 			return
 		}
-		m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-			name := string(fd.Name())
-			switch {
-			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap() && (name == "id" || strings.HasSuffix(name, "_id")):
-				add(v.String())
-			case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && name != "payload":
-				walk(v.Message(), depth+1)
+		p := idFieldsOf(m.Descriptor())
+		for _, fd := range p.ids {
+			if m.Has(fd) {
+				add(m.Get(fd).String())
 			}
-			return true
-		})
+		}
+		for _, fd := range p.messages {
+			if m.Has(fd) {
+				walk(m.Get(fd).Message(), depth+1)
+			}
+		}
 	}
 	for _, x := range msgs {
 		if m, ok := x.(proto.Message); ok && m != nil && m.ProtoReflect().IsValid() {
@@ -151,6 +153,39 @@ func AuditResourceIDs(ids []string, msgs ...any) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// idFields are the fields of a message type AuditResourceIDs looks at:
+// singular string fields called id or *_id, and singular message fields
+// other than payload. Worked out once per type: ranging over every field
+// of every response by reflection was 3 % of a payload read's CPU.
+type idFields struct {
+	ids, messages []protoreflect.FieldDescriptor
+}
+
+var idFieldsByType sync.Map // protoreflect.FullName -> *idFields
+
+func idFieldsOf(md protoreflect.MessageDescriptor) *idFields {
+	if p, ok := idFieldsByType.Load(md.FullName()); ok {
+		return p.(*idFields)
+	}
+	p := &idFields{}
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.IsList() || fd.IsMap() {
+			continue
+		}
+		name := string(fd.Name())
+		switch {
+		case fd.Kind() == protoreflect.StringKind && (name == "id" || strings.HasSuffix(name, "_id")):
+			p.ids = append(p.ids, fd)
+		case fd.Kind() == protoreflect.MessageKind && name != "payload":
+			p.messages = append(p.messages, fd)
+		}
+	}
+	idFieldsByType.Store(md.FullName(), p)
+	return p
 }
 
 func (a *applier) auditAppend(op *fsmpb.AuditAppend) error {

@@ -289,8 +289,7 @@ func codeName(c codes.Code) string {
 }
 
 func requestID(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get(mdRequestID); len(v) > 0 && len(v[0]) <= 128 {
+	if v := metadata.ValueFromIncomingContext(ctx, mdRequestID); len(v) > 0 && len(v[0]) <= 128 {
 		return v[0]
 	}
 	b := make([]byte, 8)

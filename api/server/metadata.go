@@ -14,8 +14,7 @@ const maxIdempotencyKeyLen = 128
 
 // idempotencyKey returns the call's x-idempotency-key, if any.
 func idempotencyKey(ctx context.Context) (string, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get(mdIdempotency)
+	vals := metadata.ValueFromIncomingContext(ctx, mdIdempotency)
 	if len(vals) == 0 {
 		return "", nil
 	}
@@ -54,8 +53,7 @@ func isStale(ctx context.Context) bool {
 	if ctx.Value(linearizableKey{}) != nil {
 		return false
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get(mdConsistency) {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, mdConsistency) {
 		if v == "stale" {
 			return true
 		}
