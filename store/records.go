@@ -22,6 +22,9 @@ type View struct {
 	cache  *recordCache
 	gen    uint64
 	writes *batchWrites
+	// idem, in a batch's view, rules out idempotency keys the store
+	// certainly does not hold without a lookup (see idemKeys).
+	idem *idemKeys
 }
 
 // get returns a copy of key's value, which the caller may keep and modify.
@@ -466,12 +469,18 @@ func (v *View) DuePurges(nowUnixNano int64, limit int) ([]string, error) {
 
 // Idempotency returns the remembered result for an idempotency key.
 func (v *View) Idempotency(key string) (*fsmpb.IdempotencyRecord, error) {
+	if v.idem != nil && !v.idem.mayHold(key) {
+		return nil, ErrNotFound
+	}
 	r := &fsmpb.IdempotencyRecord{}
 	return r, v.getProto(prefixIdem+key, r)
 }
 
 // PutIdempotency remembers a result under key until rec.ExpiresUnixNano.
 func (b *Batch) PutIdempotency(key string, rec *fsmpb.IdempotencyRecord) error {
+	fp := b.idem.fingerprint(key)
+	delete(b.idemDeleted, fp)
+	b.idem.add(fp) // before the write: a "no" must never miss a key
 	if err := b.putProto(prefixIdem+key, rec); err != nil {
 		return err
 	}
@@ -480,6 +489,10 @@ func (b *Batch) PutIdempotency(key string, rec *fsmpb.IdempotencyRecord) error {
 
 // DeleteIdempotency forgets key.
 func (b *Batch) DeleteIdempotency(key string, rec *fsmpb.IdempotencyRecord) error {
+	if b.idemDeleted == nil {
+		b.idemDeleted = map[[2]uint64]struct{}{}
+	}
+	b.idemDeleted[b.idem.fingerprint(key)] = struct{}{}
 	if err := b.del(prefixIdem + key); err != nil {
 		return err
 	}

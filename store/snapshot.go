@@ -159,8 +159,10 @@ func (s *Store) Restore(r io.Reader) error {
 	}
 	s.mu.Lock()
 	old, oldNo := s.db, s.dbNo
+	s.idem.abandon() // it may be scanning the old database
 	s.db, s.dbNo = db, newNo
 	s.cache.reset()
+	s.scanIdempotencyKeys()
 	s.mu.Unlock()
 	if old != nil {
 		if err := old.Close(); err != nil {

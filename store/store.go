@@ -68,6 +68,7 @@ type Store struct {
 	dbNo int
 
 	cache *recordCache
+	idem  *idemKeys // replaced with db, under mu
 }
 
 // Open opens (or creates) the store in dir. A restore that crashed half-way
@@ -96,7 +97,15 @@ func Open(dir string, logger hclog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s.db, s.dbNo = db, no
+	s.scanIdempotencyKeys()
 	return s, nil
+}
+
+// scanIdempotencyKeys starts knowing the idempotency keys of s.db afresh;
+// the caller holds mu (or has s to itself).
+func (s *Store) scanIdempotencyKeys() {
+	s.idem = newIdemKeys()
+	go s.idem.scan(s.db, s.logger)
 }
 
 // Close closes the database.
@@ -106,6 +115,7 @@ func (s *Store) Close() error {
 	if s.db == nil {
 		return nil
 	}
+	s.idem.abandon()
 	err := s.db.Close()
 	s.db = nil
 	return err
@@ -231,8 +241,8 @@ func (s *Store) NewBatch() *Batch {
 	s.cache.mu.RLock()
 	gen := s.cache.gen
 	s.cache.mu.RUnlock()
-	nb := &Batch{b: b, s: s, writes: batchWrites{cache: s.cache}}
-	nb.View = View{r: b, cache: s.cache, gen: gen, writes: &nb.writes}
+	nb := &Batch{b: b, s: s, writes: batchWrites{cache: s.cache}, idem: s.idem}
+	nb.View = View{r: b, cache: s.cache, gen: gen, writes: &nb.writes, idem: s.idem}
 	return nb
 }
 
@@ -252,6 +262,11 @@ type Batch struct {
 	s      *Store
 	done   bool
 	writes batchWrites
+	// idem is the store's idempotency keys; idemDeleted the fingerprints of
+	// keys this batch deleted (and did not write again), forgotten once it
+	// commits.
+	idem        *idemKeys
+	idemDeleted map[[2]uint64]struct{}
 }
 
 // Commit applies the batch. It does not fsync (see Sync).
@@ -263,6 +278,9 @@ func (b *Batch) Commit() error {
 	defer b.s.mu.RUnlock()
 	err := b.s.cache.commit(&b.writes, func() error { return b.b.Commit(pebble.NoSync) })
 	b.b.Close()
+	if err == nil && len(b.idemDeleted) > 0 {
+		b.idem.remove(b.idemDeleted)
+	}
 	return err
 }
 
