@@ -34,10 +34,15 @@ proto:
 	  -I api/mysteryboxv1 -I fsm/fsmpb \
 	  --go_out=paths=source_relative,Mmysterybox.proto=github.com/mysterybox/mysterybox/api/mysteryboxv1:fsm/fsmpb \
 	  fsm/fsmpb/fsm.proto
+	protoc --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc \
+	  -I api/mysteryboxv1 -I api/nodepb \
+	  --go_out=paths=source_relative,Mmysterybox.proto=github.com/mysterybox/mysterybox/api/mysteryboxv1:api/nodepb \
+	  --go-grpc_out=paths=source_relative,Mmysterybox.proto=github.com/mysterybox/mysterybox/api/mysteryboxv1:api/nodepb \
+	  api/nodepb/node.proto
 
 # Fails when the committed generated code does not match the .proto files.
 proto-check: proto
-	@git diff --exit-code -- api/mysteryboxv1 fsm/fsmpb || { echo "generated code is stale: run make proto"; exit 1; }
+	@git diff --exit-code -- api/mysteryboxv1 api/nodepb fsm/fsmpb || { echo "generated code is stale: run make proto"; exit 1; }
 
 # A chaos campaign against real processes (root: network namespaces; else
 # loopback proxies), checked for linearizability, lost writes, replica

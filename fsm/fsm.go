@@ -36,7 +36,7 @@ const CommandFormat = 1
 // leader proposes a type only once every voter advertises (in gossip) a
 // version at least that high, so a rolling upgrade never sends a node a
 // command it cannot apply.
-const CommandVersion = 3
+const CommandVersion = 4
 
 // AuditInCommandVersion is the command version from which a command may
 // carry its call's audit record (Command.audit). An older node would
@@ -44,6 +44,14 @@ const CommandVersion = 3
 // leader attaches it only while every node of the region advertises this
 // version; unlike a command type, it is never a reason to refuse a call.
 const AuditInCommandVersion = 3
+
+// ShippedAuditVersion is the version from which a node accepts audit
+// records shipped by the follower that served a payload read from its own
+// state (nodepb.NodeService.ShipAudit). It adds no command: followers serve
+// stale payload reads themselves only while every node of the region
+// advertises it, since any of them may be the leader they ship to; until
+// then such reads are forwarded to the leader as before.
+const ShippedAuditVersion = 4
 
 // RequiredVersion is the command version that introduced cmd's type.
 func RequiredVersion(cmd *fsmpb.Command) int {

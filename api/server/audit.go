@@ -80,7 +80,9 @@ func isPayloadRead(method string) bool {
 	return strings.HasPrefix(method, "/mysterybox.v1.PayloadService/")
 }
 
-// auditor batches audit records into Raft commands on the leader.
+// auditor batches audit records into Raft commands: on the leader it
+// proposes them; on a follower (records of calls it served from its own
+// state) it ships them to the leader, which proposes them (ship.go).
 type auditor struct {
 	s       *Server
 	mu      sync.Mutex
@@ -157,7 +159,12 @@ func (a *auditor) loop() {
 				op.Records = append(op.Records, p.rec)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			_, err := a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}})
+			var err error
+			if a.s.raft.AcceptsWrites() {
+				_, err = a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}})
+			} else {
+				err = a.s.shipAudit(ctx, op.Records)
+			}
 			cancel()
 			if err != nil {
 				a.s.logger.Error("audit records could not be written", "records", len(batch), "error", err)
@@ -183,8 +190,9 @@ func (a *auditor) fail(err error) {
 }
 
 // AuditInterceptor records audited calls served by this node (not those
-// it only forwarded: the leader records them). A payload read whose record
-// cannot be written fails when audit is fail-closed.
+// it only forwarded: the leader records them); a follower ships its
+// records to the leader. A payload read whose record cannot be written
+// fails when audit is fail-closed.
 func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(ctx, req)
@@ -195,7 +203,15 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	ci.mu.Lock()
 	forwarded, account, recorded := ci.forwarded, ci.accountID, ci.recorded
 	ci.mu.Unlock()
-	if forwarded || recorded || !s.raft.AcceptsWrites() {
+	wait := isPayloadRead(info.FullMethod) && err == nil
+	if forwarded || recorded {
+		return resp, err
+	}
+	if !wait && !s.raft.AcceptsWrites() && !s.versions.supports(fsm.ShippedAuditVersion) {
+		// A call a follower refused before forwarding, in a region where
+		// the leader may not take shipped records: not recorded, as before.
+		// A payload this node served is never returned unrecorded: it is
+		// shipped whatever the versions, and fails if the leader refuses.
 		return resp, err
 	}
 	rec := &pb.AuditRecord{
@@ -207,7 +223,6 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 		NodeId:      s.cfg.NodeID,
 		RequestId:   ci.requestID,
 	}
-	wait := isPayloadRead(info.FullMethod) && err == nil
 	if aerr := s.audit.add(ctx, rec, wait); aerr != nil && wait {
 		if s.cfg.AuditFailOpen {
 			s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", info.FullMethod, "error", aerr)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/fsm"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 	"google.golang.org/grpc/codes"
@@ -49,11 +50,14 @@ func readableVersion(v *store.View, secretID, versionID string) (*fsmpb.VersionR
 	return rec, nil
 }
 
-// auditedCtx makes payload reads go to the leader while audit is on: the
-// leader writes their audit records (x-consistency: stale only serves
-// metadata then).
+// auditedCtx decides where an audited payload read is served. A stale
+// read (x-consistency: stale) is served from this node's state, as any
+// stale read; a follower then ships its audit record to the leader and
+// answers once it is committed. That needs every node of the region to
+// take shipped records (fsm.ShippedAuditVersion): until then, and for
+// linearizable reads, the leader serves it and writes the record.
 func (x *payloadService) auditedCtx(ctx context.Context) context.Context {
-	if x.s.audit != nil {
+	if x.s.audit != nil && !(isStale(ctx) && (x.s.raft.AcceptsWrites() || x.s.versions.supports(fsm.ShippedAuditVersion))) {
 		return forceLinearizable(ctx)
 	}
 	return ctx

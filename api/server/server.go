@@ -172,6 +172,7 @@ func (s *Server) Register(g *grpc.Server) {
 	pb.RegisterClusterServiceServer(g, &clusterService{s: s})
 	pb.RegisterAdminServiceServer(g, &adminService{s: s})
 	pb.RegisterAuditServiceServer(g, &auditService{s: s})
+	s.registerNodeService(g)
 	healthpb.RegisterHealthServer(g, s.health)
 	reflection.Register(g)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -38,6 +38,19 @@ func TestMixedVersionRegion(t *testing.T) {
 		}
 		return nil
 	})
+	// Nor does a follower serve a stale payload read itself (the old node
+	// could be the leader it ships the record to): the leader serves it.
+	leader := c.WaitLeader()
+	for _, f := range c.Followers() {
+		rid := "stale-read-beside-an-old-node-" + f.ID
+		sctx := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale", "x-request-id", rid)
+		if _, err := pb.NewPayloadServiceClient(c.Conn(f)).GetByKey(sctx, &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "k"}); err != nil {
+			t.Fatalf("stale payload read through %s: %v", f.ID, err)
+		}
+		if recs := recordsOf(t, leader, rid); len(recs) != 1 || recs[0].GetNodeId() != leader.ID {
+			t.Fatalf("stale read through %s beside an old node: records %v, want one by the leader %s", f.ID, recs, leader.ID)
+		}
+	}
 	admin := pb.NewAdminServiceClient(c.Conn(c.Nodes[1]))
 	Eventually(t, 10*time.Second, "the old node's version to be known", func() error {
 		_, err := admin.Rewrap(ctxT(t), &pb.RewrapRequest{})

@@ -103,8 +103,8 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 	markerSecret, markerVersion := sec.GetMetadata().GetId(), sec.GetStatus().GetPrimaryVersionId()
 	// The leader's applied index once the marker is in: a node has the whole
 	// state when it has applied this far. (A stale payload read alone does
-	// not prove it: with the audit log on, payload reads are forwarded to
-	// the leader.)
+	// not prove it: in a region where some node is older than command
+	// version 4, stale payload reads are still forwarded to the leader.)
 	lst, err := mc.Cluster().Status(ctx, &mbv1.ClusterStatusRequest{})
 	if err != nil {
 		return fmt.Errorf("leader status: %w", err)

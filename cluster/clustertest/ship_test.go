@@ -1,0 +1,194 @@
+package clustertest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/api/nodepb"
+	"github.com/mysterybox/mysterybox/api/server"
+)
+
+// staleRead reads secret's password through n with x-consistency: stale
+// and request id rid.
+func staleRead(t *testing.T, c *Cluster, n *Node, token, secretID, rid string) (*pb.GetPayloadByKeyResponse, error) {
+	t.Helper()
+	ctx := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale", "x-request-id", rid)
+	return pb.NewPayloadServiceClient(c.Dial(n, token)).GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: secretID, Key: "password"})
+}
+
+// A follower serves a stale payload read from its own state and answers
+// only once the leader has committed the read's audit record.
+func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true})
+	leader := c.WaitLeader()
+	projectID, secret := setup(t, c, leader)
+	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
+	c.WaitConverged()
+	f := c.Followers()[0]
+
+	// Until gossip has shown every node's version the follower forwards;
+	// then it serves the read itself, and the record names it.
+	i := 0
+	Eventually(t, 15*time.Second, "a stale read served by the follower", func() error {
+		i++
+		rid := fmt.Sprintf("stale-on-follower-%d", i)
+		got, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), rid)
+		if err != nil {
+			t.Fatalf("stale payload read through a follower: %v", err)
+		}
+		if got.GetEntry().GetStringValue() != "v1" {
+			t.Fatalf("stale payload read: %q, want v1", got.GetEntry().GetStringValue())
+		}
+		// No waiting: the record is committed before the answer.
+		recs := recordsOf(t, leader, rid)
+		if len(recs) != 1 {
+			t.Fatalf("records of %s on the leader right after the read: %v, want exactly one", rid, recs)
+		}
+		r := recs[0]
+		if r.GetCode() != "OK" || r.GetAccountId() != ci.accountID || !contains(r.GetResourceIds(), secret.GetMetadata().GetId()) {
+			t.Fatalf("record of the stale read: %v", r)
+		}
+		if r.GetNodeId() != f.ID {
+			return fmt.Errorf("read %s was served by %s", rid, r.GetNodeId())
+		}
+		return nil
+	})
+
+	// A read the follower refuses is shipped too (without holding the
+	// answer back), and the chain stays intact on every node.
+	if _, err := staleRead(t, c, f, ci.token, "mbsec-0000000000000000000000", "stale-not-found"); status.Code(err) != codes.NotFound && status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("stale read of a missing secret: %v", err)
+	}
+	Eventually(t, 10*time.Second, "the refused read's record", func() error {
+		if recs := recordsOf(t, leader, "stale-not-found"); len(recs) != 1 || recs[0].GetNodeId() != f.ID || recs[0].GetCode() == "OK" {
+			return fmt.Errorf("records %v, want one refusal by %s", recs, f.ID)
+		}
+		return nil
+	})
+	c.WaitConverged()
+	for _, n := range c.Nodes {
+		v, err := pb.NewAuditServiceClient(c.Conn(n)).Verify(ctxT(t), &pb.VerifyAuditRequest{})
+		if err != nil || !v.GetOk() {
+			t.Fatalf("verify on %s: %v %v", n.ID, v, err)
+		}
+	}
+}
+
+// Audit stays fail-closed: a follower that cannot have its record
+// committed (no quorum, no leader) returns no payload.
+func TestStalePayloadReadFailsClosedWithoutALeader(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true})
+	leader := c.WaitLeader()
+	projectID, secret := setup(t, c, leader)
+	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
+	c.WaitConverged()
+	f := c.Followers()[0]
+	i := 0
+	Eventually(t, 15*time.Second, "the follower to serve stale reads", func() error {
+		i++
+		rid := fmt.Sprintf("warm-%d", i)
+		if _, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), rid); err != nil {
+			t.Fatal(err)
+		}
+		if recs := recordsOf(t, leader, rid); len(recs) != 1 || recs[0].GetNodeId() != f.ID {
+			return fmt.Errorf("read served by %v", recs)
+		}
+		return nil
+	})
+	for _, n := range c.Nodes {
+		if n != f {
+			c.Stop(n)
+		}
+	}
+	got, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), "alone")
+	if status.Code(err) != codes.Unavailable || got != nil {
+		t.Fatalf("stale payload read on a node without a quorum: %v, %v; want UNAVAILABLE and no payload", got, err)
+	}
+	if !strings.Contains(err.Error(), "audit") {
+		t.Fatalf("the refusal should say the audit record could not be written: %v", err)
+	}
+}
+
+// ShipAudit needs no account token but the region's keyring: a batch not
+// signed by a node of the region, replayed later, or carrying records in
+// another node's name is refused; a signed one is chained.
+func TestShipAuditOnlyTakesSignedBatches(t *testing.T) {
+	c := New(t, Options{Nodes: 1})
+	leader := c.WaitLeader()
+	conn, err := grpc.NewClient(leader.N.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	node := nodepb.NewNodeServiceClient(conn)
+	batch := func(rid string) *nodepb.ShipAuditRequest {
+		return &nodepb.ShipAuditRequest{
+			NodeId:  "n-follower",
+			Records: []*pb.AuditRecord{{Time: timestamppb.Now(), Method: "/mysterybox.v1.PayloadService/GetByKey", AccountId: "serviceaccount-x", NodeId: "n-follower", RequestId: rid, Code: "OK"}},
+			SentAt:  timestamppb.Now(),
+			KeyId:   c.Keyring.ActiveKeyID(),
+		}
+	}
+	signed := func(r *nodepb.ShipAuditRequest) *nodepb.ShipAuditRequest {
+		if err := server.SignShipAudit(c.Keyring, r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	cases := []struct {
+		name string
+		req  *nodepb.ShipAuditRequest
+		code codes.Code
+	}{
+		{"unsigned", batch("unsigned"), codes.PermissionDenied},
+		{"signed, then altered", func() *nodepb.ShipAuditRequest {
+			r := signed(batch("altered"))
+			r.Records[0].AccountId = "useraccount-someone-else"
+			return r
+		}(), codes.PermissionDenied},
+		{"unknown key", func() *nodepb.ShipAuditRequest { r := batch("unknown-key"); r.KeyId = "no-such-key"; return r }(), codes.FailedPrecondition},
+		{"replayed after the window", func() *nodepb.ShipAuditRequest {
+			r := batch("old")
+			r.SentAt = timestamppb.New(time.Now().Add(-2 * time.Minute))
+			return signed(r)
+		}(), codes.PermissionDenied},
+		{"another node's record", func() *nodepb.ShipAuditRequest {
+			r := batch("impersonated")
+			r.Records[0].NodeId = leader.ID
+			return signed(r)
+		}(), codes.InvalidArgument},
+		{"already chained", func() *nodepb.ShipAuditRequest {
+			r := batch("chained")
+			r.Records[0].Seq = 7
+			return signed(r)
+		}(), codes.InvalidArgument},
+		{"empty", func() *nodepb.ShipAuditRequest { r := batch(""); r.Records = nil; return signed(r) }(), codes.InvalidArgument},
+	}
+	for _, tc := range cases {
+		if _, err := node.ShipAudit(ctxT(t), tc.req); status.Code(err) != tc.code {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
+		}
+	}
+	for _, rid := range []string{"unsigned", "altered", "old", "impersonated", "chained"} {
+		if recs := recordsOf(t, leader, rid); len(recs) != 0 {
+			t.Errorf("a refused batch (%s) was chained: %v", rid, recs)
+		}
+	}
+	if _, err := node.ShipAudit(ctxT(t), signed(batch("good"))); err != nil {
+		t.Fatalf("a signed batch: %v", err)
+	}
+	recs := recordsOf(t, leader, "good")
+	if len(recs) != 1 || recs[0].GetSeq() == 0 || recs[0].GetHash() == "" || recs[0].GetNodeId() != "n-follower" {
+		t.Fatalf("the signed batch's record: %v", recs)
+	}
+}
