@@ -7,6 +7,8 @@ import (
 
 	"github.com/mysterybox/mysterybox/api/client"
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestLeaderHintReachesAnyClient: a client whose token may not read the
@@ -28,5 +30,17 @@ func TestLeaderHintReachesAnyClient(t *testing.T) {
 	}
 	if got := cl.Leader(); got != leader.Cfg.GRPCAddr {
 		t.Fatalf("client learned leader %q, want %s", got, leader.Cfg.GRPCAddr)
+	}
+	// A call that fails (a response without a message) carries it too.
+	failing, err := client.New(context.Background(), client.Config{Endpoints: []string{f.Cfg.GRPCAddr}, Token: ci.token, Timeout: 10 * time.Second, DisableDiscovery: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer failing.Close()
+	if _, err := failing.Payloads().GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "no-such-key"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("read of a missing key: %v, want NOT_FOUND", err)
+	}
+	if got := failing.Leader(); got != leader.Cfg.GRPCAddr {
+		t.Fatalf("after a failed call the client learned leader %q, want %s", got, leader.Cfg.GRPCAddr)
 	}
 }
