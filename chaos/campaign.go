@@ -139,6 +139,7 @@ func (r *Result) Table() string {
 	fmt.Fprintf(&b, "| measure | value |\n|---|---|\n")
 	fmt.Fprintf(&b, "| operations | %d (%d ok, %d failed definitely, %d unknown outcome) |\n", r.Workload.Ops, r.Workload.OK, r.Workload.Failed, r.Workload.Unknown)
 	fmt.Fprintf(&b, "| unknown outcomes resolved by retrying with the same idempotency key | %d |\n", r.Workload.Resolved)
+	fmt.Fprintf(&b, "| stale payload reads by version id (answered / wrong value) | %d (%d / %d) |\n", r.Workload.StaleReads, r.Workload.StaleReadsOK, len(r.Workload.StaleWrong))
 	fmt.Fprintf(&b, "| acknowledged writes | %d (%d version creations) |\n", r.Lost.Acked, r.Lost.AckedCreates)
 	fmt.Fprintf(&b, "| lost writes | %d |\n", len(r.Lost.Lost))
 	fmt.Fprintf(&b, "| duplicated / phantom values | %d / %d |\n", len(r.Lost.Duplicated), len(r.Lost.Phantoms))
@@ -308,6 +309,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	_ = history.WriteJSON(filepath.Join(cfg.Dir, "schedule.json"), nem.Events())
 	logf("workload over: %+v", res.Workload)
 
+	for _, x := range res.Workload.StaleWrong {
+		res.Failures = append(res.Failures, x)
+	}
 	final, err := wl.Final(ctx)
 	if err != nil {
 		res.Failures = append(res.Failures, "final read: "+err.Error())

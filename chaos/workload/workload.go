@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -114,6 +115,15 @@ type Stats struct {
 	// operation while it kept trying.
 	LongestUnavailable time.Duration `json:"longest_unavailable_ns"`
 	LongestAt          time.Duration `json:"longest_unavailable_at_ns"`
+	// StaleReads counts payload reads of an acknowledged version by id
+	// with x-consistency: stale (answered by any node from its own state;
+	// with audit on, a follower ships the record to the leader first).
+	// They are not in the linearizability history: a version is immutable,
+	// so one that answers must return exactly the acknowledged value, and
+	// StaleWrong lists those that did not.
+	StaleReads   int64    `json:"stale_reads"`
+	StaleReadsOK int64    `json:"stale_reads_ok"`
+	StaleWrong   []string `json:"stale_wrong,omitempty"`
 }
 
 type version struct {
@@ -148,6 +158,10 @@ type Workload struct {
 	unavailMu  sync.Mutex
 	longest    time.Duration
 	longestAt  time.Duration
+
+	staleReads, staleOK atomic.Int64
+	staleMu             sync.Mutex
+	staleWrong          []string
 }
 
 // New creates the workload's project (retrying until ctx ends) and one
@@ -215,8 +229,12 @@ func (w *Workload) logf(format string, args ...any) {
 func (w *Workload) Stats() Stats {
 	w.unavailMu.Lock()
 	defer w.unavailMu.Unlock()
+	w.staleMu.Lock()
+	wrong := append([]string(nil), w.staleWrong...)
+	w.staleMu.Unlock()
 	return Stats{Ops: w.ops.Load(), OK: w.ok.Load(), Failed: w.failed.Load(), Unknown: w.unknown.Load(),
-		Resolved: w.resolved.Load(), LongestUnavailable: w.longest, LongestAt: w.longestAt}
+		Resolved: w.resolved.Load(), LongestUnavailable: w.longest, LongestAt: w.longestAt,
+		StaleReads: w.staleReads.Load(), StaleReadsOK: w.staleOK.Load(), StaleWrong: wrong}
 }
 
 // Run runs the workers until ctx ends; a worker in the middle of resolving
@@ -475,6 +493,8 @@ func (wk *worker) target(s *secret) (version, bool) {
 func (wk *worker) step(s *secret) {
 	r := wk.rng.IntN(100)
 	switch {
+	case r < 5:
+		wk.staleRead(s)
 	case r < 35:
 		wk.read(s)
 	case r < 65:
@@ -588,6 +608,32 @@ func (wk *worker) read(s *secret) {
 		return
 	}
 	wk.record(op)
+}
+
+// staleRead reads an acknowledged version's payload by id with
+// x-consistency: stale. Any node may answer from its own state, so it may
+// not have the version yet (NOT_FOUND), or have it scheduled for deletion;
+// but a version never changes, so a payload it returns must be the one
+// acknowledged.
+func (wk *worker) staleRead(s *secret) {
+	v, ok := wk.target(s)
+	if !ok {
+		return
+	}
+	w := wk.w
+	w.staleReads.Add(1)
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(wk.stopping, "x-consistency", "stale"), w.cfg.OpTimeout)
+	r, err := wk.c.Payloads().GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: s.id, VersionId: v.id, Key: EntryKey})
+	cancel()
+	if err != nil {
+		return
+	}
+	w.staleOK.Add(1)
+	if got := r.GetEntry().GetStringValue(); r.GetVersionId() != v.id || got != v.value {
+		w.staleMu.Lock()
+		w.staleWrong = append(w.staleWrong, fmt.Sprintf("stale read of version %s of %s returned version %s value %q, acknowledged value %q", v.id, s.id, r.GetVersionId(), got, v.value))
+		w.staleMu.Unlock()
+	}
 }
 
 func (wk *worker) list(s *secret) {
