@@ -146,8 +146,10 @@ func (s *Server) registerNodeService(g *grpc.Server) {
 // nodeMethod reports whether method is a node-to-node call, which the
 // region's keyring authenticates instead of an account token.
 func nodeMethod(method string) bool {
-	return strings.HasPrefix(method, "/"+nodepb.NodeService_ServiceDesc.ServiceName+"/")
+	return strings.HasPrefix(method, nodeServicePrefix)
 }
+
+var nodeServicePrefix = "/" + nodepb.NodeService_ServiceDesc.ServiceName + "/"
 
 // peerAddr is the caller's network address, for logs.
 func peerAddr(ctx context.Context) string {
