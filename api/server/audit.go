@@ -158,14 +158,16 @@ func (a *auditor) loop() {
 			for _, p := range batch {
 				op.Records = append(op.Records, p.rec)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			var err error
 			if a.s.raft.AcceptsWrites() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				_, err = a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}})
+				cancel()
 			} else {
+				ctx, cancel := context.WithTimeout(context.Background(), shipTimeout)
 				err = a.s.shipAudit(ctx, op.Records)
+				cancel()
 			}
-			cancel()
 			if err != nil {
 				a.s.logger.Error("audit records could not be written", "records", len(batch), "error", err)
 			}

@@ -31,6 +31,12 @@ import (
 // maxShippedRecords bounds one batch (the auditor sends at most auditBatch).
 const maxShippedRecords = 1024
 
+// shipTimeout bounds one shipment. Shorter than a proposal's 10 s: when
+// the leader is cut off (packets dropped, not refused) the batch waits out
+// its timeout, and the reads queued behind it should reach the next
+// leader soon after the election.
+const shipTimeout = 3 * time.Second
+
 // shipWindow is how far a batch's sent_at may be from the leader's clock.
 const shipWindow = time.Minute
 
