@@ -26,6 +26,25 @@ func staleRead(t *testing.T, c *Cluster, n *Node, token, secretID, rid string) (
 	return pb.NewPayloadServiceClient(c.Dial(n, token)).GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: secretID, Key: "password"})
 }
 
+// waitFollowerServes reads through f with x-consistency: stale until a
+// read's audit record names f: until gossip has shown every node's
+// version, the follower forwards payload reads to the leader.
+func waitFollowerServes(t *testing.T, c *Cluster, leader, f *Node, token, secretID string) {
+	t.Helper()
+	i := 0
+	Eventually(t, 15*time.Second, "a stale read served by the follower", func() error {
+		i++
+		rid := fmt.Sprintf("warm-up-%s-%d", f.ID, i)
+		if _, err := staleRead(t, c, f, token, secretID, rid); err != nil {
+			t.Fatalf("stale payload read through a follower: %v", err)
+		}
+		if recs := recordsOf(t, leader, rid); len(recs) != 1 || recs[0].GetNodeId() != f.ID {
+			return fmt.Errorf("read %s recorded as %v", rid, recs)
+		}
+		return nil
+	})
+}
+
 // A follower serves a stale payload read from its own state and answers
 // only once the leader has committed the read's audit record.
 func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
@@ -35,34 +54,20 @@ func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
 	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
 	c.WaitConverged()
 	f := c.Followers()[0]
+	waitFollowerServes(t, c, leader, f, ci.token, secret.GetMetadata().GetId())
 
-	// Until gossip has shown every node's version the follower forwards;
-	// then it serves the read itself, and the record names it.
-	i := 0
-	Eventually(t, 15*time.Second, "a stale read served by the follower", func() error {
-		i++
-		rid := fmt.Sprintf("stale-on-follower-%d", i)
-		got, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), rid)
-		if err != nil {
-			t.Fatalf("stale payload read through a follower: %v", err)
-		}
-		if got.GetEntry().GetStringValue() != "v1" {
-			t.Fatalf("stale payload read: %q, want v1", got.GetEntry().GetStringValue())
-		}
-		// No waiting: the record is committed before the answer.
-		recs := recordsOf(t, leader, rid)
-		if len(recs) != 1 {
-			t.Fatalf("records of %s on the leader right after the read: %v, want exactly one", rid, recs)
-		}
-		r := recs[0]
-		if r.GetCode() != "OK" || r.GetAccountId() != ci.accountID || !contains(r.GetResourceIds(), secret.GetMetadata().GetId()) {
-			t.Fatalf("record of the stale read: %v", r)
-		}
-		if r.GetNodeId() != f.ID {
-			return fmt.Errorf("read %s was served by %s", rid, r.GetNodeId())
-		}
-		return nil
-	})
+	got, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), "stale-on-follower")
+	if err != nil || got.GetEntry().GetStringValue() != "v1" {
+		t.Fatalf("stale payload read through a follower: %v, %v; want v1", got, err)
+	}
+	// No waiting: the record is committed before the answer.
+	recs := recordsOf(t, leader, "stale-on-follower")
+	if len(recs) != 1 {
+		t.Fatalf("records of the read on the leader right after it: %v, want exactly one", recs)
+	}
+	if r := recs[0]; r.GetNodeId() != f.ID || r.GetCode() != "OK" || r.GetAccountId() != ci.accountID || !contains(r.GetResourceIds(), secret.GetMetadata().GetId()) {
+		t.Fatalf("record of the stale read: %v", r)
+	}
 
 	// A read the follower refuses is shipped too (without holding the
 	// answer back), and the chain stays intact on every node.
@@ -75,8 +80,28 @@ func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Only the leader takes shipped records: a follower answers a signed
+	// batch UNAVAILABLE (the shipper then fails its reads, fail-closed).
+	batch := &nodepb.ShipAuditRequest{
+		NodeId:  f.ID,
+		Records: []*pb.AuditRecord{{Time: timestamppb.Now(), Method: "/mysterybox.v1.PayloadService/GetByKey", NodeId: f.ID, RequestId: "shipped-to-a-follower", Code: "OK"}},
+		SentAt:  timestamppb.Now(),
+		KeyId:   c.Keyring.ActiveKeyID(),
+	}
+	if err := server.SignShipAudit(c.Keyring, batch); err != nil {
+		t.Fatal(err)
+	}
+	other := c.Followers()[1]
+	if _, err := nodepb.NewNodeServiceClient(c.Conn(other)).ShipAudit(ctxT(t), batch); status.Code(err) != codes.Unavailable {
+		t.Fatalf("a batch shipped to a follower: %v, want UNAVAILABLE", err)
+	}
+
 	c.WaitConverged()
 	for _, n := range c.Nodes {
+		if recs := recordsOf(t, n, "shipped-to-a-follower"); len(recs) != 0 {
+			t.Fatalf("%s chained a batch a follower refused: %v", n.ID, recs)
+		}
 		v, err := pb.NewAuditServiceClient(c.Conn(n)).Verify(ctxT(t), &pb.VerifyAuditRequest{})
 		if err != nil || !v.GetOk() {
 			t.Fatalf("verify on %s: %v %v", n.ID, v, err)
@@ -93,18 +118,7 @@ func TestStalePayloadReadFailsClosedWithoutALeader(t *testing.T) {
 	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
 	c.WaitConverged()
 	f := c.Followers()[0]
-	i := 0
-	Eventually(t, 15*time.Second, "the follower to serve stale reads", func() error {
-		i++
-		rid := fmt.Sprintf("warm-%d", i)
-		if _, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), rid); err != nil {
-			t.Fatal(err)
-		}
-		if recs := recordsOf(t, leader, rid); len(recs) != 1 || recs[0].GetNodeId() != f.ID {
-			return fmt.Errorf("read served by %v", recs)
-		}
-		return nil
-	})
+	waitFollowerServes(t, c, leader, f, ci.token, secret.GetMetadata().GetId())
 	for _, n := range c.Nodes {
 		if n != f {
 			c.Stop(n)
