@@ -182,24 +182,31 @@ func TestCacheValuesAreCopies(t *testing.T) {
 	}
 }
 
-// A restore replaces the database; nothing cached from before survives.
-func TestCacheForgetsEverythingOnRestore(t *testing.T) {
-	src := openTestStore(t)
-	commitSet(t, src, map[string][]byte{"k": []byte("from the snapshot")})
-	sn, err := src.Snapshot()
+// snapshotOf is st's snapshot stream, as Raft would send it.
+func snapshotOf(t *testing.T, st *Store) *bytes.Buffer {
+	t.Helper()
+	sn, err := st.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer sn.Release()
 	var buf bytes.Buffer
 	if _, err := sn.WriteTo(&buf); err != nil {
 		t.Fatal(err)
 	}
-	sn.Release()
+	return &buf
+}
+
+// A restore replaces the database; nothing cached from before survives.
+func TestCacheForgetsEverythingOnRestore(t *testing.T) {
+	src := openTestStore(t)
+	commitSet(t, src, map[string][]byte{"k": []byte("from the snapshot")})
+	buf := snapshotOf(t, src)
 
 	st := openTestStore(t)
 	commitSet(t, st, map[string][]byte{"k": []byte("before the restore")})
 	_ = st.Read(func(v *View) error { v.get("k"); return nil })
-	if err := st.Restore(&buf); err != nil {
+	if err := st.Restore(buf); err != nil {
 		t.Fatal(err)
 	}
 	_ = st.Read(func(v *View) error {

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -162,15 +161,7 @@ func TestIdempotencyKeysFollowARestore(t *testing.T) {
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := sn.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	sn.Release()
+	buf := snapshotOf(t, src)
 
 	st := openTestStore(t)
 	b = st.NewBatch()
@@ -180,7 +171,7 @@ func TestIdempotencyKeysFollowARestore(t *testing.T) {
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Restore(&buf); err != nil {
+	if err := st.Restore(buf); err != nil {
 		t.Fatal(err)
 	}
 	k := waitIdemReady(t, st)
