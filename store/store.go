@@ -241,7 +241,7 @@ func (s *Store) NewBatch() *Batch {
 	s.cache.mu.RLock()
 	gen := s.cache.gen
 	s.cache.mu.RUnlock()
-	nb := &Batch{b: b, s: s, writes: batchWrites{cache: s.cache}, idem: s.idem}
+	nb := &Batch{b: b, s: s, writes: batchWrites{cache: s.cache}}
 	nb.View = View{r: b, cache: s.cache, gen: gen, writes: &nb.writes, idem: s.idem}
 	return nb
 }
@@ -262,10 +262,8 @@ type Batch struct {
 	s      *Store
 	done   bool
 	writes batchWrites
-	// idem is the store's idempotency keys; idemDeleted the fingerprints of
-	// keys this batch deleted (and did not write again), forgotten once it
-	// commits.
-	idem        *idemKeys
+	// idemDeleted: fingerprints of the idempotency keys this batch deleted
+	// (and did not write again), which View.idem forgets once it commits.
 	idemDeleted map[[2]uint64]struct{}
 }
 
