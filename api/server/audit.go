@@ -29,7 +29,12 @@ import (
 type callInfo struct {
 	method    string
 	requestID string // the same in every record of the call
-	mu        sync.Mutex
+	// leadership, when set by query, delivers the result of the leadership
+	// check of a linearizable payload read, made after the read and
+	// overlapping its audit record's commit; the call answers only once
+	// both succeeded. Set and read on the call's goroutine.
+	leadership chan error
+	mu         sync.Mutex
 	accountID string
 	forwarded bool
 	recorded  bool
@@ -194,7 +199,8 @@ func (a *auditor) fail(err error) {
 // AuditInterceptor records audited calls served by this node (not those
 // it only forwarded: the leader records them); a follower ships its
 // records to the leader. A payload read whose record cannot be written
-// fails when audit is fail-closed.
+// fails when audit is fail-closed; a linearizable one also fails when the
+// leadership check made after it (callInfo.leadership) fails.
 func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.audit == nil || !audited(info.FullMethod) {
 		return handler(ctx, req)
@@ -202,10 +208,22 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	ci := &callInfo{method: info.FullMethod, requestID: requestID(ctx)}
 	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := handler(ctx, req)
+	resp, err = s.recordCall(ctx, ci, req, resp, err)
+	if ci.leadership != nil {
+		if lerr := <-ci.leadership; lerr != nil {
+			return nil, toStatus(lerr)
+		}
+	}
+	return resp, err
+}
+
+// recordCall writes the audit record of a call this node served, waiting
+// for it when the call read a payload.
+func (s *Server) recordCall(ctx context.Context, ci *callInfo, req, resp any, err error) (any, error) {
 	ci.mu.Lock()
 	forwarded, account, recorded := ci.forwarded, ci.accountID, ci.recorded
 	ci.mu.Unlock()
-	wait := isPayloadRead(info.FullMethod) && err == nil
+	wait := isPayloadRead(ci.method) && err == nil
 	if forwarded || recorded {
 		return resp, err
 	}
@@ -219,7 +237,7 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	rec := &pb.AuditRecord{
 		Time:        timestamppb.Now(),
 		AccountId:   account,
-		Method:      info.FullMethod,
+		Method:      ci.method,
 		ResourceIds: fsm.AuditResourceIDs(nil, req, resp),
 		Code:        codeName(status.Code(err)),
 		NodeId:      s.cfg.NodeID,
@@ -227,7 +245,7 @@ func (s *Server) AuditInterceptor(ctx context.Context, req any, info *grpc.Unary
 	}
 	if aerr := s.audit.add(ctx, rec, wait); aerr != nil && wait {
 		if s.cfg.AuditFailOpen {
-			s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", info.FullMethod, "error", aerr)
+			s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", ci.method, "error", aerr)
 			return resp, err
 		}
 		return nil, status.Errorf(codes.Unavailable, "the audit record of this payload read could not be written (%v); retry", aerr)

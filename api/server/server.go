@@ -395,6 +395,7 @@ func (s *Server) awaitBarrier(ctx context.Context) error {
 // The caller is authorized against the same view the read uses.
 func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, acc access, read func(v *store.View, c *caller) (T, error)) (T, error) {
 	var zero T
+	checkAfter := false
 	if !isStale(ctx) {
 		if !s.raft.IsLeader() && !s.raft.AcceptsWrites() {
 			out := newMessage[T]()
@@ -406,9 +407,23 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, a
 		if err := s.awaitBarrier(ctx); err != nil {
 			return zero, err
 		}
-		if err := s.raft.ReadBarrier(ctx); err != nil {
+		// A payload read waits for its audit record's commit anyway: its
+		// leadership check runs after the read, during that commit, rather
+		// than before it. Confirming leadership after the read's snapshot
+		// still rules out a newer leader having acknowledged a write
+		// before the snapshot (its majority and ours intersect).
+		if ci := infoFrom(ctx); ci != nil && isPayloadRead(ci.method) {
+			checkAfter = true
+		} else if err := s.raft.ReadBarrier(ctx); err != nil {
 			return zero, toStatus(err)
 		}
+	}
+	if checkAfter {
+		defer func() {
+			ci := infoFrom(ctx)
+			ci.leadership = make(chan error, 1)
+			go func() { ci.leadership <- s.raft.ReadBarrier(ctx) }()
+		}()
 	}
 	var out T
 	err := s.store.Read(func(v *store.View) error {

@@ -59,6 +59,8 @@ type Options struct {
 	// NoAudit turns the audit log off (it is on by default, as in production).
 	NoAudit        bool
 	AuditRetention time.Duration
+	// AuditFailOpen serves payload reads whose record cannot be written.
+	AuditFailOpen bool
 	// OldNodes advertise command version 1, as nodes of the previous
 	// release would (mixed-version tests): the first OldNodes nodes.
 	OldNodes int
@@ -266,6 +268,7 @@ func (c *Cluster) newNode() *Node {
 	}
 	cfg.Audit = !c.opts.NoAudit
 	cfg.AuditRetention = c.opts.AuditRetention
+	cfg.AuditFailOpen = c.opts.AuditFailOpen
 	if c.opts.TLS {
 		cfg.TLS = c.IssueNodeCert(id, c.Region, dir, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	}

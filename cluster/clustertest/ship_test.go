@@ -206,3 +206,28 @@ func TestShipAuditOnlyTakesSignedBatches(t *testing.T) {
 		t.Fatalf("the signed batch's record: %v", recs)
 	}
 }
+
+// A linearizable payload read checks leadership after reading, while its
+// audit record commits, and answers only if both succeed. With audit
+// fail-open the record's failure alone would not stop it: a leader cut
+// off from its followers must still refuse, since another leader may
+// have taken writes it has not seen.
+func TestLinearizablePayloadReadOnACutOffLeaderFails(t *testing.T) {
+	c := New(t, Options{Nodes: 3, AuditFailOpen: true})
+	leader := c.WaitLeader()
+	_, secret := setup(t, c, leader)
+	payloads := pb.NewPayloadServiceClient(c.Conn(leader))
+	if _, err := payloads.GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"}); err != nil {
+		t.Fatalf("read with the region whole: %v", err)
+	}
+	for _, f := range c.Followers() {
+		c.Stop(f)
+	}
+	got, err := payloads.GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
+	if err == nil || got != nil {
+		t.Fatalf("linearizable payload read on a leader without its followers: %v, %v; want an error and no payload", got, err)
+	}
+	if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+		t.Fatalf("read on a cut-off leader: %v, want UNAVAILABLE", err)
+	}
+}
