@@ -35,9 +35,9 @@ type callInfo struct {
 	// both succeeded. Set and read on the call's goroutine.
 	leadership chan error
 	mu         sync.Mutex
-	accountID string
-	forwarded bool
-	recorded  bool
+	accountID  string
+	forwarded  bool
+	recorded   bool
 }
 
 type callInfoKey struct{}
