@@ -45,16 +45,25 @@ func waitFollowerServes(t *testing.T, c *Cluster, leader, f *Node, token, secret
 	})
 }
 
+// regionWithStaleReadingFollower starts a 3-node region formed through
+// gossip with a secret and an account that may read it, and returns once
+// follower f serves stale payload reads itself.
+func regionWithStaleReadingFollower(t *testing.T) (c *Cluster, leader, f *Node, ci identity, secret *pb.Secret) {
+	t.Helper()
+	c = New(t, Options{Nodes: 3, Gossip: true})
+	leader = c.WaitLeader()
+	projectID, secret := setup(t, c, leader)
+	ci = newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
+	c.WaitConverged()
+	f = c.Followers()[0]
+	waitFollowerServes(t, c, leader, f, ci.token, secret.GetMetadata().GetId())
+	return c, leader, f, ci, secret
+}
+
 // A follower serves a stale payload read from its own state and answers
 // only once the leader has committed the read's audit record.
 func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
-	c := New(t, Options{Nodes: 3, Gossip: true})
-	leader := c.WaitLeader()
-	projectID, secret := setup(t, c, leader)
-	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
-	c.WaitConverged()
-	f := c.Followers()[0]
-	waitFollowerServes(t, c, leader, f, ci.token, secret.GetMetadata().GetId())
+	c, leader, f, ci, secret := regionWithStaleReadingFollower(t)
 
 	got, err := staleRead(t, c, f, ci.token, secret.GetMetadata().GetId(), "stale-on-follower")
 	if err != nil || got.GetEntry().GetStringValue() != "v1" {
@@ -112,13 +121,7 @@ func TestFollowerServesStalePayloadReadsAndShipsTheirRecords(t *testing.T) {
 // Audit stays fail-closed: a follower that cannot have its record
 // committed (no quorum, no leader) returns no payload.
 func TestStalePayloadReadFailsClosedWithoutALeader(t *testing.T) {
-	c := New(t, Options{Nodes: 3, Gossip: true})
-	leader := c.WaitLeader()
-	projectID, secret := setup(t, c, leader)
-	ci := newIdentity(t, c, leader, "ci-reader", 0, [2]string{projectID, "mysterybox.payload-viewer"})
-	c.WaitConverged()
-	f := c.Followers()[0]
-	waitFollowerServes(t, c, leader, f, ci.token, secret.GetMetadata().GetId())
+	c, _, f, ci, secret := regionWithStaleReadingFollower(t)
 	for _, n := range c.Nodes {
 		if n != f {
 			c.Stop(n)
