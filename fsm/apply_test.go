@@ -1,8 +1,10 @@
 package fsm_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -929,4 +931,39 @@ func TestIdempotentRetryInTheSameBatch(t *testing.T) {
 	for _, id := range []string{"project-2", "project-3"} {
 		h.notFound(id, func(v *store.View) error { _, err := v.Project(id); return err })
 	}
+}
+
+// A retry must find its key after the node restarts and after a new node
+// installs a snapshot: both rebuild the store's in-memory set of
+// idempotency keys (store/idemkeys.go), which may only skip lookups of
+// keys that are not there. Retries run right after the restart (while the
+// set is being built) and again many times after it.
+func TestIdempotentRetryAfterRestartAndRestore(t *testing.T) {
+	h := newHarness(t)
+	first := h.ok(withKey(cmdCreateProject("project-1", "p1"), "key-1", "req-A"))
+	retry := func(h *harness, when string) {
+		t.Helper()
+		before := h.content()
+		for i := 0; i < 50; i++ {
+			got := h.ok(withKey(cmdCreateProject(fmt.Sprintf("project-retry-%d", i), "p1"), "key-1", "req-A"))
+			if !proto.Equal(first, got) {
+				t.Fatalf("%s, retry %d returned %v, first call %v", when, i, got, first)
+			}
+		}
+		if h.content() != before {
+			t.Fatalf("%s, a retry changed the store", when)
+		}
+	}
+	h.reopen()
+	retry(h, "after a restart")
+
+	fresh := newHarness(t)
+	if err := fresh.f.Restore(io.NopCloser(bytes.NewReader(persist(t, h.f)))); err != nil {
+		t.Fatal(err)
+	}
+	fresh.idx = h.idx
+	retry(fresh, "after a snapshot install")
+	// A new key is still applied once.
+	fresh.ok(withKey(cmdCreateProject("project-2", "p2"), "key-2", "req-C"))
+	fresh.fail(withKey(cmdCreateProject("project-3", "p2"), "key-3", "req-D"), fsm.ErrAlreadyExists)
 }
