@@ -395,7 +395,7 @@ func (s *Server) awaitBarrier(ctx context.Context) error {
 // The caller is authorized against the same view the read uses.
 func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, acc access, read func(v *store.View, c *caller) (T, error)) (T, error) {
 	var zero T
-	checkAfter := false
+	var checkAfter *callInfo // a payload read: leadership is checked after reading
 	if !isStale(ctx) {
 		if !s.raft.IsLeader() && !s.raft.AcceptsWrites() {
 			out := newMessage[T]()
@@ -413,16 +413,16 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, a
 		// still rules out a newer leader having acknowledged a write
 		// before the snapshot (its majority and ours intersect).
 		if ci := infoFrom(ctx); ci != nil && isPayloadRead(ci.method) {
-			checkAfter = true
+			checkAfter = ci
 		} else if err := s.raft.ReadBarrier(ctx); err != nil {
 			return zero, toStatus(err)
 		}
 	}
-	if checkAfter {
+	if checkAfter != nil {
 		defer func() {
-			ci := infoFrom(ctx)
-			ci.leadership = make(chan error, 1)
-			go func() { ci.leadership <- s.raft.ReadBarrier(ctx) }()
+			ch := make(chan error, 1)
+			checkAfter.leadership = ch
+			go func() { ch <- s.raft.ReadBarrier(ctx) }()
 		}()
 	}
 	var out T
