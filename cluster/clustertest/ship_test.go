@@ -16,6 +16,7 @@ import (
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/api/nodepb"
 	"github.com/mysterybox/mysterybox/api/server"
+	"github.com/mysterybox/mysterybox/region"
 )
 
 // staleRead reads secret's password through n with x-consistency: stale
@@ -174,6 +175,21 @@ func TestShipAuditOnlyTakesSignedBatches(t *testing.T) {
 			return r
 		}(), codes.PermissionDenied},
 		{"unknown key", func() *nodepb.ShipAuditRequest { r := batch("unknown-key"); r.KeyId = "no-such-key"; return r }(), codes.FailedPrecondition},
+		{"signed by another region's keyring (same key id)", func() *nodepb.ShipAuditRequest {
+			raw, err := region.GenerateKeyringFile(c.Keyring.ActiveKeyID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, err := region.ParseKeyring(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := batch("other-region")
+			if err := server.SignShipAudit(other, r); err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}(), codes.PermissionDenied},
 		{"replayed after the window", func() *nodepb.ShipAuditRequest {
 			r := batch("old")
 			r.SentAt = timestamppb.New(time.Now().Add(-2 * time.Minute))
@@ -196,7 +212,7 @@ func TestShipAuditOnlyTakesSignedBatches(t *testing.T) {
 			t.Errorf("%s: %v, want %s", tc.name, err, tc.code)
 		}
 	}
-	for _, rid := range []string{"unsigned", "altered", "old", "impersonated", "chained"} {
+	for _, rid := range []string{"unsigned", "altered", "other-region", "old", "impersonated", "chained"} {
 		if recs := recordsOf(t, leader, rid); len(recs) != 0 {
 			t.Errorf("a refused batch (%s) was chained: %v", rid, recs)
 		}
