@@ -121,6 +121,7 @@ var (
 	descVoters       = prometheus.NewDesc(ns+"_raft_voters", "Voters in the Raft configuration.", nil, nil)
 	descDisk         = prometheus.NewDesc(ns+"_pebble_disk_bytes", "Disk space used by the store.", nil, nil)
 	descCompactions  = prometheus.NewDesc(ns+"_pebble_compactions_total", "Compactions run by the store.", nil, nil)
+	descWritten      = prometheus.NewDesc(ns+"_pebble_written_bytes_total", "Bytes the store wrote to sstables (flushes and compactions, not its WAL) since it was opened: against the bytes applied, its write amplification.", nil, nil)
 	descMemtable     = prometheus.NewDesc(ns+"_pebble_memtable_bytes", "Bytes in the store's memtables.", nil, nil)
 	descTables       = prometheus.NewDesc(ns+"_pebble_sstables", "Live sstables.", nil, nil)
 	descSecrets      = prometheus.NewDesc(ns+"_secrets", "Secrets in the store, including those scheduled for deletion.", nil, nil)
@@ -130,7 +131,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommitIndex, descAppliedIndex, descLastIndex, descSnapIndex,
-		descLastContact, descVoters, descDisk, descCompactions, descMemtable, descTables, descSecrets, descVersions, descGossip} {
+		descLastContact, descVoters, descDisk, descCompactions, descWritten, descMemtable, descTables, descSecrets, descVersions, descGossip} {
 		ch <- d
 	}
 }
@@ -178,6 +179,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	st := src.Store.Stats()
 	gauge(ch, descDisk, float64(st.DiskBytes))
 	ch <- prometheus.MustNewConstMetric(descCompactions, prometheus.CounterValue, float64(st.Compactions))
+	ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(st.WrittenBytes))
 	gauge(ch, descMemtable, float64(st.MemtableBytes))
 	gauge(ch, descTables, float64(st.Tables))
 	secrets, versions := c.counts()

@@ -354,6 +354,12 @@ type StorageStats struct {
 	Compactions   int64
 	MemtableBytes uint64
 	Tables        int64
+	// WrittenBytes: bytes written to sstables by flushes and compactions
+	// since the database was opened (its WAL not included); against the
+	// bytes applied, the write amplification.
+	WrittenBytes uint64
+	// CompactionsInProgress: compactions running now.
+	CompactionsInProgress int64
 }
 
 // Stats returns Pebble's current figures.
@@ -364,9 +370,11 @@ func (s *Store) Stats() StorageStats {
 		return StorageStats{}
 	}
 	m := s.db.Metrics()
-	st := StorageStats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, MemtableBytes: m.MemTable.Size}
+	st := StorageStats{DiskBytes: m.DiskSpaceUsage(), Compactions: m.Compact.Count, MemtableBytes: m.MemTable.Size,
+		CompactionsInProgress: m.Compact.NumInProgress}
 	for _, l := range m.Levels {
 		st.Tables += l.NumFiles
+		st.WrittenBytes += l.BytesFlushed + l.BytesCompacted
 	}
 	return st
 }

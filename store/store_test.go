@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -1320,4 +1321,40 @@ func TestKeyCheckKeepsTheFirst(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestStatsCountBytesWritten: the figures behind the write-amplification
+// metric move once Pebble flushes what was written.
+func TestStatsCountBytesWritten(t *testing.T) {
+	st := openStore(t, t.TempDir())
+	if got := st.Stats().WrittenBytes; got != 0 {
+		t.Fatalf("WrittenBytes of a new store = %d, want 0", got)
+	}
+	// More than a memtable (4 MiB) of incompressible entries, so that
+	// Pebble flushes at least once.
+	const entries, size = 6000, 1024
+	for i := 0; i < entries; i += 100 {
+		write(t, st, func(b *store.Batch) error {
+			for j := i; j < i+100; j++ {
+				ct := make([]byte, size)
+				if _, err := rand.Read(ct); err != nil {
+					return err
+				}
+				if err := b.PutEntry(fmt.Sprintf("mbsecver-%06d", j), &fsmpb.SealedEntry{Key: "k", Ciphertext: ct}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for st.Stats().WrittenBytes < 1<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("WrittenBytes = %d after writing %d bytes, want at least one flush (1 MiB)", st.Stats().WrittenBytes, entries*size)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got, limit := st.Stats().WrittenBytes, uint64(10*entries*size); got > limit {
+		t.Errorf("WrittenBytes = %d after writing %d bytes: more than 10 times over", got, entries*size)
+	}
 }

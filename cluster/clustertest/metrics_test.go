@@ -68,7 +68,7 @@ func TestMetricsArePresentAndMove(t *testing.T) {
 		"mysterybox_grpc_requests_total", "mysterybox_grpc_request_duration_seconds", "mysterybox_raft_state",
 		"mysterybox_raft_term", "mysterybox_raft_commit_index", "mysterybox_raft_applied_index", "mysterybox_raft_last_contact_seconds",
 		"mysterybox_fsm_apply_duration_seconds", "mysterybox_fsm_apply_batch_entries", "mysterybox_pebble_disk_bytes",
-		"mysterybox_pebble_compactions_total", "mysterybox_secrets", "mysterybox_versions", "mysterybox_gossip_members",
+		"mysterybox_pebble_compactions_total", "mysterybox_pebble_written_bytes_total", "mysterybox_secrets", "mysterybox_versions", "mysterybox_gossip_members",
 		"go_goroutines", "process_resident_memory_bytes",
 	} {
 		if _, ok := before[name]; !ok {

@@ -1,0 +1,108 @@
+package fsm_test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/mysterybox/mysterybox/fsm"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
+	"github.com/mysterybox/mysterybox/store"
+)
+
+// BenchmarkApplyVersions applies b.N new versions as the write scenarios of
+// `make bench` make them (1,000 secrets, one 1 KiB entry, an idempotency
+// key and an audit record per version, 32 versions per Raft batch), waits
+// for Pebble's compactions to finish, and reports what it took: bytes Pebble
+// wrote to sstables per version (flushes and compactions: the store's write
+// amplification) and the process's CPU per version, background work
+// included. Compactions depend on the store's size, so compare runs of the
+// same count:
+//
+//	go test -run XXX -bench ApplyVersions -benchtime 200000x ./fsm
+func BenchmarkApplyVersions(b *testing.B) {
+	st, err := store.Open(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	f, err := fsm.New(st, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var index uint64
+	apply := func(cmds ...*fsmpb.Command) {
+		logs := make([]*raft.Log, len(cmds))
+		for i, cmd := range cmds {
+			if cmd.TimeUnixNano == 0 {
+				cmd.TimeUnixNano = time.Now().UnixNano()
+			}
+			data, err := fsm.EncodeCommand(cmd)
+			if err != nil {
+				b.Fatal(err)
+			}
+			index++
+			logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}
+		}
+		for i, out := range f.ApplyBatch(logs) {
+			if res, ok := out.(*fsm.Result); !ok || res.Err != nil {
+				b.Fatalf("apply %v: %v", cmds[i].GetOp(), out)
+			}
+		}
+	}
+	random := func(n int) []byte {
+		p := make([]byte, n)
+		rand.Read(p)
+		return p
+	}
+
+	apply(cmdCreateProject("project-1", "bench"))
+	secrets := make([]string, 1000)
+	for i := range secrets {
+		secrets[i] = fmt.Sprintf("mbsec-%06d", i)
+		apply(cmdCreateSecret(secrets[i], "project-1", fmt.Sprintf("s%d", i), nil))
+	}
+	const perBatch = 32
+	cmds := make([]*fsmpb.Command, 0, perBatch)
+	b.ResetTimer()
+	cpu0 := processCPU()
+	for n := 0; n < b.N; n++ {
+		secretID := secrets[n%len(secrets)]
+		cmd := cmdCreateVersion(fmt.Sprintf("mbsecver-%013x%08d", time.Now().UnixMicro(), n), secretID, true)
+		cmd.GetCreateVersion().Payload.Entries = []*fsmpb.SealedEntry{{Key: "value", Nonce: random(12), Ciphertext: random(1024 + 16)}}
+		withKey(cmd, hex.EncodeToString(random(16)), hex.EncodeToString(random(8)))
+		withAudit(cmd, "/mysterybox.v1.SecretVersionService/Create", secretID)
+		cmds = append(cmds, cmd)
+		if len(cmds) == perBatch || n == b.N-1 {
+			apply(cmds...)
+			cmds = cmds[:0]
+		}
+	}
+	// Background work belongs to the writes that caused it: wait until no
+	// compaction has run for a second.
+	for quiet := 0; quiet < 10; {
+		time.Sleep(100 * time.Millisecond)
+		if st.Stats().CompactionsInProgress == 0 {
+			quiet++
+		} else {
+			quiet = 0
+		}
+	}
+	b.StopTimer()
+	stats := st.Stats()
+	b.ReportMetric(float64(stats.WrittenBytes)/float64(b.N), "sstable-B/version")
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/version")
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
