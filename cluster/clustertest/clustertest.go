@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -80,6 +81,7 @@ type Cluster struct {
 	CAFile string
 	base   string // every node's data lives below
 	nextID int
+	log    *testLog
 }
 
 // Node is one member; N is nil while it is stopped.
@@ -143,7 +145,9 @@ func Prepare(t testing.TB, opts Options) *Cluster {
 	}
 	// The temporary directory is made before Close is registered: cleanups
 	// run last-in first-out, so the nodes stop before their data goes.
-	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr, base: t.TempDir()}
+	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr, base: t.TempDir(), log: &testLog{t: t}}
+	// Registered before Close, so it runs after the nodes have stopped.
+	t.Cleanup(c.log.end)
 	t.Cleanup(c.Close)
 	if opts.TLS {
 		ca, err := tlsutil.NewCA("test CA", time.Hour)
@@ -332,7 +336,7 @@ func (c *Cluster) TryStart(n *Node) error {
 			n.Cfg.GossipSeeds = append(n.Cfg.GossipSeeds, first.Cfg.GossipAddr)
 		}
 	}
-	var out io.Writer = testWriter{c.t}
+	var out io.Writer = c.log
 	if c.opts.LogSink != nil {
 		out = io.MultiWriter(out, c.opts.LogSink)
 	}
@@ -346,11 +350,30 @@ func (c *Cluster) TryStart(n *Node) error {
 	return nil
 }
 
-type testWriter struct{ t testing.TB }
+// testLog sends the nodes' logs to the test's log until the test ends.
+// Some goroutines outlive a node's Close (memberlist's prober may still
+// report the socket it found closed), and logging through t after the test
+// has completed panics.
+type testLog struct {
+	t    testing.TB
+	mu   sync.RWMutex
+	done bool
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", p)
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if !l.done {
+		l.t.Logf("%s", p)
+	}
 	return len(p), nil
+}
+
+// end stops forwarding; it waits for writes in progress.
+func (l *testLog) end() {
+	l.mu.Lock()
+	l.done = true
+	l.mu.Unlock()
 }
 
 // Stop stops a node abruptly (its data stays).
