@@ -137,7 +137,7 @@ const blockCacheBytes = 64 << 20
 // rewrites all of that level: the smaller it is, the less each one
 // rewrites, while the time-ordered keys (ids, audit sequence numbers) then
 // mostly move down the deeper levels without being rewritten. 8 MiB wrote
-// 40 % fewer bytes and spent 36 % less CPU than the default over a million
+// 43 % fewer bytes and spent 36 % less CPU than the default over a million
 // versions (docs/performance.md; BenchmarkApplyVersions in fsm).
 const lBaseMaxBytes = 8 << 20
 
