@@ -10,9 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/mysterybox/mysterybox/fsm"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
-	"github.com/mysterybox/mysterybox/store"
 )
 
 // BenchmarkApplyVersions applies b.N new versions as the write scenarios of
@@ -21,40 +19,25 @@ import (
 // versions a second, about what a region of this machine sustains (applied
 // as fast as possible, writes outrun compactions and the level-0 pile-up
 // hides their usual cost), waits for Pebble's compactions to finish, and
-// reports what it took: bytes Pebble
-// wrote to sstables per version (flushes and compactions: the store's write
-// amplification) and the process's CPU per version, background work
-// included. Compactions depend on the store's size, so compare runs of the
+// reports what it took: bytes Pebble wrote to sstables per version (flushes
+// and compactions: the store's write amplification) and the process's CPU
+// per version, background work included. Compactions depend on the store's size, so compare runs of the
 // same count (200,000 take 50 s):
 //
 //	go test -run XXX -bench ApplyVersions -benchtime 200000x ./fsm
 func BenchmarkApplyVersions(b *testing.B) {
-	st, err := store.Open(b.TempDir(), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
-	f, err := fsm.New(st, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var index uint64
+	h := newHarness(b)
+	// apply builds the next log entries (h.log) and applies them as one
+	// Raft batch, stamped with the time now, as a leader's would be.
 	apply := func(cmds ...*fsmpb.Command) {
+		h.now = time.Now().UnixNano()
 		logs := make([]*raft.Log, len(cmds))
 		for i, cmd := range cmds {
-			if cmd.TimeUnixNano == 0 {
-				cmd.TimeUnixNano = time.Now().UnixNano()
-			}
-			data, err := fsm.EncodeCommand(cmd)
-			if err != nil {
-				b.Fatal(err)
-			}
-			index++
-			logs[i] = &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data}
+			logs[i] = h.log(cmd)
 		}
-		for i, out := range f.ApplyBatch(logs) {
-			if res, ok := out.(*fsm.Result); !ok || res.Err != nil {
-				b.Fatalf("apply %v: %v", cmds[i].GetOp(), out)
+		for i, out := range h.f.ApplyBatch(logs) {
+			if res := asResult(b, out); res.Err != nil {
+				b.Fatalf("apply %v: %v", cmds[i].GetOp(), res.Err)
 			}
 		}
 	}
@@ -93,14 +76,14 @@ func BenchmarkApplyVersions(b *testing.B) {
 	// compaction has run for a second.
 	for quiet := 0; quiet < 10; {
 		time.Sleep(100 * time.Millisecond)
-		if st.Stats().CompactionsInProgress == 0 {
+		if h.st.Stats().CompactionsInProgress == 0 {
 			quiet++
 		} else {
 			quiet = 0
 		}
 	}
 	b.StopTimer()
-	stats := st.Stats()
+	stats := h.st.Stats()
 	b.ReportMetric(float64(stats.WrittenBytes)/float64(b.N), "sstable-B/version")
 	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/version")
 }

@@ -26,7 +26,7 @@ const t0 = int64(1_700_000_000_000_000_000)
 
 // harness is one FSM over one store, fed raft.Log values directly.
 type harness struct {
-	t   *testing.T
+	t   testing.TB
 	dir string
 	st  *store.Store
 	f   *fsm.FSM
@@ -34,7 +34,7 @@ type harness struct {
 	now int64  // time stamped on commands that carry none
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	h := &harness{t: t, dir: t.TempDir(), now: t0}
 	h.open()
@@ -70,7 +70,7 @@ func (h *harness) reopen() {
 	h.open()
 }
 
-func encode(t *testing.T, cmd *fsmpb.Command) []byte {
+func encode(t testing.TB, cmd *fsmpb.Command) []byte {
 	t.Helper()
 	data, err := fsm.EncodeCommand(cmd)
 	if err != nil {
@@ -90,7 +90,7 @@ func (h *harness) log(cmd *fsmpb.Command) *raft.Log {
 	return &raft.Log{Index: h.idx, Term: 1, Type: raft.LogCommand, Data: encode(h.t, cmd)}
 }
 
-func asResult(t *testing.T, v interface{}) *fsm.Result {
+func asResult(t testing.TB, v interface{}) *fsm.Result {
 	t.Helper()
 	res, ok := v.(*fsm.Result)
 	if !ok || res == nil {
