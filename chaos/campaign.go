@@ -309,9 +309,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	_ = history.WriteJSON(filepath.Join(cfg.Dir, "schedule.json"), nem.Events())
 	logf("workload over: %+v", res.Workload)
 
-	for _, x := range res.Workload.StaleWrong {
-		res.Failures = append(res.Failures, x)
-	}
+	res.Failures = append(res.Failures, res.Workload.StaleWrong...)
 	final, err := wl.Final(ctx)
 	if err != nil {
 		res.Failures = append(res.Failures, "final read: "+err.Error())
