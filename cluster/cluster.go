@@ -1,6 +1,7 @@
 // Package cluster runs one node's Raft: the log and stable store (raft-wal
-// or raft-boltdb), file snapshots, the TCP transport, bootstrap and membership changes,
-// leader tracking that never blocks Raft, and the linearizable-read barrier.
+// or raft-boltdb), snapshots (the FSM's checkpoints, streamed on demand),
+// the TCP transport, bootstrap and membership changes, leader tracking
+// that never blocks Raft, and the linearizable-read barrier.
 //
 // It knows nothing of secrets: it replicates opaque commands into a raft.FSM.
 package cluster
@@ -58,6 +59,9 @@ type Config struct {
 	// Bootstrap makes this node the first voter of a new cluster when it has
 	// no Raft state yet.
 	Bootstrap bool
+	// OpenCheckpoint reads a checkpoint the FSM kept as a snapshot (see
+	// snapshots.go); nil keeps every snapshot as a stream.
+	OpenCheckpoint func(dir string) (CheckpointReader, error)
 
 	// Tuning; zero values take production defaults.
 	HeartbeatTimeout   time.Duration
@@ -76,7 +80,7 @@ type Node struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	logStore  logStore
-	snapshots *raft.FileSnapshotStore
+	snapshots *snapshotStore
 
 	readyTerm atomic.Uint64 // term whose post-election barrier has returned
 	reads     readBarrier
@@ -111,7 +115,7 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	logger.Debug("raft log store", "store", kind)
-	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, logger.Named("snapshots"))
+	n.snapshots, err = newSnapshotStore(cfg.DataDir, 2, cfg.OpenCheckpoint, logger.Named("snapshots"))
 	if err != nil {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: open snapshot store: %w", err)

@@ -362,18 +362,18 @@ func (a *applier) remember(key string, hash []byte, hashKeyID string, res *Resul
 	}
 }
 
-// Snapshot captures the store at the current applied index. It first makes
-// the store durable up to here, because Raft may truncate its log up to the
-// snapshot's index once the snapshot is persisted.
+// Snapshot captures the store at the current applied index as a
+// checkpoint (store.Checkpoint: hard links, milliseconds whatever the
+// store's size). Taking it syncs the store's WAL first, because Raft may
+// truncate its log up to the snapshot's index once the snapshot is
+// persisted. Raft calls Snapshot between applies, so the checkpoint holds
+// exactly the index Raft records for it.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	if err := f.store.Sync(); err != nil {
-		return nil, fmt.Errorf("fsm: sync store before snapshot: %w", err)
-	}
-	snap, err := f.store.Snapshot()
+	ck, err := f.store.Checkpoint()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fsm: snapshot: %w", err)
 	}
-	return &fsmSnapshot{snap: snap}, nil
+	return &fsmSnapshot{ck: ck, logger: f.logger}, nil
 }
 
 // Restore replaces the store with a snapshot's content.
@@ -392,16 +392,40 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type fsmSnapshot struct {
-	snap *store.Snapshot
+// CheckpointSink is a snapshot sink that can keep a store checkpoint as
+// the snapshot itself instead of a stream of it (cluster's snapshot store
+// does). KeepCheckpoint takes the directory over (it moves it) or fails
+// leaving the directory where it was and nothing written to the sink.
+type CheckpointSink interface {
+	raft.SnapshotSink
+	KeepCheckpoint(dir string) error
 }
 
+type fsmSnapshot struct {
+	ck     *store.Checkpoint
+	logger hclog.Logger
+}
+
+// Persist hands the checkpoint to the sink, or streams it into a sink that
+// cannot keep one.
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := s.snap.WriteTo(sink); err != nil {
+	if cs, ok := sink.(CheckpointSink); ok {
+		err := cs.KeepCheckpoint(s.ck.Dir())
+		if err == nil {
+			return sink.Close()
+		}
+		s.logger.Warn("snapshot store cannot keep the checkpoint; streaming it instead", "error", err)
+	}
+	if _, err := s.ck.WriteTo(sink); err != nil {
 		sink.Cancel()
 		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
 
-func (s *fsmSnapshot) Release() { s.snap.Release() }
+// Release removes the checkpoint unless the sink kept it.
+func (s *fsmSnapshot) Release() {
+	if err := s.ck.Remove(); err != nil {
+		s.logger.Warn("cannot remove a snapshot's checkpoint", "dir", s.ck.Dir(), "error", err)
+	}
+}

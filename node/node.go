@@ -214,6 +214,9 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 		LogStore:           cfg.RaftLogStore,
 		PeerTLSServer:      n.peerServerTLS(),
 		PeerTLSClient:      n.peerClientTLS(),
+		OpenCheckpoint: func(dir string) (cluster.CheckpointReader, error) {
+			return store.OpenCheckpoint(dir, logger.Named("store"))
+		},
 	}, n.FSM, logger.Named("cluster"))
 	if err != nil {
 		return nil, err

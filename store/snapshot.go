@@ -51,7 +51,11 @@ func (sn *Snapshot) AppliedIndex() (index, term uint64, err error) {
 func (sn *Snapshot) View(fn func(v *View) error) error { return fn(&View{r: sn.snap}) }
 
 // WriteTo streams the snapshot to w.
-func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
+func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) { return writeSnapshotStream(sn.snap, w) }
+
+// writeSnapshotStream writes every key of r to w in the snapshot stream
+// format; snapshotStreamSize predicts its length.
+func writeSnapshotStream(r pebble.Reader, w io.Writer) (int64, error) {
 	h := sha256.New()
 	cw := &countingWriter{w: io.MultiWriter(w, h)}
 	bw := bufio.NewWriterSize(cw, 256<<10)
@@ -67,7 +71,7 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 		_, err := bw.Write(b)
 		return err
 	}
-	err := (&View{r: sn.snap}).ForEach(func(k, v []byte) error {
+	err := (&View{r: r}).ForEach(func(k, v []byte) error {
 		if err := writeBytes(k); err != nil {
 			return err
 		}
@@ -85,6 +89,22 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	sum := h.Sum(nil)
 	n, err := w.Write(sum)
 	return cw.n + int64(n), err
+}
+
+// snapshotStreamSize is the length writeSnapshotStream(r) will have, found
+// by walking r without encoding or hashing anything.
+func snapshotStreamSize(r pebble.Reader) (int64, error) {
+	size := int64(len(snapshotMagic)) + 1 + sha256.Size
+	var lenBuf [binary.MaxVarintLen64]byte
+	err := (&View{r: r}).ForEach(func(k, v []byte) error {
+		size += int64(binary.PutUvarint(lenBuf[:], uint64(len(k))) + len(k))
+		size += int64(binary.PutUvarint(lenBuf[:], uint64(len(v))) + len(v))
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: size snapshot: %w", err)
+	}
+	return size, nil
 }
 
 // Release frees the snapshot. Safe to call more than once.

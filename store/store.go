@@ -92,6 +92,7 @@ func Open(dir string, logger hclog.Logger) (*Store, error) {
 		}
 	}
 	s.removeStaleDirs(no)
+	s.removeStaleCheckpoints()
 	db, err := s.openDB(no)
 	if err != nil {
 		return nil, err

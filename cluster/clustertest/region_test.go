@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -245,6 +247,18 @@ func TestNewNodeInstallsSnapshotAndConverges(t *testing.T) {
 		t.Fatalf("forced snapshot: %v", err)
 	}
 	snapIndex := leader.N.Raft.Stats()["last_snapshot_index"]
+	// The leader kept its snapshot as a checkpoint of its store (hard links),
+	// whose data is only the marker; the new node gets it as a stream.
+	kept, _ := filepath.Glob(filepath.Join(leader.Dir, "raft", "snapshots", "*", "checkpoint", "MANIFEST-*"))
+	marker, _ := filepath.Glob(filepath.Join(leader.Dir, "raft", "snapshots", "*", "state.bin"))
+	if len(kept) == 0 || len(marker) == 0 {
+		t.Fatalf("leader's snapshots: checkpoints %v, data files %v; want a kept checkpoint", kept, marker)
+	}
+	for _, m := range marker {
+		if fi, err := os.Stat(m); err != nil || fi.Size() > 16 {
+			t.Fatalf("leader's snapshot data %s is not the checkpoint marker: %v, %v", m, fi, err)
+		}
+	}
 	n := c.AddNode()
 	c.WaitMembers(4)
 	c.WaitConverged()
