@@ -369,10 +369,12 @@ func (a *applier) remember(key string, hash []byte, hashKeyID string, res *Resul
 // persisted. Raft calls Snapshot between applies, so the checkpoint holds
 // exactly the index Raft records for it.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	start := time.Now()
 	ck, err := f.store.Checkpoint()
 	if err != nil {
 		return nil, fmt.Errorf("fsm: snapshot: %w", err)
 	}
+	f.logger.Info("checkpoint taken for a snapshot", "applied_index", f.applied.Load(), "duration", time.Since(start))
 	return &fsmSnapshot{ck: ck, logger: f.logger}, nil
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -856,6 +858,94 @@ func TestPersistCancelsOnWriteError(t *testing.T) {
 	}
 	if !sink.cancelled {
 		t.Fatal("Persist did not cancel the failing sink")
+	}
+}
+
+// keepingSink is a memSink that can keep checkpoints (fsm.CheckpointSink),
+// as cluster's snapshot store does; refuse makes KeepCheckpoint fail.
+type keepingSink struct {
+	memSink
+	into    string // where a kept checkpoint is moved
+	offered string // the directory KeepCheckpoint was given
+	refuse  bool
+}
+
+func (s *keepingSink) KeepCheckpoint(dir string) error {
+	s.offered = dir
+	if s.refuse {
+		return errors.New("cannot keep checkpoints here")
+	}
+	return os.Rename(dir, s.into)
+}
+
+var _ fsm.CheckpointSink = (*keepingSink)(nil)
+
+func TestPersistHandsTheCheckpointToASinkThatKeepsIt(t *testing.T) {
+	h := newHarness(t)
+	cmds := scenario()
+	for _, cmd := range cmds[:10] {
+		h.apply(cmd)
+	}
+	wantHash, wantIdx := h.hash(), h.f.AppliedIndex()
+	snap, err := h.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range cmds[10:] { // applies go on while the snapshot is persisted
+		h.apply(cmd)
+	}
+	sink := &keepingSink{into: filepath.Join(t.TempDir(), "kept")}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatalf("Persist: %v", err)
+	}
+	snap.Release()
+	if !sink.closed || sink.cancelled || sink.buf.Len() != 0 {
+		t.Fatalf("sink closed=%v cancelled=%v with %d bytes; want closed with no data", sink.closed, sink.cancelled, sink.buf.Len())
+	}
+	// Release left the kept checkpoint alone, and it holds the snapshot's
+	// point in time.
+	var stream bytes.Buffer
+	r, err := store.OpenCheckpoint(sink.into, nil)
+	if err != nil {
+		t.Fatalf("open the kept checkpoint: %v", err)
+	}
+	_, err = r.WriteTo(&stream)
+	r.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newHarness(t)
+	if err := dst.f.Restore(io.NopCloser(&stream)); err != nil {
+		t.Fatalf("Restore from the kept checkpoint: %v", err)
+	}
+	if dst.hash() != wantHash || dst.f.AppliedIndex() != wantIdx {
+		t.Fatalf("kept checkpoint restores to index %d, want %d (hash equal: %v)", dst.f.AppliedIndex(), wantIdx, dst.hash() == wantHash)
+	}
+}
+
+func TestPersistStreamsWhenTheSinkCannotKeepTheCheckpoint(t *testing.T) {
+	h := newHarness(t)
+	for _, cmd := range scenario() {
+		h.apply(cmd)
+	}
+	want := persist(t, h.f)
+	snap, err := h.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &keepingSink{refuse: true}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatalf("Persist: %v", err)
+	}
+	if !sink.closed || !bytes.Equal(sink.buf.Bytes(), want) {
+		t.Fatalf("sink closed=%v with %d bytes; want closed with the %d-byte stream", sink.closed, sink.buf.Len(), len(want))
+	}
+	if _, err := os.Stat(sink.offered); err != nil {
+		t.Fatalf("checkpoint gone before Release: %v", err)
+	}
+	snap.Release()
+	if _, err := os.Stat(sink.offered); !os.IsNotExist(err) {
+		t.Fatalf("Release left the checkpoint %s behind: %v", sink.offered, err)
 	}
 }
 
