@@ -131,7 +131,7 @@ func run(args []string) int {
 	f.DurationVar(&o.purgeAfter, "purge-after", 720*time.Hour, "delay before soft-deleted secrets and versions are purged")
 	f.StringVar(&o.logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long SIGTERM waits for in-flight calls")
-	f.DurationVar(&o.snapshotInterval, "raft-snapshot-interval", 120*time.Second, "how often Raft checks whether to snapshot (randomly 1–2× this)")
+	f.DurationVar(&o.snapshotInterval, "raft-snapshot-interval", 30*time.Second, "how often Raft checks whether to snapshot (randomly 1–2× this)")
 	f.Uint64Var(&o.snapshotThreshold, "raft-snapshot-threshold", 8192, "Raft snapshots once this many log entries are past the last snapshot")
 	f.Uint64Var(&o.trailingLogs, "raft-trailing-logs", 10240, "log entries kept after a snapshot, so a follower this far behind catches up without one")
 	f.StringVar(&o.raftLogStore, "raft-log-store", "", "Raft log store: wal or boltdb; empty keeps the data directory's (wal when new); naming the other migrates the log at start")
