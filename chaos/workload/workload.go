@@ -629,11 +629,22 @@ func (wk *worker) staleRead(s *secret) {
 		return
 	}
 	w.staleOK.Add(1)
-	if got := r.GetEntry().GetStringValue(); r.GetVersionId() != v.id || got != v.value {
+	if wrong := wrongStaleRead(s.id, v, r); wrong != "" {
 		w.staleMu.Lock()
-		w.staleWrong = append(w.staleWrong, fmt.Sprintf("stale read of version %s of %s returned version %s value %q, acknowledged value %q", v.id, s.id, r.GetVersionId(), got, v.value))
+		w.staleWrong = append(w.staleWrong, wrong)
 		w.staleMu.Unlock()
 	}
+}
+
+// wrongStaleRead describes how an answer to a stale read of acknowledged
+// version v of secret secretID differs from what was acknowledged, or
+// returns "" when it is that version's payload.
+func wrongStaleRead(secretID string, v version, r *pb.GetPayloadByKeyResponse) string {
+	got := r.GetEntry().GetStringValue()
+	if r.GetVersionId() == v.id && got == v.value {
+		return ""
+	}
+	return fmt.Sprintf("stale read of version %s of %s returned version %s value %q, acknowledged value %q", v.id, secretID, r.GetVersionId(), got, v.value)
 }
 
 func (wk *worker) list(s *secret) {
