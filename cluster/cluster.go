@@ -190,7 +190,7 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: raft log cache: %w", err)
 	}
-	n.raft, err = raft.NewRaft(rc, fsm, logs, n.logStore, n.snapshots, noPipelineTransport{n.transport})
+	n.raft, err = raft.NewRaft(rc, fsm, gapLog{logs}, n.logStore, n.snapshots, noPipelineTransport{n.transport})
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)

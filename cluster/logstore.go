@@ -273,3 +273,45 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// gapLog presents the log store to hashicorp/raft as one that accepts gaps
+// (not raft.MonotonicLogStore) and makes that true for raft-wal, which does
+// not: an append that would leave a gap first clears the log.
+//
+// Why: hashicorp/raft v1.7.2, after a follower installs a snapshot, empties
+// a monotonic log store entirely (removeOldLogs), entries past the
+// snapshot's index included, yet keeps its in-memory last index. A
+// follower whose log ran ahead of the leader's snapshot then asks for the
+// entry after the snapshot, does not find it, and panics — on every
+// restart too (hashicorp/raft#697; a chaos campaign hit it). On the path
+// for stores that accept gaps, raft instead deletes only the log's prefix
+// up to the snapshot (compactLogs), which keeps the entries past it, and
+// the next append after a snapshot that overtook the whole log starts past
+// the snapshot's index: the gap this wrapper closes by clearing the log,
+// whose entries the snapshot covers (what removeOldLogs did). A user
+// restore (backup) leaves the same kind of gap on the leader.
+type gapLog struct{ raft.LogStore }
+
+// IsMonotonic implements raft.MonotonicLogStore: gaps are allowed.
+func (g gapLog) IsMonotonic() bool { return false }
+
+func (g gapLog) StoreLog(l *raft.Log) error { return g.StoreLogs([]*raft.Log{l}) }
+
+func (g gapLog) StoreLogs(logs []*raft.Log) error {
+	if len(logs) > 0 {
+		last, err := g.LogStore.LastIndex()
+		if err != nil {
+			return err
+		}
+		if last > 0 && logs[0].Index > last+1 {
+			first, err := g.LogStore.FirstIndex()
+			if err != nil {
+				return err
+			}
+			if err := g.LogStore.DeleteRange(first, last); err != nil {
+				return fmt.Errorf("clear the raft log before appending index %d after %d: %w", logs[0].Index, last, err)
+			}
+		}
+	}
+	return g.LogStore.StoreLogs(logs)
+}
