@@ -119,7 +119,7 @@ func newDrivenFollower(t *testing.T) *drivenFollower {
 	conf.SnapshotInterval = time.Hour
 	conf.Logger = hclog.NewNullLogger()
 	fsm := &listFSM{}
-	r, err := raft.NewRaft(conf, fsm, gapLog{cache}, store, raft.NewInmemSnapshotStore(), trans)
+	r, err := raft.NewRaft(conf, fsm, gapLog{LogStore: cache}, store, raft.NewInmemSnapshotStore(), trans)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestGapLogClearsTheLogBeforeAnAppendPastIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	g := gapLog{store}
+	g := gapLog{LogStore: store}
 	if g.IsMonotonic() {
 		t.Fatal("gapLog reports a monotonic store")
 	}

@@ -290,7 +290,33 @@ func syncDir(dir string) error {
 // the snapshot's index: the gap this wrapper closes by clearing the log,
 // whose entries the snapshot covers (what removeOldLogs did). A user
 // restore (backup) leaves the same kind of gap on the leader.
-type gapLog struct{ raft.LogStore }
+//
+// It also keeps the entries a node receiving a snapshot will ask for next
+// (logHold): a compaction of the log's head stops short of them.
+type gapLog struct {
+	raft.LogStore
+	hold *logHold // nil: nothing held
+}
+
+// DeleteRange deletes the range, except that a deletion of the log's head
+// keeps the entries after a held snapshot index. A deletion of a suffix (a
+// follower dropping entries that conflict with its leader's) is never held.
+func (g gapLog) DeleteRange(min, max uint64) error {
+	if floor, ok := g.hold.floor(); ok && max > floor {
+		first, err := g.LogStore.FirstIndex()
+		if err != nil {
+			return err
+		}
+		if min <= first {
+			g.hold.logger.Info("keeping raft log entries a node receiving a snapshot will need", "after", floor, "compaction_asked_up_to", max)
+			if floor < min {
+				return nil
+			}
+			max = floor
+		}
+	}
+	return g.LogStore.DeleteRange(min, max)
+}
 
 // IsMonotonic implements raft.MonotonicLogStore: gaps are allowed.
 func (g gapLog) IsMonotonic() bool { return false }

@@ -41,7 +41,7 @@ type CheckpointReader interface {
 var checkpointMarker = []byte("MBXCKPT1\n")
 
 const (
-	checkpointFolder = "checkpoint"        // in a snapshot's folder
+	checkpointFolder = "checkpoint"       // in a snapshot's folder
 	streamsFolder    = "snapshot-streams" // in DataDir: links to checkpoints being streamed
 	tmpSuffix        = ".tmp"             // hashicorp/raft's suffix for a snapshot being written
 )
@@ -52,6 +52,7 @@ type snapshotStore struct {
 	dir     string // DataDir/snapshots, where files keeps them
 	streams string // DataDir/snapshot-streams
 	open    func(dir string) (CheckpointReader, error)
+	hold    *logHold // nil: none
 	logger  hclog.Logger
 
 	// reapMu keeps a newer snapshot's Close, which reaps old snapshots,
@@ -63,7 +64,7 @@ type snapshotStore struct {
 // newSnapshotStore opens the snapshot store in dataDir, keeping retain
 // snapshots. open reads a kept checkpoint; nil keeps every snapshot as a
 // stream.
-func newSnapshotStore(dataDir string, retain int, open func(dir string) (CheckpointReader, error), logger hclog.Logger) (*snapshotStore, error) {
+func newSnapshotStore(dataDir string, retain int, open func(dir string) (CheckpointReader, error), hold *logHold, logger hclog.Logger) (*snapshotStore, error) {
 	files, err := raft.NewFileSnapshotStoreWithLogger(dataDir, retain, logger)
 	if err != nil {
 		return nil, err
@@ -73,6 +74,7 @@ func newSnapshotStore(dataDir string, retain int, open func(dir string) (Checkpo
 		dir:     filepath.Join(dataDir, "snapshots"),
 		streams: filepath.Join(dataDir, streamsFolder),
 		open:    open,
+		hold:    hold,
 		logger:  logger,
 	}
 	// Links left by streams a crash interrupted.
@@ -104,8 +106,32 @@ func (s *snapshotStore) Create(version raft.SnapshotVersion, index, term uint64,
 // checkpoint is its marker's; Open gives the size of its stream.
 func (s *snapshotStore) List() ([]*raft.SnapshotMeta, error) { return s.files.List() }
 
-// Open opens a snapshot as the stream the FSM restores from.
+// Open opens a snapshot as the stream the FSM restores from (Raft sends
+// it to a node, or restores it). Until some time after the stream is
+// closed, the log entries after the snapshot's index are held (logHold).
 func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.openStream(id)
+	if err != nil || s.hold == nil {
+		return meta, rc, err
+	}
+	return meta, &heldStream{ReadCloser: rc, release: s.hold.start(meta.Index)}, nil
+}
+
+// heldStream releases its hold on the log when closed.
+type heldStream struct {
+	io.ReadCloser
+	release func()
+}
+
+func (h *heldStream) Close() error {
+	err := h.ReadCloser.Close()
+	h.release()
+	return err
+}
+
+// openStream opens a snapshot's stream: the file as it is, or the stream
+// of the checkpoint it keeps.
+func (s *snapshotStore) openStream(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	meta, rc, err := s.files.Open(id)
 	if err != nil {
 		return nil, nil, err

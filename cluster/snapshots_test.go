@@ -76,7 +76,7 @@ func makeCheckpoint(t *testing.T, parent, name string, files map[string]string) 
 
 func newTestSnapshotStore(t *testing.T, dataDir string, open func(string) (CheckpointReader, error)) *snapshotStore {
 	t.Helper()
-	s, err := newSnapshotStore(filepath.Join(dataDir, "raft"), 2, open, hclog.NewNullLogger())
+	s, err := newSnapshotStore(filepath.Join(dataDir, "raft"), 2, open, nil, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatalf("newSnapshotStore: %v", err)
 	}
