@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/metadata"
@@ -238,13 +239,24 @@ func rss(pid int) string {
 	return fmt.Sprintf("%d MiB (anonymous %d MiB, mapped files %d MiB)", kb["Rss"]/1024, kb["Pss_Anon"]/1024, kb["Pss_File"]/1024)
 }
 
-// duSize is the total size of the files under dir.
+// duSize is the total size of the files under dir, each counted once.
 func duSize(dir string) string {
+	// Count each file once: a Raft snapshot is a checkpoint of hard links
+	// to the store's sstables.
 	var total int64
+	seen := map[[2]uint64]bool{}
 	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode().IsRegular() {
-			total += fi.Size()
+		if err != nil || !fi.Mode().IsRegular() {
+			return nil
 		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			id := [2]uint64{uint64(st.Dev), st.Ino}
+			if seen[id] {
+				return nil
+			}
+			seen[id] = true
+		}
+		total += fi.Size()
 		return nil
 	})
 	return fmt.Sprintf("%d MiB", total>>20)
