@@ -112,16 +112,21 @@ func touchesIdentity(cmd *fsmpb.Command) bool {
 	return false
 }
 
-// Observer is told about applied batches and idempotent replays (metrics).
+// Observer is told about applied batches, idempotent replays and the
+// checkpoints taken for snapshots (metrics).
 type Observer interface {
 	Applied(entries int, d time.Duration)
 	IdempotencyReplay()
+	// Checkpointed: a snapshot's checkpoint took d, during which nothing
+	// was applied.
+	Checkpointed(d time.Duration)
 }
 
 type noObserver struct{}
 
 func (noObserver) Applied(int, time.Duration) {}
 func (noObserver) IdempotencyReplay()         {}
+func (noObserver) Checkpointed(time.Duration) {}
 
 // SetObserver installs o (safe while Raft applies).
 func (f *FSM) SetObserver(o Observer) { f.obs.Store(&o) }
@@ -374,7 +379,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: snapshot: %w", err)
 	}
-	f.logger.Info("checkpoint taken for a snapshot", "applied_index", f.applied.Load(), "duration", time.Since(start))
+	took := time.Since(start)
+	f.observer().Checkpointed(took)
+	f.logger.Info("checkpoint taken for a snapshot", "applied_index", f.applied.Load(), "duration", took)
 	return &fsmSnapshot{ck: ck, logger: f.logger}, nil
 }
 

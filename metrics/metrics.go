@@ -31,6 +31,7 @@ type Metrics struct {
 	idemReplays prometheus.Counter
 	applyTime   prometheus.Histogram
 	applyBatch  prometheus.Histogram
+	checkpoint  prometheus.Histogram
 }
 
 // Source is what the collectors read on each scrape.
@@ -60,8 +61,10 @@ func New(src Source) *Metrics {
 			Help: "Time to apply one Raft batch to the store.", Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "fsm_apply_batch_entries",
 			Help: "Raft entries per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		checkpoint: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "fsm_snapshot_checkpoint_duration_seconds",
+			Help: "Time to take the store checkpoint of a Raft snapshot; nothing is applied meanwhile.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.forwarded, m.idemReplays, m.applyTime, m.applyBatch,
+	reg.MustRegister(m.requests, m.latency, m.forwarded, m.idemReplays, m.applyTime, m.applyBatch, m.checkpoint,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&nodeCollector{src: src})
 	return m
@@ -99,6 +102,9 @@ func (m *Metrics) Applied(entries int, d time.Duration) {
 	m.applyTime.Observe(d.Seconds())
 	m.applyBatch.Observe(float64(entries))
 }
+
+// Checkpointed records the time a snapshot's checkpoint took.
+func (m *Metrics) Checkpointed(d time.Duration) { m.checkpoint.Observe(d.Seconds()) }
 
 // nodeCollector reads Raft, Pebble, the data counts and gossip on scrape.
 type nodeCollector struct {

@@ -97,4 +97,15 @@ func TestMetricsArePresentAndMove(t *testing.T) {
 	if applied1 < applied0+5 || calls1 < calls0+5 || fwd1 < fwd0+5 {
 		t.Fatalf("metrics did not move: applied %v->%v, leader Create calls %v->%v, follower forwarded %v->%v", applied0, applied1, calls0, calls1, fwd0, fwd1)
 	}
+	// A snapshot records how long its checkpoint held the applies.
+	ck0, ok := value(after, "mysterybox_fsm_snapshot_checkpoint_duration_seconds", nil)
+	if !ok {
+		t.Fatal("metric mysterybox_fsm_snapshot_checkpoint_duration_seconds missing")
+	}
+	if err := leader.N.Raft.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	if ck1, _ := value(scrape(t, leader), "mysterybox_fsm_snapshot_checkpoint_duration_seconds", nil); ck1 != ck0+1 {
+		t.Fatalf("checkpoints observed %v -> %v after one snapshot", ck0, ck1)
+	}
 }
