@@ -57,7 +57,7 @@ func TestLogHoldLastsWhileStreamingAndAGraceAfter(t *testing.T) {
 	}
 }
 
-func TestGapLogCompactionKeepsHeldEntries(t *testing.T) {
+func TestGapLogCompactionKeepsItsBoundAndHeldEntries(t *testing.T) {
 	store, err := openStore(t.TempDir(), LogStoreWAL)
 	if err != nil {
 		t.Fatal(err)
@@ -73,21 +73,28 @@ func TestGapLogCompactionKeepsHeldEntries(t *testing.T) {
 		last, _ := g.LastIndex()
 		return first, last
 	}
+	// A compaction of the head keeps the entry at its bound.
+	if err := g.DeleteRange(1, 20); err != nil {
+		t.Fatal(err)
+	}
+	if first, last := span(); first != 20 || last != 100 {
+		t.Fatalf("log %d..%d after compacting up to 20, want 20..100", first, last)
+	}
 	release := h.start(40)
-	// Compacting the head up to 90 keeps what follows the held index 40.
-	if err := g.DeleteRange(1, 90); err != nil {
+	// Compacting up to 90 keeps the held snapshot's entry 40 and what follows.
+	if err := g.DeleteRange(20, 90); err != nil {
 		t.Fatal(err)
 	}
-	if first, last := span(); first != 41 || last != 100 {
-		t.Fatalf("log %d..%d after a held compaction, want 41..100", first, last)
+	if first, last := span(); first != 40 || last != 100 {
+		t.Fatalf("log %d..%d after a held compaction, want 40..100", first, last)
 	}
-	// A compaction entirely below the held index is not held back.
+	// A hold below the log's head stops any compaction.
 	h2 := h.start(10)
-	if err := g.DeleteRange(41, 60); err != nil {
+	if err := g.DeleteRange(40, 60); err != nil {
 		t.Fatal(err)
 	}
-	if first, _ := span(); first != 41 {
-		t.Fatalf("first index %d; a compaction above a hold at 10 must stop at 41", first)
+	if first, _ := span(); first != 40 {
+		t.Fatalf("first index %d under a hold at 10, want 40", first)
 	}
 	h2()
 	clock.advance(holdGraceMin)
@@ -95,29 +102,45 @@ func TestGapLogCompactionKeepsHeldEntries(t *testing.T) {
 	if err := g.DeleteRange(95, 100); err != nil {
 		t.Fatal(err)
 	}
-	if first, last := span(); first != 41 || last != 94 {
-		t.Fatalf("log %d..%d after dropping the suffix 95..100, want 41..94", first, last)
+	if first, last := span(); first != 40 || last != 94 {
+		t.Fatalf("log %d..%d after dropping the suffix 95..100, want 40..94", first, last)
 	}
 	var l raft.Log
-	if err := g.GetLog(41, &l); err != nil || string(l.Data) != entryData(41) {
-		t.Fatalf("held entry 41: %q, %v", l.Data, err)
+	if err := g.GetLog(40, &l); err != nil || string(l.Data) != entryData(40) {
+		t.Fatalf("held entry 40: %q, %v", l.Data, err)
 	}
-	// Once the hold lapses, compaction goes as far as asked. Its stream
-	// was open for a minute, so it lapses four minutes after it closes.
+	// Dropping the whole log as a conflicting suffix is not held either.
+	other, err := openStore(t.TempDir(), LogStoreWAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	g2 := gapLog{LogStore: other, hold: h}
+	if err := g2.StoreLogs(entries(41, 60)); err != nil {
+		t.Fatal(err)
+	}
+	if err := g2.DeleteRange(41, 60); err != nil {
+		t.Fatal(err)
+	}
+	if last, _ := g2.LastIndex(); last != 0 {
+		t.Fatalf("last index %d after dropping the whole log under a hold, want an empty log", last)
+	}
+	// Once the hold lapses, compaction goes as far as asked, bound kept.
+	// Its stream was open for a minute, so it lapses four minutes after.
 	release()
 	clock.advance(holdGraceFactor*holdGraceMin - time.Millisecond)
-	if err := g.DeleteRange(41, 90); err != nil {
+	if err := g.DeleteRange(40, 90); err != nil {
 		t.Fatal(err)
 	}
-	if first, _ := span(); first != 41 {
-		t.Fatalf("first index %d before the hold lapsed, want 41", first)
+	if first, _ := span(); first != 40 {
+		t.Fatalf("first index %d before the hold lapsed, want 40", first)
 	}
 	clock.advance(time.Millisecond)
-	if err := g.DeleteRange(41, 90); err != nil {
+	if err := g.DeleteRange(40, 90); err != nil {
 		t.Fatal(err)
 	}
-	if first, last := span(); first != 91 || last != 94 {
-		t.Fatalf("log %d..%d after the hold lapsed, want 91..94", first, last)
+	if first, last := span(); first != 90 || last != 94 {
+		t.Fatalf("log %d..%d after the hold lapsed, want 90..94", first, last)
 	}
 }
 

@@ -285,11 +285,12 @@ func syncDir(dir string) error {
 // entry after the snapshot, does not find it, and panics — on every
 // restart too (hashicorp/raft#697; a chaos campaign hit it). On the path
 // for stores that accept gaps, raft instead deletes only the log's prefix
-// up to the snapshot (compactLogs), which keeps the entries past it, and
-// the next append after a snapshot that overtook the whole log starts past
-// the snapshot's index: the gap this wrapper closes by clearing the log,
-// whose entries the snapshot covers (what removeOldLogs did). A user
-// restore (backup) leaves the same kind of gap on the leader.
+// up to the snapshot (compactLogs; DeleteRange below keeps the snapshot's
+// own entry), which keeps the entries past it, and the next append after a
+// snapshot that overtook the whole log starts past the snapshot's index:
+// the gap this wrapper closes by clearing the log, whose entries the
+// snapshot covers (what removeOldLogs did). A user restore (backup) leaves
+// the same kind of gap on the leader.
 //
 // It also keeps the entries a node receiving a snapshot will ask for next
 // (logHold): a compaction of the log's head stops short of them.
@@ -298,24 +299,36 @@ type gapLog struct {
 	hold *logHold // nil: nothing held
 }
 
-// DeleteRange deletes the range, except that a deletion of the log's head
-// keeps the entries after a held snapshot index. A deletion of a suffix (a
-// follower dropping entries that conflict with its leader's) is never held.
+// DeleteRange deletes a suffix as asked: Raft compacts the head keeping
+// --raft-trailing-logs entries (never zero here), so a deletion that
+// reaches the last entry drops a follower's entries that conflict with
+// its leader's (possibly the whole log).
+//
+// A compaction of the head keeps the entry at its upper bound. After a
+// snapshot install, Raft compacts the follower's log up to the snapshot's
+// index, and the leader's next append names that index as its previous
+// entry, which the follower checks by reading it back: gone, it refuses
+// every append and is sent the snapshot again and again while its log
+// runs ahead of the leader's snapshot. Kept, the check passes (or fails
+// on a conflicting term, as it should). It also stops short of the
+// entries a node receiving a snapshot will ask for (logHold): the leader
+// reads the snapshot's own entry for that append too.
 func (g gapLog) DeleteRange(min, max uint64) error {
-	if floor, ok := g.hold.floor(); ok && max > floor {
-		first, err := g.LogStore.FirstIndex()
-		if err != nil {
-			return err
-		}
-		if min <= first {
-			g.hold.logger.Info("keeping raft log entries a node receiving a snapshot will need", "after", floor, "compaction_asked_up_to", max)
-			if floor < min {
-				return nil
-			}
-			max = floor
-		}
+	last, err := g.LogStore.LastIndex()
+	if err != nil {
+		return err
 	}
-	return g.LogStore.DeleteRange(min, max)
+	if max >= last {
+		return g.LogStore.DeleteRange(min, max)
+	}
+	if floor, ok := g.hold.floor(); ok && floor < max {
+		g.hold.logger.Info("keeping raft log entries a node receiving a snapshot will need", "from", floor, "compaction_asked_up_to", max)
+		max = floor
+	}
+	if max <= min {
+		return nil
+	}
+	return g.LogStore.DeleteRange(min, max-1)
 }
 
 // IsMonotonic implements raft.MonotonicLogStore: gaps are allowed.
