@@ -15,8 +15,9 @@ import (
 // must be sent the next one: a 1M-version node took two installs and 46.6 s
 // instead of one and ≈ 27 s, and under a sustained write load it could go
 // on like that. logHold keeps them: while a snapshot is streamed, and for a
-// while after (the node still has to restore it), compactions of the log's
-// head stop short of the entries after that snapshot's index.
+// while after (the node still has to restore it, then catch up from the
+// log), compactions of the log's head keep that snapshot's own entry (the
+// leader reads it for its next append to the node) and all after it.
 
 const (
 	// holdGraceMin and holdGraceFactor: how long a hold outlives its
@@ -36,7 +37,7 @@ type logHold struct {
 }
 
 type hold struct {
-	index uint64    // entries after it are kept
+	index uint64    // this entry and those after it are kept
 	open  bool      // the stream is still being read
 	until time.Time // once closed: when the hold lapses
 }
@@ -45,8 +46,8 @@ func newLogHold(logger hclog.Logger) *logHold {
 	return &logHold{now: time.Now, logger: logger, holds: map[*hold]struct{}{}}
 }
 
-// start holds the entries after index until some time after the returned
-// release is called (safe to call more than once).
+// start holds the entries from index on until some time after the
+// returned release is called (safe to call more than once).
 func (l *logHold) start(index uint64) (release func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -65,7 +66,7 @@ func (l *logHold) start(index uint64) (release func()) {
 	}
 }
 
-// floor returns the lowest index whose following entries are held, if any.
+// floor returns the lowest held index, if any.
 func (l *logHold) floor() (uint64, bool) {
 	if l == nil {
 		return 0, false
