@@ -108,7 +108,7 @@ func (s *snapshotStore) List() ([]*raft.SnapshotMeta, error) { return s.files.Li
 
 // Open opens a snapshot as the stream the FSM restores from (Raft sends
 // it to a node, or restores it). Until some time after the stream is
-// closed, the log entries after the snapshot's index are held (logHold).
+// closed, the log from the snapshot's index on is held (logHold).
 func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
 	meta, rc, err := s.openStream(id)
 	if err != nil || s.hold == nil {
