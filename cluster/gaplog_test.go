@@ -172,13 +172,15 @@ func (d *drivenFollower) installSnapshot(index uint64) {
 
 // waitApplied waits for the FSM to reach index and checks that it holds
 // entries 1..index, each once and in order.
-func (d *drivenFollower) waitApplied(index uint64) {
+func (d *drivenFollower) waitApplied(index uint64) { d.waitHolds(index, entryList(1, index)) }
+
+// waitHolds waits for the FSM to reach index and checks it holds want.
+func (d *drivenFollower) waitHolds(index uint64, want []string) {
 	d.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got, at := d.fsm.state()
 		if at >= index {
-			want := entryList(1, index)
 			if len(got) != len(want) {
 				d.t.Fatalf("FSM holds %d entries at index %d, want %d", len(got), at, len(want))
 			}
@@ -241,24 +243,14 @@ func TestFollowerDropsConflictingEntriesAfterAnInstalledSnapshot(t *testing.T) {
 	release := d.hold.start(80) // as cluster's snapshot store does on Open
 	defer release()
 	var newer []*raft.Log
+	want := entryList(1, 80)
 	for i := uint64(81); i <= 90; i++ {
-		newer = append(newer, &raft.Log{Index: i, Term: 2, Type: raft.LogCommand, Data: []byte(entryData(i) + " of term 2")})
+		data := entryData(i) + " of term 2"
+		newer = append(newer, &raft.Log{Index: i, Term: 2, Type: raft.LogCommand, Data: []byte(data)})
+		want = append(want, data)
 	}
 	d.appendEntries(80, newer, 90)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, at := d.fsm.state()
-		if at >= 90 {
-			if len(got) != 90 || got[79] != entryData(80) || got[80] != entryData(81)+" of term 2" || got[89] != entryData(90)+" of term 2" {
-				t.Fatalf("FSM after the conflict: %d entries, 80th %q, 81st %q, 90th %q", len(got), got[79], got[80], got[len(got)-1])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("FSM at index %d after 10 s, want 90", at)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	d.waitHolds(90, want)
 	if last := d.raft.LastIndex(); last != 90 {
 		t.Fatalf("last index %d, want 90 (the old leader's 91..100 dropped)", last)
 	}
