@@ -81,7 +81,6 @@ type Node struct {
 	transport *raft.NetworkTransport
 	logStore  logStore
 	snapshots *snapshotStore
-	logHold   *logHold
 
 	readyTerm atomic.Uint64 // term whose post-election barrier has returned
 	reads     readBarrier
@@ -116,8 +115,9 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	logger.Debug("raft log store", "store", kind)
-	n.logHold = newLogHold(logger.Named("raft"))
-	n.snapshots, err = newSnapshotStore(cfg.DataDir, 2, cfg.OpenCheckpoint, n.logHold, logger.Named("snapshots"))
+	// A snapshot being sent holds the log's compaction (logHold).
+	hold := newLogHold(logger.Named("raft"))
+	n.snapshots, err = newSnapshotStore(cfg.DataDir, 2, cfg.OpenCheckpoint, hold, logger.Named("snapshots"))
 	if err != nil {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: open snapshot store: %w", err)
@@ -192,7 +192,7 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: raft log cache: %w", err)
 	}
-	n.raft, err = raft.NewRaft(rc, fsm, gapLog{LogStore: logs, hold: n.logHold}, n.logStore, n.snapshots, noPipelineTransport{n.transport})
+	n.raft, err = raft.NewRaft(rc, fsm, gapLog{LogStore: logs, hold: hold}, n.logStore, n.snapshots, noPipelineTransport{n.transport})
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
