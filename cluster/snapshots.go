@@ -59,6 +59,12 @@ type snapshotStore struct {
 	// from removing a checkpoint while Open links it for a stream.
 	reapMu sync.Mutex
 	seq    atomic.Uint64
+
+	// sizes: the stream length of checkpoints already walked, by snapshot
+	// id (a kept checkpoint never changes), so that sending the same
+	// snapshot again, or to a second node, walks it once instead of twice.
+	sizesMu sync.Mutex
+	sizes   map[string]int64
 }
 
 // newSnapshotStore opens the snapshot store in dataDir, keeping retain
@@ -76,6 +82,7 @@ func newSnapshotStore(dataDir string, retain int, open func(dir string) (Checkpo
 		open:    open,
 		hold:    hold,
 		logger:  logger,
+		sizes:   map[string]int64{},
 	}
 	// Links left by streams a crash interrupted.
 	if err := os.RemoveAll(s.streams); err != nil {
@@ -173,7 +180,7 @@ func (s *snapshotStore) openCheckpoint(meta *raft.SnapshotMeta, id string) (*raf
 		os.RemoveAll(private)
 		return nil, nil, fmt.Errorf("open snapshot %s: %w", id, err)
 	}
-	size, err := ck.StreamSize()
+	size, err := s.streamSize(id, ck)
 	if err != nil {
 		ck.Close()
 		os.RemoveAll(private)
@@ -198,6 +205,30 @@ func (s *snapshotStore) openCheckpoint(meta *raft.SnapshotMeta, id string) (*raf
 	m := *meta
 	m.Size = size
 	return &m, st, nil
+}
+
+// streamSize is the stream length of snapshot id's checkpoint ck, walked
+// once per snapshot. Sizes of snapshots reaped since are forgotten.
+func (s *snapshotStore) streamSize(id string, ck CheckpointReader) (int64, error) {
+	s.sizesMu.Lock()
+	size, ok := s.sizes[id]
+	s.sizesMu.Unlock()
+	if ok {
+		return size, nil
+	}
+	size, err := ck.StreamSize()
+	if err != nil {
+		return 0, err
+	}
+	s.sizesMu.Lock()
+	defer s.sizesMu.Unlock()
+	for known := range s.sizes {
+		if _, err := os.Stat(filepath.Join(s.dir, known)); errors.Is(err, os.ErrNotExist) {
+			delete(s.sizes, known)
+		}
+	}
+	s.sizes[id] = size
+	return size, nil
 }
 
 // checkpointStream is a checkpoint being streamed; Close stops the stream

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -166,6 +167,46 @@ func TestSnapshotStoreKeepsACheckpointAndStreamsItOnOpen(t *testing.T) {
 	// The snapshot's own folder holds the checkpoint, not a copy of it.
 	if _, err := os.Stat(filepath.Join(s.dir, id, checkpointFolder, "000001.sst")); err != nil {
 		t.Fatalf("checkpoint not in the snapshot's folder: %v", err)
+	}
+}
+
+// countingCheckpoint counts how often a checkpoint is walked for its size.
+type countingCheckpoint struct {
+	CheckpointReader
+	sized *atomic.Int32
+}
+
+func (c countingCheckpoint) StreamSize() (int64, error) {
+	c.sized.Add(1)
+	return c.CheckpointReader.StreamSize()
+}
+
+func TestSnapshotSentTwiceIsSizedOnce(t *testing.T) {
+	dataDir := t.TempDir()
+	var sized atomic.Int32
+	open := func(dir string) (CheckpointReader, error) {
+		r, err := openFakeCheckpoint(dir)
+		return countingCheckpoint{CheckpointReader: r, sized: &sized}, err
+	}
+	s, err := newSnapshotStore(filepath.Join(dataDir, "raft"), 2, open, nil, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, want := keepCheckpoint(t, s, dataDir, 10, map[string]string{"a.sst": "aaaa", "b.sst": "b"})
+	for i := 0; i < 2; i++ {
+		if _, got := readSnapshot(t, s, id); !bytes.Equal(got, want) {
+			t.Fatalf("send %d: %q, want %q", i+1, got, want)
+		}
+	}
+	if n := sized.Load(); n != 1 {
+		t.Fatalf("the checkpoint was walked for its size %d times in two sends, want 1", n)
+	}
+	// Reaped snapshots are forgotten as new ones are sized.
+	keepCheckpoint(t, s, dataDir, 20, map[string]string{"c.sst": "c"})
+	id3, _ := keepCheckpoint(t, s, dataDir, 30, map[string]string{"d.sst": "d"})
+	readSnapshot(t, s, id3)
+	if _, ok := s.sizes[id]; ok || len(s.sizes) != 1 {
+		t.Fatalf("sizes kept after %s was reaped: %v", id, s.sizes)
 	}
 }
 
