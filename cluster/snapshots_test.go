@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -287,6 +288,9 @@ func TestSnapshotStreamSurvivesItsSnapshotBeingReaped(t *testing.T) {
 	if _, _, err := s.Open(id); err == nil {
 		t.Fatal("Open of a reaped snapshot succeeded")
 	}
+	if left := streamsLeft(t, s); len(left) != 0 {
+		t.Fatalf("links left by a failed Open: %v", left)
+	}
 }
 
 func TestSnapshotStreamClosedEarlyLeavesNothing(t *testing.T) {
@@ -355,4 +359,55 @@ func TestCancelledSnapshotTakesItsCheckpointAlong(t *testing.T) {
 	if list, _ := s.List(); len(list) != 0 {
 		t.Fatalf("List after a cancelled snapshot = %v", list)
 	}
+}
+
+// A checkpoint the sink cannot move (here its destination is taken; across
+// file systems the rename fails the same way) stays where it was, the sink
+// holds no data, and the caller streams into the same sink instead.
+func TestKeepCheckpointThatCannotMoveLeavesItInPlace(t *testing.T) {
+	dataDir := t.TempDir()
+	s := newTestSnapshotStore(t, dataDir, openFakeCheckpoint)
+	dir := makeCheckpoint(t, dataDir, "ck", map[string]string{"a.sst": "a"})
+	sink := createSink(t, s, 10)
+	if err := os.MkdirAll(filepath.Join(sink.tmpDir, checkpointFolder, "occupied"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.KeepCheckpoint(dir); err == nil {
+		t.Fatal("KeepCheckpoint into an occupied folder succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "a.sst")); err != nil {
+		t.Fatalf("the checkpoint did not stay in place: %v", err)
+	}
+	if err := os.RemoveAll(filepath.Join(sink.tmpDir, checkpointFolder)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sink.Write([]byte("MBXSNAP1 the stream instead")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := readSnapshot(t, s, sink.ID()); string(got) != "MBXSNAP1 the stream instead" {
+		t.Fatalf("Open = %q", got)
+	}
+}
+
+// A kept checkpoint that cannot be read fails Open cleanly: no links left
+// behind, and no hold on the log.
+func TestUnreadableCheckpointFailsOpenCleanly(t *testing.T) {
+	dataDir := t.TempDir()
+	h, _ := newTestHold()
+	broken := func(dir string) (CheckpointReader, error) { return nil, errors.New("corrupt checkpoint") }
+	s, err := newSnapshotStore(filepath.Join(dataDir, "raft"), 2, broken, h, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := keepCheckpoint(t, s, dataDir, 10, map[string]string{"a.sst": "a"})
+	if _, _, err := s.Open(id); err == nil || !strings.Contains(err.Error(), "corrupt checkpoint") {
+		t.Fatalf("Open of an unreadable checkpoint: %v", err)
+	}
+	if left := streamsLeft(t, s); len(left) != 0 {
+		t.Fatalf("links left by a failed Open: %v", left)
+	}
+	wantFloor(t, h, 0, false)
 }
