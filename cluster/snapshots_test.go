@@ -246,15 +246,21 @@ func TestSnapshotStoreWithoutACheckpointReaderRefusesCheckpoints(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "f")); err != nil {
 		t.Fatalf("a refused checkpoint was touched: %v", err)
 	}
-	// The caller streams instead, into the same sink.
-	if _, err := sink.Write([]byte("stream")); err != nil {
+	streamInstead(t, s, sink, "stream")
+}
+
+// streamInstead writes data into a sink that refused a checkpoint, as the
+// FSM then does, and checks the snapshot opens as that data.
+func streamInstead(t *testing.T, s *snapshotStore, sink *snapshotSink, data string) {
+	t.Helper()
+	if _, err := sink.Write([]byte(data)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sink.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, got := readSnapshot(t, s, sink.ID()); string(got) != "stream" {
-		t.Fatalf("Open = %q", got)
+	if _, got := readSnapshot(t, s, sink.ID()); string(got) != data {
+		t.Fatalf("Open = %q, want %q", got, data)
 	}
 }
 
@@ -381,15 +387,7 @@ func TestKeepCheckpointThatCannotMoveLeavesItInPlace(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(sink.tmpDir, checkpointFolder)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sink.Write([]byte("MBXSNAP1 the stream instead")); err != nil {
-		t.Fatal(err)
-	}
-	if err := sink.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, got := readSnapshot(t, s, sink.ID()); string(got) != "MBXSNAP1 the stream instead" {
-		t.Fatalf("Open = %q", got)
-	}
+	streamInstead(t, s, sink, "MBXSNAP1 the stream instead")
 }
 
 // A kept checkpoint that cannot be read fails Open cleanly: no links left
