@@ -151,6 +151,17 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 	// The FSM keeps its own applied index in Pebble, so a restart replays only
 	// the log after it instead of reloading a whole snapshot.
 	rc.NoSnapshotRestoreOnStart = true
+	// Unless the store is behind the latest snapshot: hashicorp/raft saves a
+	// received snapshot before the FSM restores it, and on start it resumes
+	// after the latest snapshot's index whatever the FSM holds, so a crash
+	// between the two would continue from that index on the older store.
+	if behind, err := storeBehindSnapshot(fsm, n.snapshots); err != nil {
+		n.closeStores()
+		return nil, fmt.Errorf("cluster: %w", err)
+	} else if behind != "" {
+		logger.Warn("the store is behind the latest Raft snapshot (a crash while installing it?); restoring the snapshot", "detail", behind)
+		rc.NoSnapshotRestoreOnStart = false
+	}
 	// Concurrent proposals become one log append and one FSM batch.
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
@@ -205,6 +216,24 @@ func setDuration(dst *time.Duration, v time.Duration) {
 	if v > 0 {
 		*dst = v
 	}
+}
+
+// storeBehindSnapshot says how the FSM's applied index falls short of the
+// latest snapshot's ("" when it does not, or when the FSM does not report
+// its applied index).
+func storeBehindSnapshot(fsm raft.FSM, snapshots raft.SnapshotStore) (string, error) {
+	a, ok := fsm.(interface{ AppliedIndex() uint64 })
+	if !ok {
+		return "", nil
+	}
+	metas, err := snapshots.List()
+	if err != nil {
+		return "", fmt.Errorf("list snapshots: %w", err)
+	}
+	if len(metas) == 0 || metas[0].Index <= a.AppliedIndex() {
+		return "", nil
+	}
+	return fmt.Sprintf("store applied index %d, snapshot %s at index %d", a.AppliedIndex(), metas[0].ID, metas[0].Index), nil
 }
 
 func (n *Node) closeStores() {
