@@ -154,6 +154,9 @@ func New(st *store.Store, logger hclog.Logger) (*FSM, error) {
 	}
 	f := &FSM{store: st, logger: logger}
 	f.applied.Store(idx)
+	// Raft applies the log after this index again (after a crash: what
+	// the store had not flushed).
+	logger.Info("store opened", "applied_index", idx)
 	return f, nil
 }
 
