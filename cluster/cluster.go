@@ -159,7 +159,10 @@ func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: %w", err)
 	} else if behind != "" {
-		logger.Warn("the store is behind the latest Raft snapshot (a crash while installing it?); restoring the snapshot", "detail", behind)
+		// Also right after a backup restore, until the next entry is
+		// applied: Raft names such a snapshot past its log, while the
+		// store keeps the backup's index. Restoring it again is harmless.
+		logger.Warn("the store is behind the latest Raft snapshot (a crash while installing it, or a backup restore not yet followed by a write); restoring the snapshot", "detail", behind)
 		rc.NoSnapshotRestoreOnStart = false
 	}
 	// Concurrent proposals become one log append and one FSM batch.
