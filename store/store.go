@@ -142,6 +142,10 @@ const blockCacheBytes = 64 << 20
 // versions (docs/performance.md; BenchmarkApplyVersions in fsm).
 const lBaseMaxBytes = 8 << 20
 
+// blockSize is the target size of an sstable's data blocks (Pebble's
+// default, 4 KiB; a variable so that BenchmarkEntryReads can compare).
+var blockSize = 4 << 10
+
 func (s *Store) openDB(no int) (*pebble.DB, error) {
 	cache := pebble.NewCache(blockCacheBytes)
 	defer cache.Unref()
@@ -149,6 +153,7 @@ func (s *Store) openDB(no int) (*pebble.DB, error) {
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		opts.Levels[i].FilterType = pebble.TableFilter
+		opts.Levels[i].BlockSize = blockSize
 	}
 	db, err := pebble.Open(s.dbDir(no), opts)
 	if err != nil {
