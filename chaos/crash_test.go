@@ -23,38 +23,17 @@ import (
 // time (the store commits without fsync: the Raft log is the durable
 // record until a snapshot truncates it).
 func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
-	bin := buildServer(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := harness.Start(ctx, harness.Config{
-		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Manual, Network: harness.NewLoopback(), Seed: 3, Logf: t.Logf,
-		ExtraArgs: []string{"--raft-snapshot-threshold=512", "--raft-trailing-logs=128", "--raft-snapshot-interval=500ms"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, secrets := startWithSecrets(ctx, t, 3, "--raft-snapshot-threshold=512", "--raft-trailing-logs=128", "--raft-snapshot-interval=500ms")
 	defer c.Close()
-
 	admin := c.Admin()
-	p, err := admin.Identity().CreateProject(ctx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "crash"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var secrets []string
-	for i := 0; i < 8; i++ {
-		s, err := admin.Secrets().Create(ctx, &pb.CreateSecretRequest{Secret: &pb.Secret{Metadata: &pb.Metadata{ParentId: p.GetMetadata().GetId(), Name: fmt.Sprintf("s%d", i)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		secrets = append(secrets, s.GetMetadata().GetId())
-	}
 
 	wc, err := client.New(ctx, client.Config{Endpoints: c.Endpoints(), Token: c.Token(), Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	type write struct{ secret, value string }
-	acked := map[string]write{} // by version id
+	acked := map[string]ackedWrite{} // by version id
 	var mu sync.Mutex
 	wctx, stopWriters := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -70,7 +49,7 @@ func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 				}})
 				if err == nil {
 					mu.Lock()
-					acked[v.GetMetadata().GetId()] = write{secret, val}
+					acked[v.GetMetadata().GetId()] = ackedWrite{secret, val}
 					mu.Unlock()
 				}
 			}
@@ -123,20 +102,60 @@ func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 	if err := c.WaitHealthy(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	checkAcked(ctx, t, admin, acked, "after the crash")
+}
+
+// startWithSecrets starts a 3-node region of real processes on loopback
+// (seed drives the proxies; args go to every node) and creates a project
+// with 8 secrets, whose ids it returns.
+func startWithSecrets(ctx context.Context, t *testing.T, seed uint64, args ...string) (*harness.Cluster, []string) {
+	t.Helper()
+	c, err := harness.Start(ctx, harness.Config{
+		Dir: runDir(t), Bin: buildServer(t, t.TempDir()), Nodes: 3, Formation: harness.Manual, Network: harness.NewLoopback(), Seed: seed, Logf: t.Logf,
+		ExtraArgs: args,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := c.Admin()
+	p, err := admin.Identity().CreateProject(ctx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "crash"}}})
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	var secrets []string
+	for i := 0; i < 8; i++ {
+		s, err := admin.Secrets().Create(ctx, &pb.CreateSecretRequest{Secret: &pb.Secret{Metadata: &pb.Metadata{ParentId: p.GetMetadata().GetId(), Name: fmt.Sprintf("s%d", i)}}})
+		if err != nil {
+			c.Close()
+			t.Fatal(err)
+		}
+		secrets = append(secrets, s.GetMetadata().GetId())
+	}
+	return c, secrets
+}
+
+// ackedWrite is an acknowledged version's secret and value.
+type ackedWrite struct{ secret, value string }
+
+// checkAcked reads every acknowledged version (by id) through cl and fails
+// the test for each one missing or holding another value.
+func checkAcked(ctx context.Context, t *testing.T, cl *client.Client, acked map[string]ackedWrite, when string) {
+	t.Helper()
 	missing := 0
 	for id, w := range acked {
-		got, err := admin.Payloads().GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: w.secret, VersionId: id, Key: "v"})
+		got, err := cl.Payloads().GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: w.secret, VersionId: id, Key: "v"})
 		switch {
 		case err != nil:
 			missing++
 			if missing <= 10 {
-				t.Errorf("acknowledged version %s (%q) is missing after the crash: %v", id, w.value, err)
+				t.Errorf("acknowledged version %s (%q) is missing %s: %v", id, w.value, when, err)
 			}
 		case got.GetEntry().GetStringValue() != w.value:
-			t.Errorf("version %s holds %q, acknowledged with %q", id, got.GetEntry().GetStringValue(), w.value)
+			t.Errorf("version %s holds %q %s, acknowledged with %q", id, got.GetEntry().GetStringValue(), when, w.value)
 		}
 	}
 	if missing > 0 {
-		t.Fatalf("%d of %d acknowledged writes lost", missing, want)
+		t.Fatalf("%d of %d acknowledged writes missing %s", missing, len(acked), when)
 	}
 }

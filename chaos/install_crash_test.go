@@ -24,31 +24,11 @@ import (
 // restores the snapshot again instead of resuming after it on the old store
 // (docs/reliability.md, bug 5).
 func TestCrashDuringSnapshotInstallKeepsTheNode(t *testing.T) {
-	bin := buildServer(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	c, err := harness.Start(ctx, harness.Config{
-		Dir: runDir(t), Bin: bin, Nodes: 3, Formation: harness.Manual, Network: harness.NewLoopback(), Seed: 5, Logf: t.Logf,
-		ExtraArgs: []string{"--raft-snapshot-threshold=256", "--raft-trailing-logs=64", "--raft-snapshot-interval=500ms"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, secrets := startWithSecrets(ctx, t, 5, "--raft-snapshot-threshold=256", "--raft-trailing-logs=64", "--raft-snapshot-interval=500ms")
 	defer c.Close()
-
 	admin := c.Admin()
-	p, err := admin.Identity().CreateProject(ctx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "install"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var secrets []string
-	for i := 0; i < 8; i++ {
-		s, err := admin.Secrets().Create(ctx, &pb.CreateSecretRequest{Secret: &pb.Secret{Metadata: &pb.Metadata{ParentId: p.GetMetadata().GetId(), Name: fmt.Sprintf("s%d", i)}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		secrets = append(secrets, s.GetMetadata().GetId())
-	}
 
 	const down = 3
 	if err := c.Kill(down); err != nil {
@@ -56,8 +36,7 @@ func TestCrashDuringSnapshotInstallKeepsTheNode(t *testing.T) {
 	}
 	// Enough data that restoring it takes a while (≈ 40 MB), written while
 	// the node is down: the others snapshot and compact their logs past it.
-	type write struct{ secret, value string }
-	acked := map[string]write{}
+	acked := map[string]ackedWrite{}
 	var mu sync.Mutex
 	filler := bytes.Repeat([]byte("x"), 16<<10)
 	var wg sync.WaitGroup
@@ -79,7 +58,7 @@ func TestCrashDuringSnapshotInstallKeepsTheNode(t *testing.T) {
 					return
 				}
 				mu.Lock()
-				acked[v.GetMetadata().GetId()] = write{secret, val}
+				acked[v.GetMetadata().GetId()] = ackedWrite{secret, val}
 				mu.Unlock()
 			}
 		}()
@@ -148,22 +127,7 @@ func TestCrashDuringSnapshotInstallKeepsTheNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer local.Close()
-	missing := 0
-	for id, w := range acked {
-		got, err := local.Payloads().GetByKey(ctx, &pb.GetPayloadByKeyRequest{SecretId: w.secret, VersionId: id, Key: "v"})
-		switch {
-		case err != nil:
-			missing++
-			if missing <= 5 {
-				t.Errorf("version %s (%q), acknowledged while the node was down, is not on it: %v", id, w.value, err)
-			}
-		case got.GetEntry().GetStringValue() != w.value:
-			t.Errorf("version %s holds %q on the node, acknowledged with %q", id, got.GetEntry().GetStringValue(), w.value)
-		}
-	}
-	if missing > 0 {
-		t.Fatalf("%d of %d acknowledged versions missing on the node that crashed mid-install", missing, len(acked))
-	}
+	checkAcked(ctx, t, local, acked, "on the node that crashed mid-install")
 }
 
 // leaderID is the region's leader as a node reports it ("" when none).

@@ -82,6 +82,18 @@ func TestWriteThroughFollowerReadThroughAnother(t *testing.T) {
 	}
 }
 
+// servedLocally is the secret's "value" entry as node n serves it from its
+// own store (a stale read).
+func servedLocally(t *testing.T, c *Cluster, n *Node, secretID string) *pb.GetPayloadByKeyResponse {
+	t.Helper()
+	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
+	got, err := pb.NewPayloadServiceClient(c.Conn(n)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: secretID, Key: "value"})
+	if err != nil {
+		t.Fatalf("stale read on %s: %v", n.ID, err)
+	}
+	return got
+}
+
 // failoverCreateVersion sends one logical write with an idempotency key,
 // trying every node until one answers, as a client with failover would.
 func failoverCreateVersion(ctx context.Context, c *Cluster, secretID, value, key string) (*pb.SecretVersion, error) {
@@ -203,11 +215,7 @@ func TestRestartedNodeCatchesUp(t *testing.T) {
 	}
 	c.Restart(f)
 	c.WaitConverged()
-	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
-	got, err := pb.NewPayloadServiceClient(c.Conn(f)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: id, Key: "value"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := servedLocally(t, c, f, id)
 	if got.GetVersionId() != last.GetMetadata().GetId() || got.GetEntry().GetStringValue() != "v19" {
 		t.Fatalf("restarted node serves version %s %q, want %s v19", got.GetVersionId(), got.GetEntry().GetStringValue(), last.GetMetadata().GetId())
 	}
@@ -267,12 +275,7 @@ func TestNewNodeInstallsSnapshotAndConverges(t *testing.T) {
 	if got := n.N.Raft.Stats()["last_snapshot_index"]; parseInt(got) < parseInt(snapIndex) {
 		t.Fatalf("new node's last snapshot index %s, want >= the leader's %s (installed snapshot)", got, snapIndex)
 	}
-	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
-	got, err := pb.NewPayloadServiceClient(c.Conn(n)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: id, Key: "value"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.GetEntry().GetStringValue() != "v59" {
+	if got := servedLocally(t, c, n, id); got.GetEntry().GetStringValue() != "v59" {
 		t.Fatalf("new node serves %q, want v59", got.GetEntry().GetStringValue())
 	}
 	// And it restarts from its installed snapshot plus log.
@@ -327,12 +330,7 @@ func TestNodeWhoseStoreIsBehindItsSnapshotRestoresIt(t *testing.T) {
 
 	c.Restart(f)
 	c.WaitConverged()
-	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
-	got, err := pb.NewPayloadServiceClient(c.Conn(f)).GetByKey(stale, &pb.GetPayloadByKeyRequest{SecretId: id, Key: "value"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.GetEntry().GetStringValue() != "v29" {
+	if got := servedLocally(t, c, f, id); got.GetEntry().GetStringValue() != "v29" {
 		t.Fatalf("restarted node serves %q, want v29", got.GetEntry().GetStringValue())
 	}
 }
