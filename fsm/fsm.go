@@ -154,8 +154,8 @@ func New(st *store.Store, logger hclog.Logger) (*FSM, error) {
 	}
 	f := &FSM{store: st, logger: logger}
 	f.applied.Store(idx)
-	// Raft applies the log after this index again (after a crash: what
-	// the store had not flushed).
+	// Raft applies the log after this index (after a crash, that includes
+	// what had not reached the store's disk).
 	logger.Info("store opened", "applied_index", idx)
 	return f, nil
 }
