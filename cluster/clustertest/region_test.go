@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/store"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -293,8 +295,53 @@ func TestNewNodeInstallsSnapshotAndConverges(t *testing.T) {
 // putting back a copy of the follower's store taken before later writes.
 func TestNodeWhoseStoreIsBehindItsSnapshotRestoresIt(t *testing.T) {
 	c := New(t, Options{Nodes: 3})
-	leader := c.WaitLeader()
-	_, secret := setup(t, c, leader)
+	f, id := followerBehindItsSnapshot(t, c)
+	c.Restart(f)
+	c.WaitConverged()
+	if got := servedLocally(t, c, f, id); got.GetEntry().GetStringValue() != "v29" {
+		t.Fatalf("restarted node serves %q, want v29", got.GetEntry().GetStringValue())
+	}
+}
+
+// TestNodeBehindASnapshotItCannotReadRefusesToStart: when the store is
+// behind and no snapshot can be restored, the node must not start (Raft
+// would resume after the snapshot's index on the older store); it fails
+// with an error naming the snapshots, and its store is left as it was.
+func TestNodeBehindASnapshotItCannotReadRefusesToStart(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	f, _ := followerBehindItsSnapshot(t, c)
+	snaps, _ := filepath.Glob(filepath.Join(f.Dir, "raft", "snapshots", "*"))
+	if len(snaps) == 0 {
+		t.Fatal("the follower has no snapshot")
+	}
+	for _, snap := range snaps {
+		os.RemoveAll(filepath.Join(snap, "checkpoint"))
+		if err := os.WriteFile(filepath.Join(snap, "state.bin"), []byte("damaged"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	storeBefore := storeHash(t, filepath.Join(f.Dir, "fsm"))
+	f.Cfg.Bootstrap, f.Cfg.JoinAddrs = false, nil
+	err := c.TryStart(f)
+	if err == nil {
+		t.Fatal("the node started on a store behind a snapshot it cannot read")
+	}
+	if !strings.Contains(err.Error(), "snapshot") {
+		t.Fatalf("start failed with %q, want an error about the snapshots", err)
+	}
+	t.Logf("start refused: %v", err)
+	if storeHash(t, filepath.Join(f.Dir, "fsm")) != storeBefore {
+		t.Fatal("the failed start changed the store")
+	}
+}
+
+// followerBehindItsSnapshot writes v0..v29 to a secret, snapshots a
+// follower after all of them, stops it and puts back its store as it was
+// after v9: what a crash while installing that snapshot would leave. It
+// returns the stopped follower and the secret's id.
+func followerBehindItsSnapshot(t *testing.T, c *Cluster) (*Node, string) {
+	t.Helper()
+	_, secret := setup(t, c, c.WaitLeader())
 	id := secret.GetMetadata().GetId()
 	write := func(from, to int) {
 		for i := from; i < to; i++ {
@@ -327,12 +374,23 @@ func TestNodeWhoseStoreIsBehindItsSnapshotRestoresIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyTree(t, older, storeDir)
+	return f, id
+}
 
-	c.Restart(f)
-	c.WaitConverged()
-	if got := servedLocally(t, c, f, id); got.GetEntry().GetStringValue() != "v29" {
-		t.Fatalf("restarted node serves %q, want v29", got.GetEntry().GetStringValue())
+// storeHash is the hash of the store in dir, applied index included
+// (opened and closed again; the node must be stopped).
+func storeHash(t *testing.T, dir string) string {
+	t.Helper()
+	st, err := store.Open(dir, nil)
+	if err != nil {
+		t.Fatalf("open store %s: %v", dir, err)
 	}
+	defer st.Close()
+	h, err := st.Hash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // copyTree copies the files below src into dst.
