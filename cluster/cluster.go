@@ -94,8 +94,17 @@ type Node struct {
 	watchDone  chan struct{}
 }
 
+// FSM is the state machine a node replicates into. It keeps the index of
+// the last entry it applied durably itself: a restart resumes after it
+// instead of restoring the latest snapshot (NoSnapshotRestoreOnStart).
+type FSM interface {
+	raft.FSM
+	// AppliedIndex is the index of the last entry in the FSM's store.
+	AppliedIndex() uint64
+}
+
 // New opens the node's stores and starts Raft with fsm.
-func New(cfg Config, fsm raft.FSM, logger hclog.Logger) (*Node, error) {
+func New(cfg Config, fsm FSM, logger hclog.Logger) (*Node, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
@@ -222,21 +231,17 @@ func setDuration(dst *time.Duration, v time.Duration) {
 }
 
 // storeBehindSnapshot says how the FSM's applied index falls short of the
-// latest snapshot's ("" when it does not, or when the FSM does not report
-// its applied index).
-func storeBehindSnapshot(fsm raft.FSM, snapshots raft.SnapshotStore) (string, error) {
-	a, ok := fsm.(interface{ AppliedIndex() uint64 })
-	if !ok {
-		return "", nil
-	}
+// latest snapshot's ("" when it does not).
+func storeBehindSnapshot(fsm FSM, snapshots raft.SnapshotStore) (string, error) {
 	metas, err := snapshots.List()
 	if err != nil {
 		return "", fmt.Errorf("list snapshots: %w", err)
 	}
-	if len(metas) == 0 || metas[0].Index <= a.AppliedIndex() {
+	applied := fsm.AppliedIndex()
+	if len(metas) == 0 || metas[0].Index <= applied {
 		return "", nil
 	}
-	return fmt.Sprintf("store applied index %d, snapshot %s at index %d", a.AppliedIndex(), metas[0].ID, metas[0].Index), nil
+	return fmt.Sprintf("store applied index %d, snapshot %s at index %d", applied, metas[0].ID, metas[0].Index), nil
 }
 
 func (n *Node) closeStores() {
