@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,15 +15,38 @@ import (
 	"github.com/mysterybox/mysterybox/chaos/nemesis"
 )
 
-// buildServer builds mysteryboxd into dir; a build failure fails the test.
-func buildServer(t *testing.T, dir string) string {
+// server is mysteryboxd, built once for every test of the package (the
+// build and its link take seconds) into a folder TestMain removes.
+var server struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+	out  []byte
+}
+
+// buildServer returns the built mysteryboxd; a build failure fails the test.
+func buildServer(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(dir, "mysteryboxd")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/mysterybox/mysterybox/cmd/mysteryboxd").CombinedOutput()
-	if err != nil {
-		t.Fatalf("mysteryboxd does not build: %v\n%s", err, out)
+	server.once.Do(func() {
+		if server.dir, server.err = os.MkdirTemp("", "mbchaos-bin-"); server.err != nil {
+			return
+		}
+		server.bin = filepath.Join(server.dir, "mysteryboxd")
+		server.out, server.err = exec.Command("go", "build", "-o", server.bin, "github.com/mysterybox/mysterybox/cmd/mysteryboxd").CombinedOutput()
+	})
+	if server.err != nil {
+		t.Fatalf("mysteryboxd does not build: %v\n%s", server.err, server.out)
 	}
-	return bin
+	return server.bin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if server.dir != "" {
+		os.RemoveAll(server.dir)
+	}
+	os.Exit(code)
 }
 
 // runDir is kept when the test fails (for its history, schedule, logs and
@@ -50,7 +74,7 @@ func runDir(t *testing.T) string {
 // slowing the network, for about 25 s (MBX_CHAOS_SHORT=<duration> to
 // change it); then every check must pass.
 func TestChaosShort(t *testing.T) {
-	bin := buildServer(t, t.TempDir())
+	bin := buildServer(t)
 	d := 25 * time.Second
 	if v := os.Getenv("MBX_CHAOS_SHORT"); v != "" {
 		var err error

@@ -111,7 +111,7 @@ func TestCrashOfEveryNodeKeepsAcknowledgedWrites(t *testing.T) {
 func startWithSecrets(ctx context.Context, t *testing.T, seed uint64, args ...string) (*harness.Cluster, []string) {
 	t.Helper()
 	c, err := harness.Start(ctx, harness.Config{
-		Dir: runDir(t), Bin: buildServer(t, t.TempDir()), Nodes: 3, Formation: harness.Manual, Network: harness.NewLoopback(), Seed: seed, Logf: t.Logf,
+		Dir: runDir(t), Bin: buildServer(t), Nodes: 3, Formation: harness.Manual, Network: harness.NewLoopback(), Seed: seed, Logf: t.Logf,
 		ExtraArgs: args,
 	})
 	if err != nil {

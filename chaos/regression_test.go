@@ -23,7 +23,7 @@ func long(t *testing.T) {
 // gossip and SIGKILLs one follower; it returns the follower's slot and id.
 func gossipRegionWithAKilledFollower(t *testing.T, seed uint64) (context.Context, *harness.Cluster, int, string) {
 	t.Helper()
-	bin := buildServer(t, t.TempDir())
+	bin := buildServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	c, err := harness.Start(ctx, harness.Config{
@@ -142,7 +142,7 @@ func TestRegressionReplacementTakesOverDeadAddress(t *testing.T) {
 // pass.
 func TestRegressionShutdownAfterLeaderChanges(t *testing.T) {
 	long(t)
-	bin := buildServer(t, t.TempDir())
+	bin := buildServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	for round := 0; round < 2; round++ {
