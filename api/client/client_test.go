@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -202,6 +204,37 @@ func TestIdempotencyKeyFromContext(t *testing.T) {
 	}
 	if got := one(f.seen()[0].md, "x-idempotency-key"); got != "my-key" {
 		t.Errorf("key = %q, want my-key", got)
+	}
+}
+
+// Generated keys are 32 hex digits that sort by the millisecond they were
+// made in (so the server's records of them append in its store), and keys
+// made in the same millisecond still differ.
+func TestIdempotencyKeysSortByTimeAndDiffer(t *testing.T) {
+	t0 := time.UnixMilli(1_765_000_000_000)
+	seen := map[string]bool{}
+	prev := ""
+	for ms := range 50 {
+		for range 200 {
+			key := newIdempotencyKey(t0.Add(time.Duration(ms) * time.Millisecond))
+			if len(key) != 32 || strings.Trim(key, "0123456789abcdef") != "" {
+				t.Fatalf("key %q: want 32 lowercase hex digits", key)
+			}
+			if seen[key] {
+				t.Fatalf("key %q made twice", key)
+			}
+			seen[key] = true
+			if got, want := key[:12], fmt.Sprintf("%012x", t0.UnixMilli()+int64(ms)); got != want {
+				t.Fatalf("key %q starts with %s, want the millisecond %s", key, got, want)
+			}
+			if key[:12] < prev[:min(len(prev), 12)] {
+				t.Fatalf("key %q sorts before the earlier %q", key, prev)
+			}
+			prev = key
+		}
+	}
+	if a, b := NewIdempotencyKey(), NewIdempotencyKey(); a == b {
+		t.Fatalf("two keys are equal: %q", a)
 	}
 }
 
