@@ -380,12 +380,12 @@ func WithIdempotencyKey(ctx context.Context, key string) context.Context {
 type idemKeyCtx struct{}
 
 // NewIdempotencyKey returns a new 128-bit key in hex: 48 bits of Unix
-// milliseconds then 80 random bits (the layout of a UUIDv7), so keys sort
-// by creation time. The server stores each key's record for 24 h under the
-// key itself; keys that arrive in time order append to the end of that
-// range in its LSM store instead of landing all over it, which makes
-// flushes and compactions cheaper (docs/performance.md). 80 random bits
-// keep keys unguessable and unique.
+// milliseconds then 80 random bits (as in a UUIDv7, without its version
+// bits), so keys sort by creation time. The server stores each key's
+// record for 24 h under the key itself; keys that arrive in time order
+// append to the end of that range in its LSM store instead of landing all
+// over it, which makes flushes and compactions cheaper
+// (docs/performance.md). 80 random bits keep keys unguessable and unique.
 func NewIdempotencyKey() string {
 	return newIdempotencyKey(time.Now())
 }
