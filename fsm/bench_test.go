@@ -2,7 +2,6 @@ package fsm_test
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"syscall"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/mysterybox/mysterybox/api/client"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 )
 
@@ -64,12 +64,7 @@ func BenchmarkApplyVersions(b *testing.B) {
 		secretID := secrets[n%len(secrets)]
 		cmd := cmdCreateVersion(fmt.Sprintf("mbsecver-%013x%08d", time.Now().UnixMicro(), n), secretID, true)
 		cmd.GetCreateVersion().Payload.Entries = []*fsmpb.SealedEntry{{Key: "value", Nonce: random(12), Ciphertext: random(1024 + 16)}}
-		// An idempotency key as api/client makes them: 48 bits of
-		// milliseconds, then random bits.
-		var ms [8]byte
-		binary.BigEndian.PutUint64(ms[:], uint64(time.Now().UnixMilli()))
-		idem := append(ms[2:], random(10)...)
-		withKey(cmd, hex.EncodeToString(idem), hex.EncodeToString(random(8)))
+		withKey(cmd, client.NewIdempotencyKey(), hex.EncodeToString(random(8)))
 		withAudit(cmd, "/mysterybox.v1.SecretVersionService/Create", secretID)
 		cmds = append(cmds, cmd)
 		if len(cmds) == perBatch || n == b.N-1 {
