@@ -112,6 +112,9 @@ func (c *recordCache) offer(key string, val []byte, g uint64) {
 // put adds an entry; the caller holds mu.
 func (c *recordCache) put(key string, val []byte, since uint64) {
 	if old, ok := c.entries[key]; ok {
+		// Out of the map before evicting, or eviction could pick it and
+		// subtract its size a second time.
+		delete(c.entries, key)
 		c.bytes -= old.size()
 	}
 	for c.bytes+len(val) > cacheMaxBytes && len(c.entries) > 0 {

@@ -233,6 +233,61 @@ func TestCacheIsBounded(t *testing.T) {
 	}
 }
 
+// The cache's byte count stays the sum of its entries' sizes while a full
+// cache has its records rewritten larger: each such commit that finds no
+// room evicts about a tenth of the entries, and the record being replaced
+// must not be counted out twice if the eviction picks it (it once was, so
+// the count drifted low and the bound stopped holding).
+func TestCacheCountsItsBytesExactly(t *testing.T) {
+	c := newRecordCache()
+	counted := func() int {
+		n := 0
+		for _, e := range c.entries {
+			n += e.size()
+		}
+		return n
+	}
+	small, large := make([]byte, cacheMaxValue/2), make([]byte, cacheMaxValue)
+	next := 0
+	fill := func() { // as readers would, with small records
+		for range cacheMaxBytes / len(small) {
+			c.offer(fmt.Sprintf("k%d", next), small, c.gen)
+			next++
+		}
+	}
+	fill()
+	evictions := 0
+	for evictions < 100 {
+		key := ""
+		for k, e := range c.entries {
+			if len(e.val) == len(small) {
+				key = k
+				break
+			}
+		}
+		if key == "" {
+			fill()
+			continue
+		}
+		before := len(c.entries)
+		w := &batchWrites{cache: c}
+		w.set(key, large)
+		if err := c.commit(w, func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(c.entries) >= before {
+			continue
+		}
+		evictions++
+		if got, want := c.bytes, counted(); got != want {
+			t.Fatalf("after %d evictions: count %d bytes, entries hold %d", evictions, got, want)
+		}
+		if c.bytes > cacheMaxBytes {
+			t.Fatalf("after %d evictions: %d bytes cached, bound %d", evictions, c.bytes, cacheMaxBytes)
+		}
+	}
+}
+
 func testSecretRecord(id, projectID, name string) *fsmpb.SecretRecord {
 	return &fsmpb.SecretRecord{Secret: &pb.Secret{
 		Metadata: &pb.Metadata{Id: id, ParentId: projectID, Name: name, ResourceVersion: 1},
