@@ -177,6 +177,17 @@ func (s *Store) Restore(r io.Reader) error {
 		os.RemoveAll(dir)
 		return err
 	}
+	// CURRENT names the new database from here on, whatever happens next;
+	// if the directory cannot be synced, a crash may still bring back the
+	// old name, so both databases stay until the next start removes the
+	// one CURRENT does not name (removeStaleDirs). Coming back on the old
+	// one is coming back behind the Raft snapshot, which a node restores
+	// again at start.
+	keepOld := false
+	if err := syncDir(s.dir); err != nil {
+		s.logger.Error("cannot sync the directory holding CURRENT after a restore; keeping the replaced database until the next start", "dir", s.dir, "error", err)
+		keepOld = true
+	}
 	s.mu.Lock()
 	old, oldNo := s.db, s.dbNo
 	s.idem.abandon() // it may be scanning the old database
@@ -188,6 +199,9 @@ func (s *Store) Restore(r io.Reader) error {
 		if err := old.Close(); err != nil {
 			s.logger.Warn("closing replaced database", "error", err)
 		}
+	}
+	if keepOld {
+		return nil
 	}
 	if err := os.RemoveAll(s.dbDir(oldNo)); err != nil {
 		s.logger.Warn("removing replaced database", "error", err)

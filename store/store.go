@@ -90,6 +90,9 @@ func Open(dir string, logger hclog.Logger) (*Store, error) {
 		if err := s.writeCurrent(no); err != nil {
 			return nil, err
 		}
+		if err := syncDir(s.dir); err != nil {
+			return nil, fmt.Errorf("store: sync %s: %w", s.dir, err)
+		}
 	}
 	s.removeStaleDirs(no)
 	s.removeStaleCheckpoints()
@@ -177,7 +180,8 @@ func (s *Store) readCurrent() (int, error) {
 	return no, nil
 }
 
-// writeCurrent atomically points CURRENT at database no.
+// writeCurrent atomically points CURRENT at database no. The switch is
+// durable only once the caller has synced the directory (syncDir).
 func (s *Store) writeCurrent(no int) error {
 	tmp := filepath.Join(s.dir, currentFile+".tmp")
 	content := fmt.Sprintf("%s%06d\n", dbDirPrefix, no)
@@ -199,7 +203,7 @@ func (s *Store) writeCurrent(no int) error {
 	if err := os.Rename(tmp, filepath.Join(s.dir, currentFile)); err != nil {
 		return fmt.Errorf("store: install CURRENT: %w", err)
 	}
-	return syncDir(s.dir)
+	return nil
 }
 
 // removeStaleDirs deletes databases other than the live one: leftovers of a
@@ -216,7 +220,9 @@ func (s *Store) removeStaleDirs(live int) {
 	}
 }
 
-func syncDir(dir string) error {
+// syncDir makes a directory's entries durable (a variable so that tests
+// can make it fail).
+var syncDir = func(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -1,0 +1,99 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"testing"
+)
+
+// A restore whose directory sync fails after CURRENT was renamed keeps
+// both databases: whichever name CURRENT holds after a crash (the new one,
+// or the old one if the rename was lost), its database is there. It once
+// deleted the new database and went on with the old one while CURRENT
+// already named the new: the next start found CURRENT pointing at nothing,
+// removed the old database as stale and came up empty.
+func TestRestoreKeepsBothDatabasesWhenTheDirectorySyncFails(t *testing.T) {
+	src := openTestStore(t)
+	commitSet(t, src, map[string][]byte{"m/restored": []byte("yes")})
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	if _, err := snap.WriteTo(&stream); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+
+	dir := t.TempDir()
+	st, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitSet(t, st, map[string][]byte{"m/original": []byte("yes")})
+	oldDir, newDir := st.dbDir(st.dbNo), st.dbDir(st.dbNo+1)
+
+	realSync := syncDir
+	syncDir = func(string) error { return errors.New("injected: directory sync failed") }
+	err = st.Restore(bytes.NewReader(stream.Bytes()))
+	syncDir = realSync
+	if err != nil {
+		t.Fatalf("Restore: %v (the new database is complete and CURRENT names it)", err)
+	}
+	assertKeys(t, st, "after the restore", "m/restored")
+	for _, d := range []string{oldDir, newDir} {
+		if _, err := os.Stat(d); err != nil {
+			t.Fatalf("%s: %v (both databases must stay until the next start)", d, err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A crash that lost the rename: CURRENT is back on the old database.
+	lost := t.TempDir()
+	if err := os.CopyFS(lost, os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	back := &Store{dir: lost}
+	if err := back.writeCurrent(1); err != nil {
+		t.Fatal(err)
+	}
+	reopened, err := Open(lost, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertKeys(t, reopened, "reopened on the old name", "m/original")
+	reopened.Close()
+
+	// The rename survived: the new database, and the old one is removed.
+	reopened, err = Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reopened.Close()
+	assertKeys(t, reopened, "reopened on the new name", "m/restored")
+	if _, err := os.Stat(oldDir); !os.IsNotExist(err) {
+		t.Fatalf("%s still there after the next start: %v", oldDir, err)
+	}
+}
+
+// assertKeys checks that exactly one of the two marker keys is present.
+func assertKeys(t *testing.T, st *Store, when, want string) {
+	t.Helper()
+	if err := st.Read(func(v *View) error {
+		for _, k := range []string{"m/original", "m/restored"} {
+			_, err := v.get(k)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			if found := err == nil; found != (k == want) {
+				t.Errorf("%s: %s present = %v, want %v", when, k, found, k == want)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
