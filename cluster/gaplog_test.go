@@ -240,7 +240,7 @@ func TestFollowerDropsConflictingEntriesAfterAnInstalledSnapshot(t *testing.T) {
 	d.waitApplied(50)
 	d.term = 2
 	d.installSnapshot(80)
-	release := d.hold.start(80) // as cluster's snapshot store does on Open
+	release, _ := d.hold.start(80) // as cluster's snapshot store does on Open
 	defer release()
 	var newer []*raft.Log
 	want := entryList(1, 80)

@@ -46,16 +46,17 @@ func newLogHold(logger hclog.Logger) *logHold {
 	return &logHold{now: time.Now, logger: logger, holds: map[*hold]struct{}{}}
 }
 
-// start holds the entries from index on until some time after the
-// returned release is called (safe to call more than once).
-func (l *logHold) start(index uint64) (release func()) {
+// start holds the entries from index on until some time after release is
+// called, or until drop is (the stream was never opened: no grace). Either
+// is safe to call more than once, and the first call wins.
+func (l *logHold) start(index uint64) (release, drop func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	h := &hold{index: index, open: true}
 	l.holds[h] = struct{}{}
 	started := l.now()
 	var once sync.Once
-	return func() {
+	release = func() {
 		once.Do(func() {
 			l.mu.Lock()
 			defer l.mu.Unlock()
@@ -64,6 +65,14 @@ func (l *logHold) start(index uint64) (release func()) {
 			h.until = now.Add(max(holdGraceMin, holdGraceFactor*now.Sub(started)))
 		})
 	}
+	drop = func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			delete(l.holds, h)
+		})
+	}
+	return release, drop
 }
 
 // floor returns the lowest held index, if any.

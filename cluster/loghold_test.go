@@ -32,13 +32,14 @@ func wantFloor(t *testing.T, h *logHold, want uint64, held bool) {
 func TestLogHoldLastsWhileStreamingAndAGraceAfter(t *testing.T) {
 	h, clock := newTestHold()
 	wantFloor(t, h, 0, false)
-	release100 := h.start(100)
-	release50 := h.start(50)
+	release100, _ := h.start(100)
+	release50, drop50 := h.start(50)
 	wantFloor(t, h, 50, true)
 
 	clock.advance(time.Second)
 	release50() // a 1 s stream: held for the minimum grace
 	release50() // twice is harmless
+	drop50()    // and so is a drop after it: the grace stands
 	clock.advance(holdGraceMin - time.Millisecond)
 	wantFloor(t, h, 50, true)
 	clock.advance(time.Millisecond)
@@ -55,6 +56,18 @@ func TestLogHoldLastsWhileStreamingAndAGraceAfter(t *testing.T) {
 	if _, ok := none.floor(); ok {
 		t.Fatal("a nil hold holds")
 	}
+}
+
+// A hold dropped (its stream never opened) ends at once, without grace,
+// and a release after it does not bring it back.
+func TestLogHoldDroppedEndsAtOnce(t *testing.T) {
+	h, _ := newTestHold()
+	release, drop := h.start(70)
+	wantFloor(t, h, 70, true)
+	drop()
+	wantFloor(t, h, 0, false)
+	release()
+	wantFloor(t, h, 0, false)
 }
 
 func TestGapLogCompactionKeepsItsBoundAndHeldEntries(t *testing.T) {
@@ -80,7 +93,7 @@ func TestGapLogCompactionKeepsItsBoundAndHeldEntries(t *testing.T) {
 	if first, last := span(); first != 20 || last != 100 {
 		t.Fatalf("log %d..%d after compacting up to 20, want 20..100", first, last)
 	}
-	release := h.start(40)
+	release, _ := h.start(40)
 	// Compacting up to 90 keeps the held snapshot's entry 40 and what follows.
 	if err := g.DeleteRange(20, 90); err != nil {
 		t.Fatal(err)
@@ -89,7 +102,7 @@ func TestGapLogCompactionKeepsItsBoundAndHeldEntries(t *testing.T) {
 		t.Fatalf("log %d..%d after a held compaction, want 40..100", first, last)
 	}
 	// A hold below the log's head stops any compaction.
-	h2 := h.start(10)
+	h2, _ := h.start(10)
 	if err := g.DeleteRange(40, 60); err != nil {
 		t.Fatal(err)
 	}

@@ -114,14 +114,40 @@ func (s *snapshotStore) Create(version raft.SnapshotVersion, index, term uint64,
 func (s *snapshotStore) List() ([]*raft.SnapshotMeta, error) { return s.files.List() }
 
 // Open opens a snapshot as the stream the FSM restores from (Raft sends
-// it to a node, or restores it). Until some time after the stream is
-// closed, the log from the snapshot's index on is held (logHold).
+// it to a node, or restores it). From before the stream is opened until
+// some time after it is closed, the log from the snapshot's index on is
+// held (logHold): opening one kept as a checkpoint walks it for the
+// stream's length, seconds at a million versions, during which the leader
+// may snapshot again and compact the entries the node will need next.
 func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
-	meta, rc, err := s.openStream(id)
-	if err != nil || s.hold == nil {
-		return meta, rc, err
+	if s.hold == nil {
+		return s.openStream(id)
 	}
-	return meta, &heldStream{ReadCloser: rc, release: s.hold.start(meta.Index)}, nil
+	index, err := s.indexOf(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, drop := s.hold.start(index)
+	meta, rc, err := s.openStream(id)
+	if err != nil {
+		drop()
+		return nil, nil, err
+	}
+	return meta, &heldStream{ReadCloser: rc, release: release}, nil
+}
+
+// indexOf returns the Raft index of snapshot id.
+func (s *snapshotStore) indexOf(id string) (uint64, error) {
+	metas, err := s.files.List()
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range metas {
+		if m.ID == id {
+			return m.Index, nil
+		}
+	}
+	return 0, fmt.Errorf("snapshot %s: not found", id)
 }
 
 // heldStream releases its hold on the log when closed.

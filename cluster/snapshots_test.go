@@ -409,3 +409,70 @@ func TestUnreadableCheckpointFailsOpenCleanly(t *testing.T) {
 	}
 	wantFloor(t, h, 0, false)
 }
+
+// slowSizeCheckpoint stops in StreamSize until told to go on, as a walk of
+// a large checkpoint takes seconds.
+type slowSizeCheckpoint struct {
+	CheckpointReader
+	walking, proceed chan struct{}
+}
+
+func (c *slowSizeCheckpoint) StreamSize() (int64, error) {
+	close(c.walking)
+	<-c.proceed
+	return c.CheckpointReader.StreamSize()
+}
+
+// The log is held from before Open walks a checkpoint for its length: a
+// compaction for a newer snapshot meanwhile must keep the entries after
+// the snapshot being opened, which the node it is sent to asks for next.
+// The hold used to start only once Open returned, and lost them (found in
+// review: one extra snapshot install per hit).
+func TestSnapshotOpenHoldsTheLogWhileItSizesTheStream(t *testing.T) {
+	dataDir := t.TempDir()
+	h := newLogHold(hclog.NewNullLogger())
+	walking, proceed := make(chan struct{}), make(chan struct{})
+	slow := func(dir string) (CheckpointReader, error) {
+		ck, err := openFakeCheckpoint(dir)
+		if err != nil {
+			return nil, err
+		}
+		return &slowSizeCheckpoint{CheckpointReader: ck, walking: walking, proceed: proceed}, nil
+	}
+	s, err := newSnapshotStore(filepath.Join(dataDir, "raft"), 2, slow, h, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := keepCheckpoint(t, s, dataDir, 100, map[string]string{"a.sst": "a"})
+	mem := raft.NewInmemStore()
+	for i := uint64(1); i <= 200; i++ {
+		if err := mem.StoreLog(&raft.Log{Index: i, Term: 3}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := gapLog{LogStore: mem, hold: h}
+
+	type opened struct {
+		rc  io.ReadCloser
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() { _, rc, err := s.Open(id); done <- opened{rc, err} }() // as raft's sendLatestSnapshot
+	<-walking
+	// Meanwhile the leader snapshots at 150 and compacts with 50 trailing entries.
+	if err := log.DeleteRange(1, 150); err != nil {
+		t.Fatal(err)
+	}
+	close(proceed)
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	defer o.rc.Close()
+	for _, i := range []uint64{100, 101, 150} {
+		var l raft.Log
+		if err := mem.GetLog(i, &l); err != nil {
+			t.Fatalf("entry %d (the snapshot being sent is at 100) was compacted while Open sized the stream: %v", i, err)
+		}
+	}
+}
