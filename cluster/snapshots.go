@@ -363,8 +363,18 @@ func (k *snapshotSink) KeepCheckpoint(dir string) error {
 }
 
 // Close completes the snapshot; the file store then reaps the oldest ones.
+// If the file store fails before moving the snapshot into place (writing
+// its metadata, the rename), it leaves the unfinished folder behind, and
+// Cancel no longer removes it: a kept checkpoint would pin its tables
+// until the next start, one more per failed attempt on a full disk.
 func (k *snapshotSink) Close() error {
 	k.store.reapMu.Lock()
 	defer k.store.reapMu.Unlock()
-	return k.SnapshotSink.Close()
+	err := k.SnapshotSink.Close()
+	if err != nil {
+		if rerr := os.RemoveAll(k.tmpDir); rerr != nil {
+			k.store.logger.Warn("cannot remove an unfinished snapshot", "path", k.tmpDir, "error", rerr)
+		}
+	}
+	return err
 }

@@ -367,6 +367,37 @@ func TestCancelledSnapshotTakesItsCheckpointAlong(t *testing.T) {
 	}
 }
 
+// A snapshot whose completion fails before it is moved into place (here
+// its metadata cannot be written) leaves neither its folder nor the
+// checkpoint in it: Cancel cannot remove them once Close has run, and each
+// would pin the checkpoint's tables until the next start.
+func TestSnapshotThatFailsToCloseLeavesNothing(t *testing.T) {
+	dataDir := t.TempDir()
+	s := newTestSnapshotStore(t, dataDir, openFakeCheckpoint)
+	sink := createSink(t, s, 10)
+	if err := sink.KeepCheckpoint(makeCheckpoint(t, dataDir, "ck", map[string]string{"a.sst": "a"})); err != nil {
+		t.Fatal(err)
+	}
+	// The file store writes meta.json into the folder again on Close: a
+	// directory in its place makes that fail.
+	meta := filepath.Join(sink.tmpDir, "meta.json")
+	if err := os.Remove(meta); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(meta, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := sink.Close(); err == nil {
+		t.Fatal("Close succeeded with its metadata unwritable")
+	}
+	if _, err := os.Stat(sink.tmpDir); !os.IsNotExist(err) {
+		t.Fatalf("the failed snapshot's folder is still there: %v", err)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Fatalf("List after a failed snapshot = %v", list)
+	}
+}
+
 // A checkpoint the sink cannot move (here its destination is taken; across
 // file systems the rename fails the same way) stays where it was, the sink
 // holds no data, and the caller streams into the same sink instead.
