@@ -239,21 +239,22 @@ func (a *authCache) put(tokenID string, e *authEntry) {
 	a.entries[tokenID] = e
 }
 
-// authenticate resolves the call's token. The caller has already taken
-// the view it serves the call from (after the read barrier when
-// linearizable); a cache entry at the current identity generation is as
-// new as that view, and a miss is resolved from a view taken after
-// reading the generation.
-func (s *Server) authenticate(ctx context.Context) (*caller, error) {
+// authenticate resolves the call's token against v, the view the call is
+// served from (taken after the read barrier when linearizable); viewGen is
+// the identity generation read before v was taken. A cache entry at the
+// current generation is as new as v. A miss is resolved from v itself —
+// never from a second view: a nested Store.Read waits behind a restore
+// waiting for v's, and the node deadlocks — and cached under viewGen, which
+// v is at least as new as (the FSM moves the generation after it commits).
+func (s *Server) authenticate(ctx context.Context, v *store.View, viewGen uint64) (*caller, error) {
 	b, ok := ctx.Value(bearerKey{}).(*bearer)
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "no token")
 	}
-	gen := s.identityGen()
-	e := s.auth.get(b.tokenID, gen)
+	e := s.auth.get(b.tokenID, s.identityGen())
 	if e == nil {
 		var err error
-		if e, err = s.resolveToken(b.tokenID, gen); err != nil {
+		if e, err = s.resolveToken(v, b.tokenID, viewGen); err != nil {
 			return nil, err
 		}
 	}
@@ -270,11 +271,11 @@ func (s *Server) authenticate(ctx context.Context) (*caller, error) {
 	return e.caller, nil
 }
 
-// resolveToken reads a token, its account's bindings, and caches them
-// (also a miss, as an entry without caller) at generation gen.
-func (s *Server) resolveToken(tokenID string, gen uint64) (*authEntry, error) {
+// resolveToken reads a token and its account's bindings from v, and
+// caches them (also a miss, as an entry without caller) at generation gen.
+func (s *Server) resolveToken(v *store.View, tokenID string, gen uint64) (*authEntry, error) {
 	e := &authEntry{gen: gen}
-	err := s.store.Read(func(v *store.View) error {
+	err := func() error {
 		rec, err := v.Token(tokenID)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -294,7 +295,7 @@ func (s *Server) resolveToken(tokenID string, gen uint64) (*authEntry, error) {
 		}
 		e.secretHash, e.expires, e.caller = rec.GetSecretHash(), rec.GetToken().GetSpec().GetExpiresAt(), c
 		return nil
-	})
+	}()
 	if err != nil {
 		return nil, err
 	}
@@ -309,11 +310,25 @@ type access struct {
 	chain func(v *store.View) ([]string, error)
 }
 
+// readAuthorized runs fn on a view of the store, with the call
+// authenticated and its permission checked against that same view. It
+// passes fn the caller, for endpoints that filter by permission.
+func (s *Server) readAuthorized(ctx context.Context, a access, fn func(v *store.View, c *caller) error) error {
+	viewGen := s.identityGen() // before the view (see authenticate)
+	return s.store.Read(func(v *store.View) error {
+		c, err := s.authorize(ctx, v, viewGen, a)
+		if err != nil {
+			return err
+		}
+		return fn(v, c)
+	})
+}
+
 // authorize authenticates the call and checks its permission, both against
-// v. It returns the caller for endpoints that filter by permission.
-func (s *Server) authorize(ctx context.Context, v *store.View, a access) (*caller, error) {
+// v (viewGen: the identity generation read before v was taken).
+func (s *Server) authorize(ctx context.Context, v *store.View, viewGen uint64, a access) (*caller, error) {
 	method, _ := grpc.Method(ctx)
-	c, err := s.authenticate(ctx)
+	c, err := s.authenticate(ctx, v, viewGen)
 	if err != nil {
 		if _, ok := status.FromError(err); ok {
 			s.logRefusal(method, "", err)

@@ -360,10 +360,7 @@ func (s *Server) leaderCheck(ctx context.Context, acc access) error {
 
 // check authorizes the call against this node's current state.
 func (s *Server) check(ctx context.Context, acc access) error {
-	return toStatus(s.store.Read(func(v *store.View) error {
-		_, err := s.authorize(ctx, v, acc)
-		return err
-	}))
+	return toStatus(s.readAuthorized(ctx, acc, func(*store.View, *caller) error { return nil }))
 }
 
 // awaitBarrier waits, briefly, for a new leader's post-election barrier.
@@ -426,11 +423,8 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, a
 		}()
 	}
 	var out T
-	err := s.store.Read(func(v *store.View) error {
-		c, err := s.authorize(ctx, v, acc)
-		if err != nil {
-			return err
-		}
+	err := s.readAuthorized(ctx, acc, func(v *store.View, c *caller) error {
+		var err error
 		out, err = read(v, c)
 		return err
 	})
