@@ -477,7 +477,29 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	return n.reads.wait(ctx)
+	return n.reads.wait(ctx, 0)
+}
+
+// ReadyTerm returns the term in which this node is the leader whose
+// post-election barrier has returned (IsLeader), if it is.
+func (n *Node) ReadyTerm() (uint64, bool) {
+	term := n.readyTerm.Load()
+	return term, term != 0 && n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term
+}
+
+// ReadBarrierInTerm is ReadBarrier for a read already made: it succeeds
+// only if the round confirms leadership in term, the term (from ReadyTerm)
+// in which the read's view was taken. A node leads at most once per term,
+// so the read and the confirmation fall in one unbroken leadership, and no
+// other leader can have acknowledged a write in between. Confirming a
+// later term would not do: the node may have lost leadership after the
+// read, missed a write the next leader acknowledged, and been elected
+// again.
+func (n *Node) ReadBarrierInTerm(ctx context.Context, term uint64) error {
+	if t, ok := n.ReadyTerm(); !ok || t != term {
+		return fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+	}
+	return n.reads.wait(ctx, term)
 }
 
 // readBarrier batches concurrent linearizable reads into shared
@@ -486,14 +508,19 @@ func (n *Node) ReadBarrier(ctx context.Context) error {
 type readBarrier struct {
 	node     *Node
 	mu       sync.Mutex
-	waiting  []chan error
+	waiting  []readWaiter
 	inFlight bool
 }
 
-func (rb *readBarrier) wait(ctx context.Context) error {
+type readWaiter struct {
+	done chan error
+	term uint64 // the round must confirm this term (0: any)
+}
+
+func (rb *readBarrier) wait(ctx context.Context, term uint64) error {
 	ch := make(chan error, 1)
 	rb.mu.Lock()
-	rb.waiting = append(rb.waiting, ch)
+	rb.waiting = append(rb.waiting, readWaiter{done: ch, term: term})
 	if !rb.inFlight {
 		rb.inFlight = true
 		go rb.run()
@@ -525,8 +552,12 @@ func (rb *readBarrier) run() {
 		} else if !rb.node.IsLeader() || rb.node.raft.CurrentTerm() != term {
 			err = fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
 		}
-		for _, ch := range batch {
-			ch <- err
+		for _, w := range batch {
+			if err == nil && w.term != 0 && w.term != term {
+				w.done <- fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+				continue
+			}
+			w.done <- err
 		}
 	}
 }

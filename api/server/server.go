@@ -48,6 +48,10 @@ type Raft interface {
 	Leader() (id, raftAddr string)
 	Apply(ctx context.Context, data []byte) (interface{}, error)
 	ReadBarrier(ctx context.Context) error
+	// ReadyTerm: the term in which IsLeader holds, if it does.
+	ReadyTerm() (uint64, bool)
+	// ReadBarrierInTerm: ReadBarrier for a read already made in term.
+	ReadBarrierInTerm(ctx context.Context, term uint64) error
 	Servers() ([]cluster.ServerInfo, error)
 	AddVoter(id, addr string) error
 	RemoveServer(id string) error
@@ -393,6 +397,7 @@ func (s *Server) awaitBarrier(ctx context.Context) error {
 func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, acc access, read func(v *store.View, c *caller) (T, error)) (T, error) {
 	var zero T
 	var checkAfter *callInfo // a payload read: leadership is checked after reading
+	var readTerm uint64      // the term the read's view is taken in
 	if !isStale(ctx) {
 		if !s.raft.IsLeader() && !s.raft.AcceptsWrites() {
 			out := newMessage[T]()
@@ -410,7 +415,14 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, a
 		// still rules out a newer leader having acknowledged a write
 		// before the snapshot (its majority and ours intersect).
 		if ci := infoFrom(ctx); ci != nil && isPayloadRead(ci.method) {
-			checkAfter = ci
+			// The confirmation must be of the term the view is taken in
+			// (ReadBarrierInTerm says why); taken before the view, a
+			// term that changes before it makes the check fail.
+			term, ok := s.raft.ReadyTerm()
+			if !ok {
+				return zero, status.Error(codes.Unavailable, "leadership changed while the call waited; retry")
+			}
+			checkAfter, readTerm = ci, term
 		} else if err := s.raft.ReadBarrier(ctx); err != nil {
 			return zero, toStatus(err)
 		}
@@ -419,7 +431,7 @@ func query[T proto.Message](ctx context.Context, s *Server, req proto.Message, a
 		defer func() {
 			ch := make(chan error, 1)
 			checkAfter.leadership = ch
-			go func() { ch <- s.raft.ReadBarrier(ctx) }()
+			go func() { ch <- s.raft.ReadBarrierInTerm(ctx, readTerm) }()
 		}()
 	}
 	var out T

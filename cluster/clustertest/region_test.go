@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/store"
 )
 
@@ -508,4 +509,52 @@ func TestLeaderPurgesDeletedSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.WaitConverged()
+}
+
+// A read made while a node led in one term is confirmed only by leadership
+// in that term. The node here loses leadership and wins it back (as after a
+// partition, with a write acknowledged by the leader in between): a round
+// confirming its new term must not vouch for a view taken in the old one.
+func TestReadIsConfirmedOnlyInTheTermItWasMadeIn(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	a := c.WaitLeader()
+	before, ok := a.N.Raft.ReadyTerm()
+	if !ok {
+		t.Fatal("the leader has no ready term")
+	}
+	if err := a.N.Raft.ReadBarrierInTerm(ctxT(t), before); err != nil {
+		t.Fatalf("confirming the current term: %v", err)
+	}
+
+	transferTo := func(from, to *Node) {
+		t.Helper()
+		if _, err := pb.NewClusterServiceClient(c.Conn(from)).TransferLeadership(ctxT(t), &pb.TransferLeadershipRequest{NodeId: to.ID}); err != nil {
+			t.Fatal(err)
+		}
+		Eventually(t, 15*time.Second, to.ID+" leads", func() error {
+			if !to.N.Raft.IsLeader() {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+	}
+	b := c.Followers()[0]
+	transferTo(a, b)
+	transferTo(b, a)
+
+	after, ok := a.N.Raft.ReadyTerm()
+	if !ok || after <= before {
+		t.Fatalf("ready term %d, %v after leading again; want > %d", after, ok, before)
+	}
+	// An unpinned round would vouch for it (the payload read path once
+	// checked this way).
+	if err := a.N.Raft.ReadBarrier(ctxT(t)); err != nil {
+		t.Fatalf("ReadBarrier after leading again: %v", err)
+	}
+	if err := a.N.Raft.ReadBarrierInTerm(ctxT(t), before); !errors.Is(err, cluster.ErrNotLeader) {
+		t.Fatalf("a read made in term %d confirmed in term %d: %v, want ErrNotLeader", before, after, err)
+	}
+	if err := a.N.Raft.ReadBarrierInTerm(ctxT(t), after); err != nil {
+		t.Fatalf("confirming the current term %d: %v", after, err)
+	}
 }
