@@ -233,7 +233,10 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 		var mismatch *fsm.HashKeyMismatch
 		if errors.As(r.Err, &mismatch) && attempt == 0 {
 			if !s.keyring().Has(mismatch.KeyID) {
-				return nil, status.Errorf(codes.InvalidArgument, "x-idempotency-key was first used before a key rotation that retired key %s; use a new idempotency key", mismatch.KeyID)
+				// The key's first call took effect (or failed) and its
+				// outcome stands; only the comparison is impossible. Telling
+				// the caller to just use a new key would apply it twice.
+				return nil, status.Errorf(codes.InvalidArgument, "x-idempotency-key already holds the outcome of a call whose request was hashed under key %s, which this node's keyring does not have (retired, or not loaded here yet), so this request cannot be compared with it; that call is not applied again: check its effect before repeating the operation under a new idempotency key", mismatch.KeyID)
 			}
 			hashKeyID = mismatch.KeyID
 			continue
