@@ -20,9 +20,10 @@ import (
 // Routing of a MysteryBox target's connections.
 const (
 	// RouteSpread pins connection i to endpoint i mod len(endpoints), so the
-	// clients spread over every node; followers forward writes and
-	// linearizable reads to the leader, as they would for any client that
-	// does not know the leader.
+	// clients spread over every node and stale reads stay on their node;
+	// writes and linearizable reads go to the leader once api/client knows
+	// it (from the leader named in every response, or from discovery), as
+	// for any product client; until then followers forward them.
 	RouteSpread = "spread"
 	// RouteClient lets api/client route each call: to the leader it learns
 	// through discovery (needs the region's admin role), any node for stale
@@ -129,8 +130,9 @@ func NewMysteryBox(cfg MysteryBoxConfig) (*MysteryBox, error) {
 		cc := client.Config{Token: cfg.Token}
 		switch cfg.Route {
 		case RouteSpread:
+			// Discovery stays on: with it off, api/client keeps to the
+			// one endpoint and would not follow the leader it is told of.
 			cc.Endpoints = []string{cfg.Endpoints[i%len(cfg.Endpoints)]}
-			cc.DisableDiscovery = true
 		case RouteClient:
 			cc.Endpoints = cfg.Endpoints
 		default:

@@ -117,7 +117,8 @@ type Config struct {
 	MaxBackoff  time.Duration
 
 	// DisableDiscovery keeps the client to Endpoints and never asks the
-	// region for its members or leader.
+	// region for its members or leader; a leader named in a response
+	// (HeaderLeader) is followed only if it is one of Endpoints.
 	DisableDiscovery bool
 	// RefreshInterval is how often the members are fetched again; failures
 	// and an unknown leader trigger earlier (rate-limited) refreshes.

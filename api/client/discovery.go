@@ -179,7 +179,11 @@ func (c *Client) learnMembers(members []*mbv1.Member) {
 	c.leader = leader
 }
 
-// learnLeader records the leader's address, adding it to the nodes if new.
+// learnLeader records the leader's address, adding it to the nodes if new
+// — unless discovery is disabled by configuration, which keeps the client
+// to Endpoints: the leader's advertised address may not be reachable from
+// here (a port-forward, NAT, a certificate for another name), and each
+// call would spend an attempt on it before coming back.
 func (c *Client) learnLeader(addr string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -187,6 +191,9 @@ func (c *Client) learnLeader(addr string) {
 		return
 	}
 	if !slices.Contains(c.nodes, addr) {
+		if c.cfg.DisableDiscovery {
+			return
+		}
 		if _, err := c.connLocked(addr); err != nil {
 			return
 		}
