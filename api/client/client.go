@@ -489,7 +489,7 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 			return nil
 		}
 		if ctx.Err() != nil || !retryable(err) {
-			return err
+			return cancelled(ctx, err)
 		}
 		c.failed(addr)
 		if maxAttempts > 0 && attempts >= maxAttempts {
@@ -516,7 +516,7 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return err
+				return cancelled(ctx, err)
 			case <-t.C:
 			}
 			// Take the latest view: discovery may know the leader now.
@@ -524,6 +524,16 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 			pos = 0
 		}
 	}
+}
+
+// cancelled returns CANCELLED once the caller has cancelled ctx, whatever
+// the last attempt's error (a caller's deadline keeps the nodes' real
+// error, which says more than DEADLINE_EXCEEDED).
+func cancelled(ctx context.Context, err error) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	return err
 }
 
 // attempt makes one try on one node, within AttemptTimeout.

@@ -457,3 +457,29 @@ func TestMaxAttemptsWithDeadline(t *testing.T) {
 		t.Errorf("attempts = %d, want 1", n)
 	}
 }
+
+// A caller that cancels while the client waits between rounds gets
+// CANCELLED, not the last node's UNAVAILABLE (a CLI would report "node
+// unavailable" for a run the user interrupted).
+func TestCancelDuringBackoffReturnsCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := New(ctx, Config{
+		Endpoints:        []string{deadAddr(t)},
+		DisableDiscovery: true,
+		BaseBackoff:      time.Minute,
+		MaxBackoff:       time.Minute,
+		OnRetry: func(e RetryEvent) {
+			if e.Delay > 0 {
+				cancel() // the client is about to wait a minute
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Secrets().Get(ctx, &mbv1.GetSecretRequest{Id: "mbsec-1"}); status.Code(err) != codes.Canceled {
+		t.Fatalf("cancelled during the backoff: %v, want CANCELLED", err)
+	}
+}
