@@ -162,7 +162,7 @@ func (s *Store) Restore(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if err := loadSnapshot(db, r); err != nil {
+	if err := loadSnapshot(db, r, nil); err != nil {
 		db.Close()
 		os.RemoveAll(dir)
 		return err
@@ -211,10 +211,22 @@ func (s *Store) Restore(r io.Reader) error {
 
 // VerifySnapshot reads a whole snapshot stream and checks its structure
 // and checksum without storing anything.
-func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r) }
+func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r, nil) }
+
+// VerifySnapshotKeyChecks verifies a snapshot stream as VerifySnapshot
+// does and returns the check values it records for its key-encryption
+// keys, by key id, so that a restore can make sure the keyring that will
+// open its payloads holds the same keys, not only keys of the same ids.
+func VerifySnapshotKeyChecks(r io.Reader) (map[string][]byte, error) {
+	checks := map[string][]byte{}
+	if err := loadSnapshot(nil, r, checks); err != nil {
+		return nil, err
+	}
+	return checks, nil
+}
 
 // loadSnapshot reads a snapshot stream into db (nil: only verify it).
-func loadSnapshot(db *pebble.DB, r io.Reader) error {
+func loadSnapshot(db *pebble.DB, r io.Reader, keyChecks map[string][]byte) error {
 	hr := &hashingReader{r: bufio.NewReaderSize(r, 256<<10), h: sha256.New()}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(hr, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
@@ -257,6 +269,14 @@ func loadSnapshot(db *pebble.DB, r io.Reader) error {
 		v, err := readBytes()
 		if err != nil {
 			return fmt.Errorf("store: truncated or corrupt snapshot: %w", err)
+		}
+		// The applied index is read at start and after every restore; a
+		// bad one must fail here, before Raft or CURRENT see the stream.
+		if string(k) == keyApplied && len(v) != 16 {
+			return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
+		}
+		if keyChecks != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
+			keyChecks[string(k[len(prefixKekCheck):])] = v
 		}
 		if batch == nil {
 			continue

@@ -238,8 +238,16 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	if err := store.VerifySnapshot(tmp); err != nil {
+	checks, err := store.VerifySnapshotKeyChecks(tmp)
+	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "backup body: %v", err)
+	}
+	// Key ids are names: the keys behind them must be the same too, or
+	// every payload read fails and every node refuses its next start.
+	for id, check := range checks {
+		if err := kr.VerifyKeyCheck(id, check); err != nil {
+			return status.Errorf(codes.FailedPrecondition, "the backup cannot be opened with this region's keyring: %v", err)
+		}
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)

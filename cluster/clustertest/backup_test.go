@@ -193,6 +193,17 @@ func TestBackupUnderWritesRestoresIntoAFreshRegion(t *testing.T) {
 	if _, err := restoreBackup(ctxT(t), other, other.Nodes[0], other.AdminToken, data, false); status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("restore of another region's backup: %v, want FAILED_PRECONDITION", err)
 	}
+
+	// A region whose keyring has a key of the same id but other material
+	// cannot open the backup: refused before Raft sees it (it was accepted,
+	// every payload read then failed, and every node refused its next start).
+	sameID := New(t, Options{Nodes: 1})
+	if _, err := restoreBackup(ctxT(t), sameID, sameID.Nodes[0], sameID.AdminToken, data, false); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "different key") {
+		t.Fatalf("restore under a keyring with the same key id, another key: %v, want FAILED_PRECONDITION naming the different key", err)
+	}
+	sameID.Stop(sameID.Nodes[0])
+	sameID.Restart(sameID.Nodes[0]) // its own data untouched: it starts
+	sameID.WaitConverged()
 }
 
 func flip(b []byte, i int) []byte {
