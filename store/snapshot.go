@@ -150,7 +150,16 @@ func (hr *hashingReader) Read(p []byte) (int, error) {
 // content is written to a fresh database and verified; only then does
 // CURRENT switch to it, so a crash at any point leaves either the old or the
 // new store, never a mix. It must not run concurrently with a Batch.
-func (s *Store) Restore(r io.Reader) error {
+func (s *Store) Restore(r io.Reader) error { return s.restore(r, false) }
+
+// RestoreForNewRegion is Restore for a store seeded from a backup into a
+// new region, whose Raft log starts again at 1: the content's applied
+// index is written as zero in the new database itself, before CURRENT
+// switches to it, so no crash can leave the backup's index in place (the
+// FSM would skip the new log's first entries up to it).
+func (s *Store) RestoreForNewRegion(r io.Reader) error { return s.restore(r, true) }
+
+func (s *Store) restore(r io.Reader, resetApplied bool) error {
 	s.mu.RLock()
 	newNo := s.dbNo + 1
 	s.mu.RUnlock()
@@ -162,7 +171,7 @@ func (s *Store) Restore(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if err := loadSnapshot(db, r, nil); err != nil {
+	if err := loadSnapshot(db, r, loadOptions{resetApplied: resetApplied}); err != nil {
 		db.Close()
 		os.RemoveAll(dir)
 		return err
@@ -211,7 +220,7 @@ func (s *Store) Restore(r io.Reader) error {
 
 // VerifySnapshot reads a whole snapshot stream and checks its structure
 // and checksum without storing anything.
-func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r, nil) }
+func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r, loadOptions{}) }
 
 // VerifySnapshotKeyChecks verifies a snapshot stream as VerifySnapshot
 // does and returns the check values it records for its key-encryption
@@ -219,14 +228,20 @@ func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r, nil) }
 // open its payloads holds the same keys, not only keys of the same ids.
 func VerifySnapshotKeyChecks(r io.Reader) (map[string][]byte, error) {
 	checks := map[string][]byte{}
-	if err := loadSnapshot(nil, r, checks); err != nil {
+	if err := loadSnapshot(nil, r, loadOptions{keyChecks: checks}); err != nil {
 		return nil, err
 	}
 	return checks, nil
 }
 
 // loadSnapshot reads a snapshot stream into db (nil: only verify it).
-func loadSnapshot(db *pebble.DB, r io.Reader, keyChecks map[string][]byte) error {
+// loadOptions: what loadSnapshot does besides verifying and loading.
+type loadOptions struct {
+	keyChecks    map[string][]byte // filled with the key check values, by key id
+	resetApplied bool              // load the applied index as zero
+}
+
+func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 	hr := &hashingReader{r: bufio.NewReaderSize(r, 256<<10), h: sha256.New()}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(hr, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
@@ -272,11 +287,16 @@ func loadSnapshot(db *pebble.DB, r io.Reader, keyChecks map[string][]byte) error
 		}
 		// The applied index is read at start and after every restore; a
 		// bad one must fail here, before Raft or CURRENT see the stream.
-		if string(k) == keyApplied && len(v) != 16 {
-			return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
+		if string(k) == keyApplied {
+			if len(v) != 16 {
+				return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
+			}
+			if o.resetApplied {
+				v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
+			}
 		}
-		if keyChecks != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
-			keyChecks[string(k[len(prefixKekCheck):])] = v
+		if o.keyChecks != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
+			o.keyChecks[string(k[len(prefixKekCheck):])] = v
 		}
 		if batch == nil {
 			continue
@@ -308,20 +328,6 @@ func loadSnapshot(db *pebble.DB, r io.Reader, keyChecks map[string][]byte) error
 		return nil
 	}
 	return batch.Commit(pebble.Sync)
-}
-
-// ResetAppliedIndex forgets the Raft position of the content, for a store
-// seeded from a backup into a new region whose Raft log starts again at 1.
-func (s *Store) ResetAppliedIndex() error {
-	b := s.NewBatch()
-	defer b.Close()
-	if err := b.SetAppliedIndex(0, 0); err != nil {
-		return err
-	}
-	if err := b.Commit(); err != nil {
-		return err
-	}
-	return s.Sync()
 }
 
 // ContentHash is Hash without the applied index, the node registry and

@@ -210,11 +210,9 @@ func restoreCommand() *cobra.Command {
 			if empty, err := st.Empty(); err != nil || !empty {
 				return fmt.Errorf("%s already holds data: restore only into an empty data directory (%v)", dataDir, err)
 			}
-			if err := st.Restore(backup.BodyReader(f, h)); err != nil {
-				return err
-			}
-			// The new region's Raft log starts again at 1.
-			if err := st.ResetAppliedIndex(); err != nil {
+			// The new region's Raft log starts again at 1: the restored
+			// store's applied index is zero from the moment it exists.
+			if err := st.RestoreForNewRegion(backup.BodyReader(f, h)); err != nil {
 				return err
 			}
 			fmt.Printf("restored region %s (backup at raft index %d, %d bytes) into %s\n", h.Region, h.RaftIndex, h.BodyBytes, dataDir)
