@@ -12,15 +12,17 @@ import (
 )
 
 // TestLeaderHintReachesAnyClient: a client whose token may not read the
-// cluster's status, seeded with a follower only, learns the leader from
-// response metadata and sends its next calls there.
+// cluster's status (its discovery is refused), seeded with a follower only,
+// learns the leader from response metadata and sends its next calls there.
+// (With discovery disabled by configuration it keeps to its endpoints:
+// api/client's TestLeaderHintWithoutDiscoveryKeepsToEndpoints.)
 func TestLeaderHintReachesAnyClient(t *testing.T) {
 	c := New(t, Options{Nodes: 3})
 	leader := c.WaitLeader()
 	projectID, secret := setup(t, c, leader)
 	ci := newIdentity(t, c, leader, "hinted", 0, [2]string{projectID, "mysterybox.payload-viewer"})
 	f := c.Followers()[0]
-	cl, err := client.New(context.Background(), client.Config{Endpoints: []string{f.Cfg.GRPCAddr}, Token: ci.token, Timeout: 10 * time.Second, DisableDiscovery: true})
+	cl, err := client.New(context.Background(), client.Config{Endpoints: []string{f.Cfg.GRPCAddr}, Token: ci.token, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +34,7 @@ func TestLeaderHintReachesAnyClient(t *testing.T) {
 		t.Fatalf("client learned leader %q, want %s", got, leader.Cfg.GRPCAddr)
 	}
 	// A call that fails (a response without a message) carries it too.
-	failing, err := client.New(context.Background(), client.Config{Endpoints: []string{f.Cfg.GRPCAddr}, Token: ci.token, Timeout: 10 * time.Second, DisableDiscovery: true})
+	failing, err := client.New(context.Background(), client.Config{Endpoints: []string{f.Cfg.GRPCAddr}, Token: ci.token, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
