@@ -18,15 +18,7 @@ import (
 func TestRestoreKeepsBothDatabasesWhenTheDirectorySyncFails(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{"m/restored": []byte("yes")})
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stream bytes.Buffer
-	if _, err := snap.WriteTo(&stream); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	stream := snapshotStream(t, src)
 
 	dir := t.TempDir()
 	st, err := Open(dir, nil)
@@ -38,7 +30,7 @@ func TestRestoreKeepsBothDatabasesWhenTheDirectorySyncFails(t *testing.T) {
 
 	realSync := syncDir
 	syncDir = func(string) error { return errors.New("injected: directory sync failed") }
-	err = st.Restore(bytes.NewReader(stream.Bytes()))
+	err = st.Restore(bytes.NewReader(stream))
 	syncDir = realSync
 	if err != nil {
 		t.Fatalf("Restore: %v (the new database is complete and CURRENT names it)", err)
@@ -107,21 +99,13 @@ func assertKeys(t *testing.T, st *Store, when, want string) {
 func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{keyApplied: {1, 2, 3}, prefixKekCheck + "k1": []byte("check")})
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stream bytes.Buffer
-	if _, err := snap.WriteTo(&stream); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	if err := VerifySnapshot(bytes.NewReader(stream.Bytes())); err == nil || !strings.Contains(err.Error(), "applied index") {
+	stream := snapshotStream(t, src)
+	if err := VerifySnapshot(bytes.NewReader(stream)); err == nil || !strings.Contains(err.Error(), "applied index") {
 		t.Fatalf("VerifySnapshot: %v, want a refusal naming the applied index", err)
 	}
 	dst := openTestStore(t)
 	commitSet(t, dst, map[string][]byte{"m/original": []byte("yes")})
-	if err := dst.Restore(bytes.NewReader(stream.Bytes())); err == nil {
+	if err := dst.Restore(bytes.NewReader(stream)); err == nil {
 		t.Fatal("Restore accepted a corrupt applied index")
 	}
 	assertKeys(t, dst, "after the refused restore", "m/original")
@@ -131,16 +115,8 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 func TestVerifySnapshotKeyChecksReturnsThem(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{prefixKekCheck + "k1": []byte("c1"), prefixKekCheck + "k2": []byte("c2"), "m/other": []byte("x")})
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stream bytes.Buffer
-	if _, err := snap.WriteTo(&stream); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	checks, err := VerifySnapshotKeyChecks(&stream)
+	stream := snapshotStream(t, src)
+	checks, err := VerifySnapshotKeyChecks(bytes.NewReader(stream))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,15 +141,7 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := src.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stream bytes.Buffer
-	if _, err := snap.WriteTo(&stream); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	stream := snapshotStream(t, src)
 
 	for _, c := range []struct {
 		name              string
@@ -184,7 +152,7 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 		{"RestoreForNewRegion", (*Store).RestoreForNewRegion, 0, 0},
 	} {
 		dst := openTestStore(t)
-		if err := c.restore(dst, bytes.NewReader(stream.Bytes())); err != nil {
+		if err := c.restore(dst, bytes.NewReader(stream)); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		idx, term, err := dst.AppliedIndex()
@@ -193,4 +161,19 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 		}
 		assertKeys(t, dst, c.name, "m/restored")
 	}
+}
+
+// snapshotStream returns st's snapshot stream.
+func snapshotStream(t *testing.T, st *Store) []byte {
+	t.Helper()
+	snap, err := st.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var stream bytes.Buffer
+	if _, err := snap.WriteTo(&stream); err != nil {
+		t.Fatal(err)
+	}
+	return stream.Bytes()
 }
