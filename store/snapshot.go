@@ -218,14 +218,11 @@ func (s *Store) restore(r io.Reader, resetApplied bool) error {
 	return nil
 }
 
-// VerifySnapshot reads a whole snapshot stream and checks its structure
-// and checksum without storing anything.
-func VerifySnapshot(r io.Reader) error { return loadSnapshot(nil, r, loadOptions{}) }
-
-// VerifySnapshotKeyChecks verifies a snapshot stream as VerifySnapshot
-// does and returns the check values it records for its key-encryption
-// keys, by key id, so that a restore can make sure the keyring that will
-// open its payloads holds the same keys, not only keys of the same ids.
+// VerifySnapshotKeyChecks reads a whole snapshot stream and checks its
+// structure and checksum without storing anything, and returns the check
+// values it records for its key-encryption keys, by key id, so that a
+// restore can make sure the keyring that will open its payloads holds the
+// same keys, not only keys of the same ids.
 func VerifySnapshotKeyChecks(r io.Reader) (map[string][]byte, error) {
 	checks := map[string][]byte{}
 	if err := loadSnapshot(nil, r, loadOptions{keyChecks: checks}); err != nil {
@@ -234,13 +231,13 @@ func VerifySnapshotKeyChecks(r io.Reader) (map[string][]byte, error) {
 	return checks, nil
 }
 
-// loadSnapshot reads a snapshot stream into db (nil: only verify it).
 // loadOptions: what loadSnapshot does besides verifying and loading.
 type loadOptions struct {
 	keyChecks    map[string][]byte // filled with the key check values, by key id
 	resetApplied bool              // load the applied index as zero
 }
 
+// loadSnapshot reads a snapshot stream into db (nil: only verify it).
 func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 	hr := &hashingReader{r: bufio.NewReaderSize(r, 256<<10), h: sha256.New()}
 	magic := make([]byte, len(snapshotMagic))
