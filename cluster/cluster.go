@@ -37,6 +37,9 @@ var (
 	ErrUnknownOutcome = errors.New("leadership lost while committing; outcome unknown")
 	// ErrTimeout: the call's deadline passed while waiting for Raft.
 	ErrTimeout = errors.New("timed out waiting for raft")
+
+	// errLeadershipChanged: a read barrier saw another term, or none.
+	errLeadershipChanged = fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
 )
 
 // Config configures one Raft node.
@@ -497,7 +500,7 @@ func (n *Node) ReadyTerm() (uint64, bool) {
 // again.
 func (n *Node) ReadBarrierInTerm(ctx context.Context, term uint64) error {
 	if t, ok := n.ReadyTerm(); !ok || t != term {
-		return fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+		return errLeadershipChanged
 	}
 	return n.reads.wait(ctx, term)
 }
@@ -550,11 +553,11 @@ func (rb *readBarrier) run() {
 		if err != nil {
 			err = fmt.Errorf("%w: leadership not confirmed: %v", ErrNotLeader, err)
 		} else if !rb.node.IsLeader() || rb.node.raft.CurrentTerm() != term {
-			err = fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+			err = errLeadershipChanged
 		}
 		for _, w := range batch {
 			if err == nil && w.term != 0 && w.term != term {
-				w.done <- fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
+				w.done <- errLeadershipChanged
 				continue
 			}
 			w.done <- err
