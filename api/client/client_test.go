@@ -52,6 +52,17 @@ func (f *fakeSecrets) seen() []call {
 	return append([]call(nil), f.calls...)
 }
 
+// count returns how many calls of method f saw.
+func (f *fakeSecrets) count(method string) int {
+	n := 0
+	for _, c := range f.seen() {
+		if c.method == method {
+			n++
+		}
+	}
+	return n
+}
+
 func (f *fakeSecrets) Create(ctx context.Context, req *mbv1.CreateSecretRequest) (*mbv1.Secret, error) {
 	if err := f.record(ctx, "Create"); err != nil {
 		return nil, err

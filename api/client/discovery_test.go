@@ -103,16 +103,8 @@ func startRegion(t *testing.T, n int, r *fakeRegion) []*fakeNode {
 	return nodes
 }
 
-// callsOn returns which nodes saw method, in order of the calls.
-func methodCount(n *fakeNode, method string) int {
-	c := 0
-	for _, cl := range n.secrets.seen() {
-		if cl.method == method {
-			c++
-		}
-	}
-	return c
-}
+// methodCount returns how many calls of method node n saw.
+func methodCount(n *fakeNode, method string) int { return n.secrets.count(method) }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()

@@ -23,16 +23,6 @@ func (h *hintingSecrets) Create(ctx context.Context, req *mbv1.CreateSecretReque
 	return h.fakeSecrets.Create(ctx, req)
 }
 
-func creates(f *fakeSecrets) int {
-	n := 0
-	for _, c := range f.seen() {
-		if c.method == "Create" {
-			n++
-		}
-	}
-	return n
-}
-
 // With discovery disabled the client keeps to Endpoints: a leader named
 // outside them (its advertised address may be unreachable from here, as
 // behind a port-forward) is not followed; one among them is.
@@ -48,8 +38,8 @@ func TestLeaderHintWithoutDiscoveryKeepsToEndpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := creates(&seed.fakeSecrets); got != 3 || creates(leader) != 0 {
-		t.Fatalf("writes: %d on the configured endpoint, %d on the named leader; want 3 and 0", got, creates(leader))
+	if got := seed.count("Create"); got != 3 || leader.count("Create") != 0 {
+		t.Fatalf("writes: %d on the configured endpoint, %d on the named leader; want 3 and 0", got, leader.count("Create"))
 	}
 	if eps := c.Endpoints(); !slices.Equal(eps, []string{seedAddr}) || c.Leader() != "" {
 		t.Fatalf("Endpoints() = %v, Leader() = %q: want only the configured endpoint, no leader", eps, c.Leader())
@@ -61,7 +51,7 @@ func TestLeaderHintWithoutDiscoveryKeepsToEndpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if both.Leader() != leaderAddr || creates(leader) != 2 {
-		t.Fatalf("leader among the endpoints: Leader() = %q, %d writes on it; want %s and the 2 after the first answer", both.Leader(), creates(leader), leaderAddr)
+	if both.Leader() != leaderAddr || leader.count("Create") != 2 {
+		t.Fatalf("leader among the endpoints: Leader() = %q, %d writes on it; want %s and the 2 after the first answer", both.Leader(), leader.count("Create"), leaderAddr)
 	}
 }
