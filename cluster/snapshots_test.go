@@ -439,6 +439,11 @@ func TestUnreadableCheckpointFailsOpenCleanly(t *testing.T) {
 		t.Fatalf("links left by a failed Open: %v", left)
 	}
 	wantFloor(t, h, 0, false)
+	// An id the store does not list fails before any hold starts.
+	if _, _, err := s.Open("3-99-1"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("Open of an unknown snapshot: %v", err)
+	}
+	wantFloor(t, h, 0, false)
 }
 
 // slowSizeCheckpoint stops in StreamSize until told to go on, as a walk of
