@@ -712,6 +712,92 @@ func TestExpiredIdempotencyKeyIsForgotten(t *testing.T) {
 	}
 }
 
+func byCaller(cmd *fsmpb.Command, account string) *fsmpb.Command {
+	cmd.Caller = account
+	return cmd
+}
+
+func replayOnly(cmd *fsmpb.Command) *fsmpb.Command {
+	cmd.ReplayOnly = true
+	return cmd
+}
+
+// TestIdempotencyRecordBelongsToItsCaller: the record names the account
+// whose call it is the outcome of; another account's call with the same
+// key is refused and sees nothing of it, the same account's retry gets it.
+// Records from before command version 5 name nobody and replay as before.
+func TestIdempotencyRecordBelongsToItsCaller(t *testing.T) {
+	h := newHarness(t)
+	first := h.ok(byCaller(withKey(cmdCreateProject("project-1", "p1"), "key-1", "req-A"), "useraccount-1"))
+	rec, err := h.idem("key-1")
+	if err != nil || rec.GetCaller() != "useraccount-1" {
+		t.Fatalf("record = %v, %v; want it to name useraccount-1", rec, err)
+	}
+	before := h.content()
+	err = h.fail(byCaller(withKey(cmdCreateProject("project-2", "p1"), "key-1", "req-A"), "useraccount-2"), fsm.ErrInvalidArgument)
+	if !strings.Contains(err.Error(), "another account") {
+		t.Errorf("another account's retry: %v", err)
+	}
+	if h.content() != before {
+		t.Fatal("another account's retry changed the store")
+	}
+	if again := h.ok(byCaller(withKey(cmdCreateProject("project-3", "p1"), "key-1", "req-A"), "useraccount-1")); !proto.Equal(first, again) {
+		t.Fatalf("the caller's retry = %v, first call %v", again, first)
+	}
+	// An older record (no caller) replays to any caller, as it did.
+	old := h.ok(withKey(cmdCreateProject("project-4", "p4"), "key-old", "req-O"))
+	if again := h.ok(byCaller(withKey(cmdCreateProject("project-5", "p4"), "key-old", "req-O"), "useraccount-2")); !proto.Equal(old, again) {
+		t.Fatalf("retry of a record without a caller = %v, first call %v", again, old)
+	}
+	if fsm.RequiredVersion(byCaller(cmdCreateProject("project-6", "p6"), "useraccount-1")) != 1 {
+		t.Error("naming the caller is not a reason to refuse a command")
+	}
+}
+
+// TestReplayOnlyCommandAppliesNothingWithoutItsRecord: a retry the leader
+// let through without a permission check (its record was there) replays
+// the record, and when the record has expired by the time it applies, is
+// neither applied, nor remembered, nor audited: ErrReplayGone sends the
+// leader back to check the call as a new one.
+func TestReplayOnlyCommandAppliesNothingWithoutItsRecord(t *testing.T) {
+	h := newHarness(t)
+	first := h.ok(byCaller(withKey(cmdCreateProject("project-1", "p1"), "key-1", "req-A"), "useraccount-1"))
+	again := h.ok(replayOnly(byCaller(withKey(cmdCreateProject("project-2", "p1"), "key-1", "req-A"), "useraccount-1")))
+	if !proto.Equal(first, again) {
+		t.Fatalf("replay-only retry = %v, first call %v", again, first)
+	}
+	// No record at all.
+	before := h.content()
+	res := h.apply(withAudit(replayOnly(byCaller(withKey(cmdCreateProject("project-3", "p3"), "key-404", "req-B"), "useraccount-1")), "CreateProject"))
+	if !errors.Is(res.Err, fsm.ErrReplayGone) || res.Response != nil {
+		t.Fatalf("replay-only without a record: %v", res)
+	}
+	if h.content() != before {
+		t.Fatal("a replay-only command without a record changed the store")
+	}
+	h.notFound("project-3", func(v *store.View) error { _, err := v.Project("project-3"); return err })
+	if _, err := h.idem("key-404"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a refused replay was remembered: %v", err)
+	}
+	// The record expired between the leader's look and the apply: it is
+	// dropped as any expired record is, and nothing else happens.
+	expired := t0 + int64(fsm.IdempotencyTTL)
+	res = h.apply(at(replayOnly(byCaller(withKey(cmdCreateProject("project-3", "p3"), "key-1", "req-A"), "useraccount-1")), expired))
+	if !errors.Is(res.Err, fsm.ErrReplayGone) {
+		t.Fatalf("replay-only after expiry: %v", res)
+	}
+	if _, err := h.idem("key-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired record kept: %v", err)
+	}
+	h.notFound("project-3", func(v *store.View) error { _, err := v.Project("project-3"); return err })
+	if n := len(h.audit()); n != 0 {
+		t.Fatalf("%d audit records; a refused replay is not a call", n)
+	}
+	if fsm.RequiredVersion(replayOnly(cmdCreateProject("project-6", "p6"))) != fsm.CallerVersion {
+		t.Error("a replay-only command must need the version that knows the flag")
+	}
+}
+
 func TestPruneIdempotency(t *testing.T) {
 	h := newHarness(t)
 	h.ok(at(withKey(cmdCreateProject("project-1", "p1"), "key-a", "a"), t0))

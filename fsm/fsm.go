@@ -36,7 +36,7 @@ const CommandFormat = 1
 // leader proposes a type only once every voter advertises (in gossip) a
 // version at least that high, so a rolling upgrade never sends a node a
 // command it cannot apply.
-const CommandVersion = 4
+const CommandVersion = 5
 
 // AuditInCommandVersion is the command version from which a command may
 // carry its call's audit record (Command.audit). An older node would
@@ -53,14 +53,27 @@ const AuditInCommandVersion = 3
 // then such reads are forwarded to the leader as before.
 const ShippedAuditVersion = 4
 
-// RequiredVersion is the command version that introduced cmd's type.
+// CallerVersion is the version from which a command may name its caller
+// (Command.caller, kept in the idempotency record: only that account's
+// retries get the outcome) and be marked replay_only (the leader let a
+// retry through without its permission check). An older node would ignore
+// both: its records would differ from the others', and it would apply a
+// replay_only command whose record is gone. The leader sets them only
+// while every node of the region advertises this version.
+const CallerVersion = 5
+
+// RequiredVersion is the command version that introduced cmd's type, or
+// the fields it uses.
 func RequiredVersion(cmd *fsmpb.Command) int {
+	v := 1
 	switch cmd.GetOp().(type) {
 	case *fsmpb.Command_RewrapVersions:
-		return 2
-	default:
-		return 1
+		v = 2
 	}
+	if cmd.GetReplayOnly() {
+		v = max(v, CallerVersion)
+	}
+	return v
 }
 
 // IdempotencyTTL is how long a mutation's result is remembered under its
@@ -238,11 +251,15 @@ func (f *FSM) applyCommand(b *store.Batch, head *auditHead, l *raft.Log) *Result
 	a := &applier{b: b, head: head, now: cmd.GetTimeUnixNano()}
 	key := cmd.GetIdempotencyKey()
 	if key != "" {
-		if res, done := a.replay(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId()); done {
+		if res, done := a.replay(key, cmd); done {
 			f.observer().IdempotencyReplay()
 			a.auditCall(cmd.GetAudit(), res)
 			return res
 		}
+	}
+	if cmd.GetReplayOnly() {
+		// Authorized only as a replay, and there is nothing to replay.
+		return &Result{Err: ErrReplayGone}
 	}
 	if touchesIdentity(cmd) {
 		f.identityTouched = true
@@ -254,7 +271,7 @@ func (f *FSM) applyCommand(b *store.Batch, head *auditHead, l *raft.Log) *Result
 		panic(fmt.Sprintf("fsm: applying index %d: %v", l.Index, res.Err))
 	}
 	if key != "" {
-		a.remember(key, cmd.GetRequestHash(), cmd.GetRequestHashKeyId(), res)
+		a.remember(key, cmd, res)
 	}
 	a.auditCall(cmd.GetAudit(), res)
 	return res
@@ -313,7 +330,14 @@ func (e *HashKeyMismatch) Error() string {
 	return "the idempotency record's request hash uses key " + e.KeyID
 }
 
-func (a *applier) replay(key string, hash []byte, hashKeyID string) (*Result, bool) {
+// ErrReplayGone is the result of a replay_only command whose idempotency
+// record was not there (expired, or pruned) when it applied. Nothing is
+// applied or recorded; the leader authorizes the call as a new one and
+// proposes it again.
+var ErrReplayGone = errors.New("the idempotency record to replay is gone")
+
+func (a *applier) replay(key string, cmd *fsmpb.Command) (*Result, bool) {
+	hash, hashKeyID := cmd.GetRequestHash(), cmd.GetRequestHashKeyId()
 	rec, err := a.b.Idempotency(key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, false
@@ -326,6 +350,11 @@ func (a *applier) replay(key string, hash []byte, hashKeyID string) (*Result, bo
 			panic(fmt.Sprintf("fsm: delete idempotency key: %v", err))
 		}
 		return nil, false
+	}
+	if caller := cmd.GetCaller(); caller != "" && rec.GetCaller() != "" && rec.GetCaller() != caller {
+		// Another account's outcome (a token's secret, say) is not this
+		// caller's to see, nor is the call its to repeat.
+		return &Result{Err: errorf(ErrInvalidArgument, "x-idempotency-key was already used by another account; use a new key")}, true
 	}
 	if hashKeyID != "" && rec.GetRequestHashKeyId() != "" && rec.GetRequestHashKeyId() != hashKeyID {
 		return &Result{Err: &HashKeyMismatch{KeyID: rec.GetRequestHashKeyId()}}, true
@@ -350,8 +379,11 @@ func (a *applier) replay(key string, hash []byte, hashKeyID string) (*Result, bo
 	return &Result{Response: msg}, true
 }
 
-func (a *applier) remember(key string, hash []byte, hashKeyID string, res *Result) {
-	rec := &fsmpb.IdempotencyRecord{RequestHash: hash, RequestHashKeyId: hashKeyID, ExpiresUnixNano: a.now + int64(IdempotencyTTL)}
+func (a *applier) remember(key string, cmd *fsmpb.Command, res *Result) {
+	rec := &fsmpb.IdempotencyRecord{
+		RequestHash: cmd.GetRequestHash(), RequestHashKeyId: cmd.GetRequestHashKeyId(),
+		ExpiresUnixNano: a.now + int64(IdempotencyTTL), Caller: cmd.GetCaller(),
+	}
 	if res.Err != nil {
 		rec.ErrorKind, rec.ErrorMessage = errorKind(res.Err), res.Err.Error()
 	} else if res.Response != nil {

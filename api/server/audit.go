@@ -166,7 +166,7 @@ func (a *auditor) loop() {
 			var err error
 			if a.s.raft.AcceptsWrites() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err = a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}})
+				_, err = a.s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}}, grant{})
 				cancel()
 			} else {
 				ctx, cancel := context.WithTimeout(context.Background(), shipTimeout)

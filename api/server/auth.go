@@ -327,28 +327,43 @@ func (s *Server) readAuthorized(ctx context.Context, a access, fn func(v *store.
 // authorize authenticates the call and checks its permission, both against
 // v (viewGen: the identity generation read before v was taken).
 func (s *Server) authorize(ctx context.Context, v *store.View, viewGen uint64, a access) (*caller, error) {
-	method, _ := grpc.Method(ctx)
 	c, err := s.authenticate(ctx, v, viewGen)
 	if err != nil {
-		if _, ok := status.FromError(err); ok {
-			s.logRefusal(method, "", err)
-		}
+		s.logAuthnRefusal(ctx, err)
 		return nil, err
 	}
 	noteAccount(ctx, c.accountID)
-	if a.perm == 0 {
-		return c, nil
-	}
-	chain, err := a.chain(v)
-	if err != nil {
-		return nil, err
-	}
-	if !c.has(a.perm, chain) {
-		err := status.Errorf(codes.PermissionDenied, "account %s may not %s %s", c.accountID, permNames[a.perm], chain[0])
-		s.logRefusal(method, c.accountID, err)
+	if err := s.permit(ctx, v, c, a); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// logAuthnRefusal logs a refused authentication (not a storage error).
+func (s *Server) logAuthnRefusal(ctx context.Context, err error) {
+	if _, ok := status.FromError(err); ok {
+		method, _ := grpc.Method(ctx)
+		s.logRefusal(method, "", err)
+	}
+}
+
+// permit checks that the authenticated caller c holds a's permission on
+// a's resource, against v.
+func (s *Server) permit(ctx context.Context, v *store.View, c *caller, a access) error {
+	if a.perm == 0 {
+		return nil
+	}
+	chain, err := a.chain(v)
+	if err != nil {
+		return err
+	}
+	if !c.has(a.perm, chain) {
+		err := status.Errorf(codes.PermissionDenied, "account %s may not %s %s", c.accountID, permNames[a.perm], chain[0])
+		method, _ := grpc.Method(ctx)
+		s.logRefusal(method, c.accountID, err)
+		return err
+	}
+	return nil
 }
 
 // ---------------------------------------------------------------- chains
@@ -436,7 +451,7 @@ func (s *Server) BootstrapAdmin(ctx context.Context, tokenID string, secretHash 
 		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
 		Spec:     &pb.AccessBindingSpec{ResourceId: s.cfg.Region, AccountId: acct.GetMetadata().GetId(), Role: RoleRegionAdmin},
 	}
-	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: newID("cluster-")}}})
+	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: newID("cluster-")}}}, grant{})
 	if err != nil {
 		return false, err
 	}

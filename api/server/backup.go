@@ -29,7 +29,7 @@ func (x *clusterService) Snapshot(req *pb.SnapshotRequest, stream pb.ClusterServ
 	if !s.raft.IsLeader() && !s.raft.AcceptsWrites() {
 		return s.proxySnapshot(ctx, req, stream)
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	if _, err := s.leaderCheck(ctx, s.regionChain()); err != nil {
 		return err
 	}
 	// Every write acknowledged before this call is in the snapshot.
@@ -200,7 +200,7 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if !s.raft.AcceptsWrites() {
 		return s.proxyRestore(ctx, first, stream)
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	if _, err := s.leaderCheck(ctx, s.regionChain()); err != nil {
 		return err
 	}
 	in := &restoreReader{stream: stream, first: first}

@@ -206,14 +206,15 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 		out := &pb.JoinResponse{}
 		return out, s.fwd.forward(ctx, req, out)
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	g, err := s.leaderCheck(ctx, s.regionChain())
+	if err != nil {
 		return nil, err
 	}
 	if err := s.raft.AddVoter(req.GetNodeId(), req.GetRaftAddress()); err != nil {
 		return nil, toStatus(err)
 	}
 	node := &fsmpb.NodeRecord{NodeId: req.GetNodeId(), RaftAddress: req.GetRaftAddress(), GrpcAddress: req.GetGrpcAddress()}
-	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: node}}}); err != nil {
+	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: node}}}, g); err != nil {
 		return nil, err
 	}
 	s.logger.Info("node joined", "node_id", req.GetNodeId(), "raft_address", req.GetRaftAddress(), "grpc_address", req.GetGrpcAddress())
@@ -234,7 +235,8 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 		out := &pb.RemoveNodeResponse{}
 		return out, s.fwd.forward(ctx, req, out)
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	g, err := s.leaderCheck(ctx, s.regionChain())
+	if err != nil {
 		return nil, err
 	}
 	servers, err := s.raft.Servers()
@@ -251,7 +253,7 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	if err := s.raft.RemoveServer(req.GetNodeId()); err != nil {
 		return nil, toStatus(err)
 	}
-	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId(), Tombstone: true}}}); err != nil {
+	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId(), Tombstone: true}}}, g); err != nil {
 		return nil, err
 	}
 	return &pb.RemoveNodeResponse{}, nil
@@ -264,7 +266,7 @@ func (x *clusterService) TransferLeadership(ctx context.Context, req *pb.Transfe
 		out := &pb.TransferLeadershipResponse{}
 		return out, s.fwd.forward(ctx, req, out)
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	if _, err := s.leaderCheck(ctx, s.regionChain()); err != nil {
 		return nil, err
 	}
 	if req.GetNodeId() == s.cfg.NodeID {

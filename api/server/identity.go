@@ -206,28 +206,27 @@ func (x *identityService) CreateToken(ctx context.Context, req *pb.CreateTokenRe
 		}
 		return out, nil
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
-		return nil, err
-	}
-	full := NewToken(s.cfg.Region)
-	parts := strings.Split(full, ".")
-	tokenID, secret := parts[2], parts[3]
-	sum := sha256.Sum256([]byte(secret))
-	kekID, sealed, err := s.keyring().SealValue(tokenID, []byte(full))
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	tok := &pb.Token{
-		Metadata: &pb.Metadata{Id: tokenID, ParentId: req.GetAccountId()},
-		Spec:     &pb.TokenSpec{Description: req.GetDescription()},
-		Status:   &pb.TokenStatus{Region: s.cfg.Region},
-	}
-	if ttl > 0 {
-		tok.Spec.ExpiresAt = timestamppb.New(time.Now().Add(ttl))
-	}
-	resp, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_CreateToken{CreateToken: &fsmpb.CreateToken{
-		Token: &fsmpb.TokenRecord{Token: tok, SecretHash: sum[:]}, SealedSecretKekId: kekID, SealedSecret: sealed,
-	}}})
+	resp, err := s.proposeAuthorized(ctx, req, s.regionChain(), func() (*fsmpb.Command, error) {
+		full := NewToken(s.cfg.Region)
+		parts := strings.Split(full, ".")
+		tokenID, secret := parts[2], parts[3]
+		sum := sha256.Sum256([]byte(secret))
+		kekID, sealed, err := s.keyring().SealValue(tokenID, []byte(full))
+		if err != nil {
+			return nil, err
+		}
+		tok := &pb.Token{
+			Metadata: &pb.Metadata{Id: tokenID, ParentId: req.GetAccountId()},
+			Spec:     &pb.TokenSpec{Description: req.GetDescription()},
+			Status:   &pb.TokenStatus{Region: s.cfg.Region},
+		}
+		if ttl > 0 {
+			tok.Spec.ExpiresAt = timestamppb.New(time.Now().Add(ttl))
+		}
+		return &fsmpb.Command{Op: &fsmpb.Command_CreateToken{CreateToken: &fsmpb.CreateToken{
+			Token: &fsmpb.TokenRecord{Token: tok, SecretHash: sum[:]}, SealedSecretKekId: kekID, SealedSecret: sealed,
+		}}}, nil
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -95,7 +95,8 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 		}
 		return out, nil
 	}
-	if err := s.leaderCheck(ctx, s.regionChain()); err != nil {
+	g, err := s.leaderCheck(ctx, s.regionChain())
+	if err != nil {
 		return nil, err
 	}
 	// Refuse up front, even with nothing to rewrap, while some voter
@@ -105,7 +106,7 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 	}
 	kr := s.keyring()
 	op := &fsmpb.RewrapVersions{}
-	err := s.store.Read(func(v *store.View) error {
+	err = s.store.Read(func(v *store.View) error {
 		ids, err := v.KeyIDsInUse()
 		if err != nil {
 			return err
@@ -144,7 +145,7 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 	}
 	out := &pb.RewrapResponse{ActiveKeyId: kr.ActiveKeyID()}
 	if len(op.Items) > 0 {
-		resp, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_RewrapVersions{RewrapVersions: op}})
+		resp, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_RewrapVersions{RewrapVersions: op}}, g)
 		if err != nil {
 			return nil, err
 		}

@@ -133,7 +133,7 @@ func (s *Server) pruneIdempotency(ctx context.Context) {
 func (s *Server) proposeMaintenance(ctx context.Context, cmd *fsmpb.Command) bool {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := s.propose(ctx, nil, cmd); err != nil {
+	if _, err := s.propose(ctx, nil, cmd, grant{}); err != nil {
 		if ctx.Err() == nil {
 			s.logger.Warn("maintenance command failed", "error", err)
 		}

@@ -191,17 +191,21 @@ func (s *Server) Close() {
 	s.fwd.close()
 }
 
-// propose stamps cmd with the leader's time and the call's idempotency key,
-// replicates it, and returns the FSM's response.
-func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Command) (proto.Message, error) {
+// propose stamps cmd with the leader's time, the call's idempotency key and
+// the leader's grant (g; zero for internal commands), replicates it, and
+// returns the FSM's response. A replay_only command whose record is gone
+// returns fsm.ErrReplayGone, which proposeAuthorized handles.
+func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Command, g grant) (proto.Message, error) {
 	cmd.TimeUnixNano = time.Now().UnixNano()
 	key, err := idempotencyKey(ctx)
 	if err != nil {
 		return nil, err
 	}
 	hashKeyID := ""
+	cmd.Caller, cmd.ReplayOnly = "", false
 	if key != "" {
 		cmd.IdempotencyKey = key
+		cmd.Caller, cmd.ReplayOnly = g.caller, g.replayOnly
 		hashKeyID = s.keyring().ActiveKeyID()
 	}
 	cmd.Audit = s.callRecord(ctx, req)
@@ -240,6 +244,9 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 			}
 			hashKeyID = mismatch.KeyID
 			continue
+		}
+		if errors.Is(r.Err, fsm.ErrReplayGone) {
+			return nil, r.Err // nothing applied, nor recorded
 		}
 		if cmd.Audit != nil && !errors.As(r.Err, &mismatch) {
 			markRecorded(ctx) // applied, with the record
@@ -337,14 +344,7 @@ func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, 
 		}
 		return out, nil
 	}
-	if err := s.leaderCheck(ctx, acc); err != nil {
-		return zero, err
-	}
-	cmd, err := build()
-	if err != nil {
-		return zero, toStatus(err)
-	}
-	resp, err := s.propose(ctx, req, cmd)
+	resp, err := s.proposeAuthorized(ctx, req, acc, build)
 	if err != nil {
 		return zero, err
 	}
@@ -355,14 +355,94 @@ func mutate[T proto.Message](ctx context.Context, s *Server, req proto.Message, 
 	return out, nil
 }
 
+// grant is the leader's authorization of a call it is about to propose.
+type grant struct {
+	// caller is the authenticated account, named in the command and so in
+	// its idempotency record, once every node applies fsm.CallerVersion.
+	caller string
+	// replayOnly: the call is let through without its permission check as
+	// caller's retry of a call whose idempotency record the leader holds;
+	// the FSM replays that record's outcome or applies nothing.
+	replayOnly bool
+}
+
+// proposeAuthorized authorizes a caller's mutation on this leader, then
+// proposes the command build makes.
+//
+// A retry with the idempotency key of the caller's own earlier call gets
+// that call's outcome even when the call itself took away the permission
+// it needed (deleting one's own binding, say, or a secret since purged):
+// the retry is let through as replay-only. Only when the record is gone by
+// the time the command applies is it checked and proposed as a new call.
+func (s *Server) proposeAuthorized(ctx context.Context, req proto.Message, acc access, build func() (*fsmpb.Command, error)) (proto.Message, error) {
+	if err := s.awaitBarrier(ctx); err != nil {
+		return nil, err
+	}
+	for _, replay := range []bool{true, false} {
+		g, err := s.authorizeMutation(ctx, acc, replay)
+		if err != nil {
+			return nil, err
+		}
+		cmd, err := build()
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		resp, err := s.propose(ctx, req, cmd, g)
+		if errors.Is(err, fsm.ErrReplayGone) && replay {
+			continue // the record expired before the command applied
+		}
+		if errors.Is(err, fsm.ErrReplayGone) {
+			return nil, status.Error(codes.Internal, "a call proposed as new was refused as a replay")
+		}
+		return resp, err
+	}
+	panic("unreachable")
+}
+
 // leaderCheck authorizes a call about to be served by this leader, once
 // the leader's state holds every acknowledged write (a revocation that
-// returned is seen here).
-func (s *Server) leaderCheck(ctx context.Context, acc access) error {
+// returned is seen here). Its grant names the caller for propose.
+func (s *Server) leaderCheck(ctx context.Context, acc access) (grant, error) {
 	if err := s.awaitBarrier(ctx); err != nil {
-		return err
+		return grant{}, err
 	}
-	return s.check(ctx, acc)
+	return s.authorizeMutation(ctx, acc, false)
+}
+
+// authorizeMutation authenticates the call and checks its permission
+// against this node's state, unless replay allows the call through as the
+// retry of the same account's earlier call (proposeAuthorized).
+func (s *Server) authorizeMutation(ctx context.Context, acc access, replay bool) (grant, error) {
+	named := s.versions.supports(fsm.CallerVersion)
+	key := ""
+	if replay && named {
+		key, _ = idempotencyKey(ctx) // a malformed key is refused by propose
+	}
+	var g grant
+	viewGen := s.identityGen() // before the view (see authenticate)
+	err := s.store.Read(func(v *store.View) error {
+		c, err := s.authenticate(ctx, v, viewGen)
+		if err != nil {
+			s.logAuthnRefusal(ctx, err)
+			return err
+		}
+		noteAccount(ctx, c.accountID)
+		if named {
+			g.caller = c.accountID
+		}
+		if key != "" {
+			rec, err := v.Idempotency(key)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			if err == nil && rec.GetCaller() != "" && rec.GetCaller() == c.accountID && rec.GetExpiresUnixNano() > time.Now().UnixNano() {
+				g.replayOnly = true
+				return nil
+			}
+		}
+		return s.permit(ctx, v, c, acc)
+	})
+	return g, toStatus(err)
 }
 
 // check authorizes the call against this node's current state.

@@ -138,7 +138,7 @@ func (x *nodeService) ShipAudit(ctx context.Context, req *nodepb.ShipAuditReques
 		return nil, status.Error(codes.Unavailable, "not the leader (leadership is changing); retry")
 	}
 	op := &fsmpb.AuditAppend{Records: req.GetRecords()}
-	if _, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}}); err != nil {
+	if _, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_AuditAppend{AuditAppend: op}}, grant{}); err != nil {
 		return nil, err
 	}
 	return &nodepb.ShipAuditResponse{}, nil

@@ -50,6 +50,17 @@ type Command struct {
 	// acknowledged mutation is as durable as the mutation itself. Empty for
 	// internal commands and while some voter is older.
 	Audit *mysteryboxv1.AuditRecord `protobuf:"bytes,6,opt,name=audit,proto3" json:"audit,omitempty"`
+	// The account that made the call, kept in the idempotency record so that
+	// only that account's retries get the first call's outcome (command
+	// version 5; empty for internal commands and while some node is older).
+	Caller string `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
+	// Set when the leader let the call through without its permission check
+	// because it is caller's retry of a call whose idempotency record the
+	// leader saw (command version 5). The FSM then only replays: if the
+	// record is gone by the time the command applies, nothing is applied
+	// and the result is ReplayGone, so the leader checks the permission as
+	// for a new call.
+	ReplayOnly bool `protobuf:"varint,8,opt,name=replay_only,json=replayOnly,proto3" json:"replay_only,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_CreateProject
@@ -150,6 +161,20 @@ func (x *Command) GetAudit() *mysteryboxv1.AuditRecord {
 		return x.Audit
 	}
 	return nil
+}
+
+func (x *Command) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *Command) GetReplayOnly() bool {
+	if x != nil {
+		return x.ReplayOnly
+	}
+	return false
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -2360,8 +2385,11 @@ type IdempotencyRecord struct {
 	// The response message, serialized; empty when the call failed.
 	Response []byte `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
 	// Empty on success; otherwise the error kind (see fsm errors) and message.
-	ErrorKind     string `protobuf:"bytes,4,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	ErrorKind    string `protobuf:"bytes,4,opt,name=error_kind,json=errorKind,proto3" json:"error_kind,omitempty"`
+	ErrorMessage string `protobuf:"bytes,5,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The account whose call this is the outcome of (Command.caller); empty
+	// in records written before command version 5.
+	Caller        string `protobuf:"bytes,7,opt,name=caller,proto3" json:"caller,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2434,6 +2462,13 @@ func (x *IdempotencyRecord) GetErrorKind() string {
 func (x *IdempotencyRecord) GetErrorMessage() string {
 	if x != nil {
 		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *IdempotencyRecord) GetCaller() string {
+	if x != nil {
+		return x.Caller
 	}
 	return ""
 }
@@ -2521,14 +2556,17 @@ var File_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\x92\x0f\n" +
+	"\tfsm.proto\x12\x11mysterybox.fsm.v1\x1a\x10mysterybox.proto\"\xcb\x0f\n" +
 	"\aCommand\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\rR\x06format\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x12!\n" +
 	"\frequest_hash\x18\x04 \x01(\fR\vrequestHash\x12-\n" +
 	"\x13request_hash_key_id\x18\x05 \x01(\tR\x10requestHashKeyId\x120\n" +
-	"\x05audit\x18\x06 \x01(\v2\x1a.mysterybox.v1.AuditRecordR\x05audit\x12I\n" +
+	"\x05audit\x18\x06 \x01(\v2\x1a.mysterybox.v1.AuditRecordR\x05audit\x12\x16\n" +
+	"\x06caller\x18\a \x01(\tR\x06caller\x12\x1f\n" +
+	"\vreplay_only\x18\b \x01(\bR\n" +
+	"replayOnly\x12I\n" +
 	"\x0ecreate_project\x18\n" +
 	" \x01(\v2 .mysterybox.fsm.v1.CreateProjectH\x00R\rcreateProject\x12I\n" +
 	"\x0edelete_project\x18\v \x01(\v2 .mysterybox.fsm.v1.DeleteProjectH\x00R\rdeleteProject\x12F\n" +
@@ -2682,7 +2720,7 @@ const file_fsm_proto_rawDesc = "" +
 	"\vwrapped_dek\x18\x03 \x01(\fR\n" +
 	"wrappedDek\x12\x1d\n" +
 	"\n" +
-	"entry_keys\x18\x04 \x03(\tR\tentryKeys\"\xf1\x01\n" +
+	"entry_keys\x18\x04 \x03(\tR\tentryKeys\"\x89\x02\n" +
 	"\x11IdempotencyRecord\x12!\n" +
 	"\frequest_hash\x18\x01 \x01(\fR\vrequestHash\x12-\n" +
 	"\x13request_hash_key_id\x18\x06 \x01(\tR\x10requestHashKeyId\x12*\n" +
@@ -2690,7 +2728,8 @@ const file_fsm_proto_rawDesc = "" +
 	"\bresponse\x18\x03 \x01(\fR\bresponse\x12\x1d\n" +
 	"\n" +
 	"error_kind\x18\x04 \x01(\tR\terrorKind\x12#\n" +
-	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\"\xac\x01\n" +
+	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\x12\x16\n" +
+	"\x06caller\x18\a \x01(\tR\x06caller\"\xac\x01\n" +
 	"\n" +
 	"NodeRecord\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12!\n" +
