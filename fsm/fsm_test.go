@@ -545,15 +545,15 @@ func TestUndecodableEntryPanics(t *testing.T) {
 	// The store is not left locked: a later entry and a restore both work.
 	h.idx = idx
 	h.ok(cmdCreateProject("project-2", "p2"))
-	snap, err := h.st.Snapshot()
+	ck, err := h.st.Checkpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ck.Remove()
 	var buf bytes.Buffer
-	if _, err := snap.WriteTo(&buf); err != nil {
+	if _, err := ck.WriteTo(&buf); err != nil {
 		t.Fatal(err)
 	}
-	snap.Release()
 	if err := h.st.Restore(&buf); err != nil {
 		t.Fatal(err)
 	}

@@ -185,13 +185,13 @@ func TestCacheValuesAreCopies(t *testing.T) {
 // snapshotOf is st's snapshot stream, as Raft would send it.
 func snapshotOf(t *testing.T, st *Store) *bytes.Buffer {
 	t.Helper()
-	sn, err := st.Snapshot()
+	ck, err := st.Checkpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sn.Release()
+	defer ck.Remove()
 	var buf bytes.Buffer
-	if _, err := sn.WriteTo(&buf); err != nil {
+	if _, err := ck.WriteTo(&buf); err != nil {
 		t.Fatal(err)
 	}
 	return &buf

@@ -41,7 +41,7 @@ func (c *Checkpoint) Dir() string { return c.dir }
 func (c *Checkpoint) Remove() error { return os.RemoveAll(c.dir) }
 
 // WriteTo streams the checkpoint's content to w in the snapshot stream
-// format, the same bytes Snapshot.WriteTo gives for the same state.
+// format (the format a Raft snapshot is sent in and a backup carries).
 func (c *Checkpoint) WriteTo(w io.Writer) (int64, error) {
 	r, err := OpenCheckpoint(c.dir, nil)
 	if err != nil {
@@ -53,9 +53,11 @@ func (c *Checkpoint) WriteTo(w io.Writer) (int64, error) {
 
 // Checkpoint takes a checkpoint of everything committed so far, after
 // syncing the live database's WAL (so the store itself is durable up to
-// the checkpoint's applied index too). It must not run concurrently with a
-// Batch: the FSM takes it between two applies, so the checkpoint holds
-// exactly the applied index it records.
+// the checkpoint's applied index too). It holds the store's read lock only
+// while it is taken. Batches commit atomically, each with its applied
+// index, so a checkpoint taken while one commits holds the state before or
+// after it and says which; the FSM takes a Raft snapshot's between two
+// applies, so that it holds exactly the index Raft records for it.
 func (s *Store) Checkpoint() (*Checkpoint, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -109,6 +111,9 @@ func OpenCheckpoint(dir string, logger hclog.Logger) (*CheckpointReader, error) 
 	}
 	return &CheckpointReader{db: db}, nil
 }
+
+// View runs fn on the checkpoint's content.
+func (r *CheckpointReader) View(fn func(v *View) error) error { return fn(&View{r: r.db}) }
 
 // AppliedIndex is the Raft position the checkpoint reflects.
 func (r *CheckpointReader) AppliedIndex() (index, term uint64, err error) {

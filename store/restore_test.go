@@ -166,13 +166,13 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 // snapshotStream returns st's snapshot stream.
 func snapshotStream(t *testing.T, st *Store) []byte {
 	t.Helper()
-	snap, err := st.Snapshot()
+	ck, err := st.Checkpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer snap.Release()
+	defer ck.Remove()
 	var stream bytes.Buffer
-	if _, err := snap.WriteTo(&stream); err != nil {
+	if _, err := ck.WriteTo(&stream); err != nil {
 		t.Fatal(err)
 	}
 	return stream.Bytes()

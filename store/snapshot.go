@@ -6,12 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
-	"sync"
 
 	"github.com/cockroachdb/pebble"
 )
@@ -20,38 +18,6 @@ import (
 // value length, value) for every key in order, then a zero key length, then
 // the SHA-256 of everything before it. Keys are never empty.
 var snapshotMagic = []byte("MBXSNAP1")
-
-// Snapshot is a point-in-time copy of the whole store, cheap to take and
-// safe to stream while the FSM keeps applying.
-type Snapshot struct {
-	snap   *pebble.Snapshot
-	unlock func()
-	once   sync.Once
-}
-
-// Snapshot takes a point-in-time snapshot. Release it when done. Until
-// then it holds the store's read lock, so a Restore (which closes the
-// database the snapshot reads) waits for it instead of pulling the database
-// from under a snapshot still being streamed.
-func (s *Store) Snapshot() (*Snapshot, error) {
-	s.mu.RLock()
-	if s.db == nil {
-		s.mu.RUnlock()
-		return nil, errors.New("store: closed")
-	}
-	return &Snapshot{snap: s.db.NewSnapshot(), unlock: s.mu.RUnlock}, nil
-}
-
-// AppliedIndex is the Raft position the snapshot reflects.
-func (sn *Snapshot) AppliedIndex() (index, term uint64, err error) {
-	return (&View{r: sn.snap}).AppliedIndex()
-}
-
-// View runs fn on the snapshot's content.
-func (sn *Snapshot) View(fn func(v *View) error) error { return fn(&View{r: sn.snap}) }
-
-// WriteTo streams the snapshot to w.
-func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) { return writeSnapshotStream(sn.snap, w) }
 
 // writeSnapshotStream writes every key of r to w in the snapshot stream
 // format; snapshotStreamSize predicts its length.
@@ -105,14 +71,6 @@ func snapshotStreamSize(r pebble.Reader) (int64, error) {
 		return 0, fmt.Errorf("store: size snapshot: %w", err)
 	}
 	return size, nil
-}
-
-// Release frees the snapshot. Safe to call more than once.
-func (sn *Snapshot) Release() {
-	sn.once.Do(func() {
-		sn.snap.Close()
-		sn.unlock()
-	})
 }
 
 type countingWriter struct {

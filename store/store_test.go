@@ -133,13 +133,13 @@ func populate(t *testing.T, st *store.Store) {
 
 func snapshotBytes(t *testing.T, st *store.Store) []byte {
 	t.Helper()
-	snap, err := st.Snapshot()
+	ck, err := st.Checkpoint()
 	if err != nil {
-		t.Fatalf("Snapshot: %v", err)
+		t.Fatalf("Checkpoint: %v", err)
 	}
-	defer snap.Release()
+	defer ck.Remove()
 	var buf bytes.Buffer
-	n, err := snap.WriteTo(&buf)
+	n, err := ck.WriteTo(&buf)
 	if err != nil {
 		t.Fatalf("WriteTo: %v", err)
 	}
@@ -192,8 +192,8 @@ func TestOpenCloseReopenKeepsData(t *testing.T) {
 	if err := st.Read(func(*store.View) error { return nil }); err == nil {
 		t.Fatal("Read on a closed store succeeded")
 	}
-	if _, err := st.Snapshot(); err == nil {
-		t.Fatal("Snapshot on a closed store succeeded")
+	if _, err := st.Checkpoint(); err == nil {
+		t.Fatal("Checkpoint on a closed store succeeded")
 	}
 
 	st2 := openStore(t, dir)
@@ -824,39 +824,6 @@ func TestSnapshotRestoreIdenticalHash(t *testing.T) {
 	}
 }
 
-func TestSnapshotIsPointInTime(t *testing.T) {
-	st := openStore(t, t.TempDir())
-	populate(t, st)
-	want := hashOf(t, st)
-	snap, err := st.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, term, err := snap.AppliedIndex()
-	if err != nil || idx != 42 || term != 3 {
-		t.Fatalf("snapshot AppliedIndex = %d, %d, %v", idx, term, err)
-	}
-	// Writes after the snapshot do not show up in it.
-	write(t, st, func(b *store.Batch) error {
-		if err := b.PutProject(project("project-later", "later")); err != nil {
-			return err
-		}
-		return b.SetAppliedIndex(43, 3)
-	})
-	var buf bytes.Buffer
-	if _, err := snap.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
-	dst := openStore(t, t.TempDir())
-	if err := dst.Restore(&buf); err != nil {
-		t.Fatal(err)
-	}
-	if got := hashOf(t, dst); got != want {
-		t.Fatalf("restored hash = %s, want the hash at snapshot time %s", got, want)
-	}
-}
-
 func TestRestoreRefusesCorruptSnapshot(t *testing.T) {
 	src := openStore(t, t.TempDir())
 	populate(t, src)
@@ -1034,11 +1001,12 @@ func TestOpenRemovesStaleDatabases(t *testing.T) {
 	}
 }
 
-// A snapshot taken before a Restore must stay readable (or fail with an
-// error), never crash the node: hashicorp/raft persists a snapshot in its
-// snapshot goroutine while installSnapshot can restore the FSM at the same
-// time.
-func TestSnapshotOutlivesRestore(t *testing.T) {
+// A checkpoint being streamed (a backup, a Raft snapshot sent to a node)
+// holds nothing of the live store: a Restore completes while it is open —
+// a reader that held the store's read lock would make the Restore, and
+// every read queued behind it, wait for the slowest client — and it still
+// streams the content it was taken with.
+func TestCheckpointBeingReadDoesNotHoldARestore(t *testing.T) {
 	st := openStore(t, t.TempDir())
 	populate(t, st)
 	oldHash := hashOf(t, st)
@@ -1046,61 +1014,39 @@ func TestSnapshotOutlivesRestore(t *testing.T) {
 	write(t, other, func(b *store.Batch) error { return b.PutProject(project("project-other", "other")) })
 	newData, newHash := snapshotBytes(t, other), hashOf(t, other)
 
-	snap, err := st.Snapshot()
+	ck, err := st.Checkpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer ck.Remove()
+	r, err := store.OpenCheckpoint(ck.Dir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
 	done := make(chan error, 1)
 	go func() { done <- st.Restore(bytes.NewReader(newData)) }()
-	// Either Restore completes while the snapshot is outstanding, or it
-	// waits for the snapshot to be released; both are fine.
-	restored := false
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Fatalf("Restore: %v", err)
 		}
-		restored = true
-	case <-time.After(3 * time.Second):
-	}
-
-	var buf bytes.Buffer
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				t.Errorf("WriteTo of a snapshot taken before Restore panicked: %v", r)
-			}
-		}()
-		if _, err := snap.WriteTo(&buf); err != nil {
-			t.Logf("WriteTo after Restore failed cleanly: %v", err)
-			buf.Reset()
-		}
-	}()
-	func() {
-		defer func() {
-			if r := recover(); r != nil {
-				t.Errorf("Release after Restore panicked: %v", r)
-			}
-		}()
-		snap.Release()
-	}()
-	if !restored {
-		if err := <-done; err != nil {
-			t.Fatalf("Restore: %v", err)
-		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Restore waited for a checkpoint being read")
 	}
 	if got := hashOf(t, st); got != newHash {
 		t.Fatalf("hash after restore = %s, want %s", got, newHash)
 	}
-	// What the old snapshot streamed, if anything, is the old content.
-	if buf.Len() > 0 {
-		check := openStore(t, t.TempDir())
-		if err := check.Restore(&buf); err != nil {
-			t.Fatalf("the old snapshot's stream does not restore: %v", err)
-		}
-		if got := hashOf(t, check); got != oldHash {
-			t.Fatalf("the old snapshot streamed other content (hash %s, want %s)", got, oldHash)
-		}
+	var buf bytes.Buffer
+	if _, err := r.WriteTo(&buf); err != nil {
+		t.Fatalf("streaming a checkpoint taken before the restore: %v", err)
+	}
+	check := openStore(t, t.TempDir())
+	if err := check.Restore(&buf); err != nil {
+		t.Fatalf("the checkpoint's stream does not restore: %v", err)
+	}
+	if got := hashOf(t, check); got != oldHash {
+		t.Fatalf("the checkpoint streamed other content (hash %s, want %s)", got, oldHash)
 	}
 }
 

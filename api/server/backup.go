@@ -36,11 +36,25 @@ func (x *clusterService) Snapshot(req *pb.SnapshotRequest, stream pb.ClusterServ
 	if err := s.raft.ReadBarrier(ctx); err != nil {
 		return toStatus(err)
 	}
-	snap, err := s.store.Snapshot()
+	// A checkpoint, not a snapshot of the live database: a snapshot would
+	// hold the store's read lock for as long as the client takes to read
+	// the stream, and a restore or snapshot install waiting for the write
+	// lock would then queue every read of the node behind a stalled client.
+	// The checkpoint costs milliseconds and pins only files on disk.
+	ck, err := s.store.Checkpoint()
 	if err != nil {
 		return toStatus(err)
 	}
-	defer snap.Release()
+	defer func() {
+		if err := ck.Remove(); err != nil {
+			s.logger.Warn("cannot remove a backup's checkpoint", "dir", ck.Dir(), "error", err)
+		}
+	}()
+	snap, err := store.OpenCheckpoint(ck.Dir(), s.logger.Named("backup"))
+	if err != nil {
+		return toStatus(err)
+	}
+	defer snap.Close()
 	h := backup.Header{Region: s.cfg.Region, CreatedAt: time.Now().UTC().Format(time.RFC3339)}
 	if h.RaftIndex, h.RaftTerm, err = snap.AppliedIndex(); err != nil {
 		return toStatus(err)
