@@ -595,13 +595,23 @@ func (n *Node) BootstrapWith(servers []ServerInfo) error {
 // RestoreBackup makes the leader take on a snapshot's state and replicate
 // it to the followers by snapshot install (raft.Restore). The snapshot must
 // have been verified completely first: a failure inside raft's restore
-// stops the node.
-func (n *Node) RestoreBackup(index, term uint64, size int64, r io.Reader, timeout time.Duration) error {
+// stops the node. index is the snapshot's applied index: raft records the
+// restore past both it and its own log (so that the FSM, which skips
+// entries up to its applied index, applies every later one) and in its
+// current term.
+//
+// No timeout: hashicorp/raft's covers the restore itself, and once it
+// has fired, the select that follows a restore that took longer picks
+// between the fired timer and its buffered apply channel at random, so a
+// restore that took effect could be reported as failed. Raft answers a
+// restore or its closing no-op promptly with an error when this node is
+// not, or stops being, the leader.
+func (n *Node) RestoreBackup(index uint64, size int64, r io.Reader) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Term: term, Size: size}
-	return n.raft.Restore(meta, r, timeout)
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Size: size}
+	return n.raft.Restore(meta, r, 0)
 }
 
 // noPipelineTransport turns off hashicorp/raft's pipelined replication.

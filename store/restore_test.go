@@ -100,8 +100,8 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{keyApplied: {1, 2, 3}, prefixKekCheck + "k1": []byte("check")})
 	stream := snapshotStream(t, src)
-	if _, err := VerifySnapshotKeyChecks(bytes.NewReader(stream)); err == nil || !strings.Contains(err.Error(), "applied index") {
-		t.Fatalf("VerifySnapshotKeyChecks: %v, want a refusal naming the applied index", err)
+	if _, err := VerifySnapshot(bytes.NewReader(stream)); err == nil || !strings.Contains(err.Error(), "applied index") {
+		t.Fatalf("VerifySnapshot: %v, want a refusal naming the applied index", err)
 	}
 	dst := openTestStore(t)
 	commitSet(t, dst, map[string][]byte{"m/original": []byte("yes")})
@@ -111,17 +111,28 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	assertKeys(t, dst, "after the refused restore", "m/original")
 }
 
-// VerifySnapshotKeyChecks returns the key check values a snapshot holds.
-func TestVerifySnapshotKeyChecksReturnsThem(t *testing.T) {
+// VerifySnapshot returns the key check values and the applied index a
+// snapshot holds.
+func TestVerifySnapshotReturnsKeyChecksAndAppliedIndex(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{prefixKekCheck + "k1": []byte("c1"), prefixKekCheck + "k2": []byte("c2"), "m/other": []byte("x")})
+	b := src.NewBatch()
+	if err := b.SetAppliedIndex(42, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
 	stream := snapshotStream(t, src)
-	checks, err := VerifySnapshotKeyChecks(bytes.NewReader(stream))
+	info, err := VerifySnapshot(bytes.NewReader(stream))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(checks) != 2 || string(checks["k1"]) != "c1" || string(checks["k2"]) != "c2" {
-		t.Fatalf("key checks = %q, want k1=c1 and k2=c2", checks)
+	if len(info.KeyChecks) != 2 || string(info.KeyChecks["k1"]) != "c1" || string(info.KeyChecks["k2"]) != "c2" {
+		t.Fatalf("key checks = %q, want k1=c1 and k2=c2", info.KeyChecks)
+	}
+	if info.AppliedIndex != 42 || info.AppliedTerm != 7 {
+		t.Fatalf("applied index %d term %d, want 42 and 7", info.AppliedIndex, info.AppliedTerm)
 	}
 }
 

@@ -176,23 +176,34 @@ func (s *Store) restore(r io.Reader, resetApplied bool) error {
 	return nil
 }
 
-// VerifySnapshotKeyChecks reads a whole snapshot stream and checks its
-// structure and checksum without storing anything, and returns the check
-// values it records for its key-encryption keys, by key id, so that a
-// restore can make sure the keyring that will open its payloads holds the
-// same keys, not only keys of the same ids.
-func VerifySnapshotKeyChecks(r io.Reader) (map[string][]byte, error) {
-	checks := map[string][]byte{}
-	if err := loadSnapshot(nil, r, loadOptions{keyChecks: checks}); err != nil {
-		return nil, err
+// SnapshotInfo is what VerifySnapshot reads from a snapshot stream.
+type SnapshotInfo struct {
+	// KeyChecks are the check values the stream records for its
+	// key-encryption keys, by key id, so that a restore can make sure the
+	// keyring that will open its payloads holds the same keys, not only
+	// keys of the same ids.
+	KeyChecks map[string][]byte
+	// AppliedIndex and AppliedTerm are the Raft position the content
+	// reflects (zero when it records none).
+	AppliedIndex, AppliedTerm uint64
+}
+
+// VerifySnapshot reads a whole snapshot stream and checks its structure
+// and checksum without storing anything. Only what it returns is covered
+// by the stream's checksum; nothing else said about a stream (a backup's
+// header) should be trusted over it.
+func VerifySnapshot(r io.Reader) (SnapshotInfo, error) {
+	info := SnapshotInfo{KeyChecks: map[string][]byte{}}
+	if err := loadSnapshot(nil, r, loadOptions{info: &info}); err != nil {
+		return SnapshotInfo{}, err
 	}
-	return checks, nil
+	return info, nil
 }
 
 // loadOptions: what loadSnapshot does besides verifying and loading.
 type loadOptions struct {
-	keyChecks    map[string][]byte // filled with the key check values, by key id
-	resetApplied bool              // load the applied index as zero
+	info         *SnapshotInfo // filled in from the stream (KeyChecks made by the caller)
+	resetApplied bool          // load the applied index as zero
 }
 
 // loadSnapshot reads a snapshot stream into db (nil: only verify it).
@@ -246,12 +257,15 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 			if len(v) != 16 {
 				return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
 			}
+			if o.info != nil {
+				o.info.AppliedIndex, o.info.AppliedTerm = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
+			}
 			if o.resetApplied {
 				v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
 			}
 		}
-		if o.keyChecks != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
-			o.keyChecks[string(k[len(prefixKekCheck):])] = v
+		if o.info != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
+			o.info.KeyChecks[string(k[len(prefixKekCheck):])] = v
 		}
 		if batch == nil {
 			continue

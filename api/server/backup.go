@@ -203,6 +203,11 @@ func (r *restoreReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// maxRestoreIndex bounds a backup's Raft index: at 2^62 a region writing a
+// million entries a second would take 146,000 years to get there, and
+// Raft's index stays far from wrapping after the restore.
+const maxRestoreIndex = 1 << 62
+
 // Restore replaces the region's state with a backup, through Raft.
 func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	s := x.s
@@ -252,13 +257,22 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	checks, err := store.VerifySnapshotKeyChecks(tmp)
+	body, err := store.VerifySnapshot(tmp)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "backup body: %v", err)
 	}
+	// The header is not covered by a checksum; its index must be the
+	// body's, which is. Raft records the restore past that index, so one
+	// near the top of the range would wrap it.
+	if body.AppliedIndex != h.RaftIndex {
+		return status.Errorf(codes.InvalidArgument, "backup header says raft_index %d, its body holds %d: the file is corrupt", h.RaftIndex, body.AppliedIndex)
+	}
+	if body.AppliedIndex > maxRestoreIndex {
+		return status.Errorf(codes.InvalidArgument, "backup raft_index %d is beyond any region's log (at most %d): the file is corrupt", body.AppliedIndex, uint64(maxRestoreIndex))
+	}
 	// Key ids are names: the keys behind them must be the same too, or
 	// every payload read fails and every node refuses its next start.
-	for id, check := range checks {
+	for id, check := range body.KeyChecks {
 		if err := kr.VerifyKeyCheck(id, check); err != nil {
 			return status.Errorf(codes.FailedPrecondition, "the backup cannot be opened with this region's keyring: %v", err)
 		}
@@ -266,7 +280,7 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	if err := s.raft.RestoreBackup(h.RaftIndex, h.RaftTerm, h.BodyBytes, tmp, 5*time.Minute); err != nil {
+	if err := s.raft.RestoreBackup(body.AppliedIndex, h.BodyBytes, tmp); err != nil {
 		return toStatus(fmt.Errorf("restore through raft: %w", err))
 	}
 	s.logger.Info("restored a backup", "region", h.Region, "backup_index", h.RaftIndex, "bytes", h.BodyBytes)

@@ -3,11 +3,18 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"io"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
@@ -122,4 +129,124 @@ func hasProject(t *testing.T, st *store.Store, name string) bool {
 		t.Fatal(err)
 	}
 	return found
+}
+
+// backupClient collects a backup stream.
+type backupClient struct {
+	grpc.ServerStream
+	ctx  context.Context
+	data bytes.Buffer
+}
+
+func (c *backupClient) Context() context.Context { return c.ctx }
+func (c *backupClient) Send(chunk *pb.SnapshotChunk) error {
+	c.data.Write(chunk.GetData())
+	return nil
+}
+
+// restoreClient sends a backup file to Restore in chunks.
+type restoreClient struct {
+	grpc.ServerStream
+	ctx  context.Context
+	file []byte
+	resp *pb.RestoreResponse
+}
+
+func (c *restoreClient) Context() context.Context { return c.ctx }
+func (c *restoreClient) Recv() (*pb.RestoreChunk, error) {
+	if len(c.file) == 0 {
+		return nil, io.EOF
+	}
+	n := min(len(c.file), 1000)
+	chunk := &pb.RestoreChunk{Data: c.file[:n]}
+	c.file = c.file[n:]
+	return chunk, nil
+}
+func (c *restoreClient) SendAndClose(r *pb.RestoreResponse) error { c.resp = r; return nil }
+
+// withHeader is the backup file made of h and body.
+func withHeader(t *testing.T, h backup.Header, body []byte) []byte {
+	t.Helper()
+	sum := sha256.Sum256(body)
+	h.BodySHA, h.BodyBytes = hex.EncodeToString(sum[:]), int64(len(body))
+	var file bytes.Buffer
+	if err := backup.WriteHeader(&file, h); err != nil {
+		t.Fatal(err)
+	}
+	file.Write(body)
+	return file.Bytes()
+}
+
+// TestRestoreTrustsOnlyTheBackupsCheckedBody: the header of a backup file
+// is not covered by a checksum, and Raft records a restore past the index
+// it is given — an index near 2^64 would wrap the region's log. The index
+// must be the body's (which its checksum covers), and within reason;
+// either refusal leaves Raft untouched. A good file is restored at its
+// body's index.
+func TestRestoreTrustsOnlyTheBackupsCheckedBody(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	adminCtx := as(t, reg.admin(), "")
+	if _, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "kept"}}}); err != nil {
+		t.Fatal(err)
+	}
+	clusters := &clusterService{s: reg.s}
+	saved := &backupClient{ctx: adminCtx}
+	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
+		t.Fatal(err)
+	}
+	h, err := backup.ReadHeader(&saved.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := saved.data.Bytes()
+	restore := func(file []byte) error {
+		return clusters.Restore(&restoreClient{ctx: adminCtx, file: file})
+	}
+
+	lying := h
+	lying.RaftIndex = math.MaxUint64
+	if err := restore(withHeader(t, lying, body)); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "raft_index") {
+		t.Fatalf("a header whose index is not its body's: %v, want INVALID_ARGUMENT naming raft_index", err)
+	}
+
+	// A body that itself claims an index near the top of the range.
+	far, err := store.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	b := far.NewBatch()
+	if err := b.SetAppliedIndex(math.MaxUint64, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := far.Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Remove()
+	var farBody bytes.Buffer
+	if _, err := ck.WriteTo(&farBody); err != nil {
+		t.Fatal(err)
+	}
+	farHeader := h
+	farHeader.RaftIndex, farHeader.KeyIDs = math.MaxUint64, nil
+	if err := restore(withHeader(t, farHeader, farBody.Bytes())); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "beyond") {
+		t.Fatalf("a body at index 2^64-1: %v, want INVALID_ARGUMENT", err)
+	}
+	if len(reg.r.restores) != 0 {
+		t.Fatalf("Raft was given %v after refusals", reg.r.restores)
+	}
+
+	if err := restore(withHeader(t, h, body)); err != nil {
+		t.Fatalf("restoring the untouched backup: %v", err)
+	}
+	if len(reg.r.restores) != 1 || reg.r.restores[0] != h.RaftIndex {
+		t.Fatalf("Raft restores %v, want one at the backup's index %d", reg.r.restores, h.RaftIndex)
+	}
+	if !hasProject(t, reg.st, "kept") {
+		t.Fatal("the restored store lacks the backup's project")
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -34,6 +33,7 @@ type soloRaft struct {
 	f           *fsm.FSM
 	index       uint64
 	beforeApply func(cmd *fsmpb.Command)
+	restores    []uint64 // the index of each RestoreBackup
 }
 
 func (r *soloRaft) ID() string                                      { return "node-1" }
@@ -48,8 +48,15 @@ func (r *soloRaft) RemoveServer(string) error                       { return err
 func (r *soloRaft) TransferLeadership(string) error                 { return errors.New("solo") }
 func (r *soloRaft) Stats() map[string]string                        { return nil }
 func (r *soloRaft) AppliedIndex() uint64                            { r.mu.Lock(); defer r.mu.Unlock(); return r.index }
-func (r *soloRaft) RestoreBackup(uint64, uint64, int64, io.Reader, time.Duration) error {
-	return errors.New("solo")
+func (r *soloRaft) RestoreBackup(index uint64, _ int64, rd io.Reader) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.restores = append(r.restores, index)
+	if err := r.f.Restore(io.NopCloser(rd)); err != nil {
+		return err
+	}
+	r.index = max(r.index, index) + 1 // as hashicorp/raft records a restore
+	return nil
 }
 func (r *soloRaft) Servers() ([]cluster.ServerInfo, error) {
 	return []cluster.ServerInfo{{ID: "node-1", Voter: true, Leader: true}}, nil

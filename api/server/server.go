@@ -58,7 +58,7 @@ type Raft interface {
 	TransferLeadership(id string) error
 	Stats() map[string]string
 	AppliedIndex() uint64
-	RestoreBackup(index, term uint64, size int64, r io.Reader, timeout time.Duration) error
+	RestoreBackup(index uint64, size int64, r io.Reader) error
 }
 
 // Config configures the API of one node.
