@@ -7,6 +7,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 )
 
 // A restore whose directory sync fails after CURRENT was renamed keeps
@@ -149,6 +151,9 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 	if err := b.set("m/restored", []byte("yes")); err != nil {
 		t.Fatal(err)
 	}
+	if err := b.PutNode(&fsmpb.NodeRecord{NodeId: "old-4", Removed: true}); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -158,9 +163,10 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 		name              string
 		restore           func(*Store, io.Reader) error
 		wantIndex, wantTm uint64
+		wantNodes         int // the old region's registry (a removal tombstone)
 	}{
-		{"Restore", (*Store).Restore, 42, 7},
-		{"RestoreForNewRegion", (*Store).RestoreForNewRegion, 0, 0},
+		{"Restore", (*Store).Restore, 42, 7, 1},
+		{"RestoreForNewRegion", (*Store).RestoreForNewRegion, 0, 0, 0},
 	} {
 		dst := openTestStore(t)
 		if err := c.restore(dst, bytes.NewReader(stream)); err != nil {
@@ -171,6 +177,79 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 			t.Fatalf("%s: applied index %d term %d (%v), want %d and %d", c.name, idx, term, err, c.wantIndex, c.wantTm)
 		}
 		assertKeys(t, dst, c.name, "m/restored")
+		if n := len(nodesOf(t, dst)); n != c.wantNodes {
+			t.Fatalf("%s: %d node records, want %d", c.name, n, c.wantNodes)
+		}
+	}
+}
+
+func nodesOf(t *testing.T, st *Store) []*fsmpb.NodeRecord {
+	t.Helper()
+	var nodes []*fsmpb.NodeRecord
+	if err := st.Read(func(v *View) error {
+		var err error
+		nodes, err = v.Nodes()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return nodes
+}
+
+// ReplaceNodeRegistry puts the given registry in place of the stream's
+// own, keeps everything else, and writes a stream that verifies; a
+// corrupt input is refused.
+func TestReplaceNodeRegistry(t *testing.T) {
+	src := openTestStore(t)
+	commitSet(t, src, map[string][]byte{"a/first": []byte("1"), "z/last": []byte("2"), "m/restored": []byte("yes")})
+	b := src.NewBatch()
+	for _, n := range []*fsmpb.NodeRecord{{NodeId: "backup-1", RaftAddress: "10.0.0.1:7001"}, {NodeId: "gone", Removed: true}} {
+		if err := b.PutNode(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	stream := snapshotStream(t, src)
+	current := []*fsmpb.NodeRecord{{NodeId: "now-2", RaftAddress: "10.0.0.2:7001"}, {NodeId: "now-1", Removed: true}}
+	var out bytes.Buffer
+	n, err := ReplaceNodeRegistry(bytes.NewReader(stream), &out, current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(out.Len()) {
+		t.Fatalf("returned length %d, wrote %d", n, out.Len())
+	}
+	dst := openTestStore(t)
+	if err := dst.Restore(bytes.NewReader(out.Bytes())); err != nil {
+		t.Fatalf("the rewritten stream does not restore: %v", err)
+	}
+	got := nodesOf(t, dst)
+	if len(got) != 2 || got[0].GetNodeId() != "now-1" || !got[0].GetRemoved() || got[1].GetNodeId() != "now-2" || got[1].GetRaftAddress() != "10.0.0.2:7001" {
+		t.Fatalf("registry after the rewrite: %v, want now-1 (removed) and now-2", got)
+	}
+	for _, k := range []string{"a/first", "z/last", "m/restored"} {
+		if err := dst.Read(func(v *View) error { _, err := v.get(k); return err }); err != nil {
+			t.Errorf("%s lost in the rewrite: %v", k, err)
+		}
+	}
+	src2, err := src.ContentHash()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dst2, err := dst.ContentHash(); err != nil || dst2 != src2 {
+		t.Fatalf("content hash %s (%v), want the source's %s", dst2, err, src2)
+	}
+	// Keys stay in order: a stream written from the restored store is the
+	// rewritten one, byte for byte.
+	if again := snapshotStream(t, dst); !bytes.Equal(again, out.Bytes()) {
+		t.Fatal("the rewritten stream is not in key order")
+	}
+	corrupt := append([]byte(nil), stream...)
+	corrupt[len(corrupt)/2] ^= 0xff
+	if _, err := ReplaceNodeRegistry(bytes.NewReader(corrupt), io.Discard, current); err == nil {
+		t.Fatal("a corrupt stream was rewritten")
 	}
 }
 

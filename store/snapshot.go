@@ -10,8 +10,12 @@ import (
 	"hash"
 	"io"
 	"os"
+	"sort"
 
 	"github.com/cockroachdb/pebble"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 )
 
 // Snapshot stream format: the magic, then (uvarint key length, key, uvarint
@@ -22,39 +26,61 @@ var snapshotMagic = []byte("MBXSNAP1")
 // writeSnapshotStream writes every key of r to w in the snapshot stream
 // format; snapshotStreamSize predicts its length.
 func writeSnapshotStream(r pebble.Reader, w io.Writer) (int64, error) {
-	h := sha256.New()
-	cw := &countingWriter{w: io.MultiWriter(w, h)}
-	bw := bufio.NewWriterSize(cw, 256<<10)
-	if _, err := bw.Write(snapshotMagic); err != nil {
-		return cw.n, err
+	sw := newSnapshotWriter(w)
+	if err := (&View{r: r}).ForEach(sw.put); err != nil {
+		return sw.cw.n, fmt.Errorf("store: write snapshot: %w", err)
 	}
-	var lenBuf [binary.MaxVarintLen64]byte
-	writeBytes := func(b []byte) error {
-		n := binary.PutUvarint(lenBuf[:], uint64(len(b)))
-		if _, err := bw.Write(lenBuf[:n]); err != nil {
-			return err
-		}
-		_, err := bw.Write(b)
-		return err
+	return sw.finish()
+}
+
+// snapshotWriter writes a snapshot stream: newSnapshotWriter the magic,
+// put each key in order, finish the end and the checksum.
+type snapshotWriter struct {
+	w      io.Writer
+	h      hash.Hash
+	cw     *countingWriter
+	bw     *bufio.Writer
+	err    error
+	lenBuf [binary.MaxVarintLen64]byte
+}
+
+func newSnapshotWriter(w io.Writer) *snapshotWriter {
+	sw := &snapshotWriter{w: w, h: sha256.New()}
+	sw.cw = &countingWriter{w: io.MultiWriter(w, sw.h)}
+	sw.bw = bufio.NewWriterSize(sw.cw, 256<<10)
+	_, sw.err = sw.bw.Write(snapshotMagic)
+	return sw
+}
+
+func (sw *snapshotWriter) bytes(b []byte) {
+	if sw.err != nil {
+		return
 	}
-	err := (&View{r: r}).ForEach(func(k, v []byte) error {
-		if err := writeBytes(k); err != nil {
-			return err
-		}
-		return writeBytes(v)
-	})
-	if err != nil {
-		return cw.n, fmt.Errorf("store: write snapshot: %w", err)
+	n := binary.PutUvarint(sw.lenBuf[:], uint64(len(b)))
+	if _, sw.err = sw.bw.Write(sw.lenBuf[:n]); sw.err == nil {
+		_, sw.err = sw.bw.Write(b)
 	}
-	if err := bw.WriteByte(0); err != nil {
-		return cw.n, err
+}
+
+func (sw *snapshotWriter) put(k, v []byte) error {
+	sw.bytes(k)
+	sw.bytes(v)
+	return sw.err
+}
+
+// finish ends the stream and returns its length.
+func (sw *snapshotWriter) finish() (int64, error) {
+	if sw.err == nil {
+		sw.err = sw.bw.WriteByte(0)
 	}
-	if err := bw.Flush(); err != nil {
-		return cw.n, err
+	if sw.err == nil {
+		sw.err = sw.bw.Flush()
 	}
-	sum := h.Sum(nil)
-	n, err := w.Write(sum)
-	return cw.n + int64(n), err
+	if sw.err != nil {
+		return sw.cw.n, sw.err
+	}
+	n, err := sw.w.Write(sw.h.Sum(nil))
+	return sw.cw.n + int64(n), err
 }
 
 // snapshotStreamSize is the length writeSnapshotStream(r) will have, found
@@ -114,10 +140,13 @@ func (s *Store) Restore(r io.Reader) error { return s.restore(r, false) }
 // new region, whose Raft log starts again at 1: the content's applied
 // index is written as zero in the new database itself, before CURRENT
 // switches to it, so no crash can leave the backup's index in place (the
-// FSM would skip the new log's first entries up to it).
+// FSM would skip the new log's first entries up to it). The old region's
+// node registry is left out: the new region's nodes register themselves,
+// and a removal tombstone of the old region's must not keep a node of the
+// same id out of the new one.
 func (s *Store) RestoreForNewRegion(r io.Reader) error { return s.restore(r, true) }
 
-func (s *Store) restore(r io.Reader, resetApplied bool) error {
+func (s *Store) restore(r io.Reader, newRegion bool) error {
 	s.mu.RLock()
 	newNo := s.dbNo + 1
 	s.mu.RUnlock()
@@ -129,7 +158,7 @@ func (s *Store) restore(r io.Reader, resetApplied bool) error {
 	if err != nil {
 		return err
 	}
-	if err := loadSnapshot(db, r, loadOptions{resetApplied: resetApplied}); err != nil {
+	if err := loadSnapshot(db, r, loadOptions{newRegion: newRegion}); err != nil {
 		db.Close()
 		os.RemoveAll(dir)
 		return err
@@ -202,12 +231,71 @@ func VerifySnapshot(r io.Reader) (SnapshotInfo, error) {
 
 // loadOptions: what loadSnapshot does besides verifying and loading.
 type loadOptions struct {
-	info         *SnapshotInfo // filled in from the stream (KeyChecks made by the caller)
-	resetApplied bool          // load the applied index as zero
+	info *SnapshotInfo // filled in from the stream (KeyChecks made by the caller)
+	// newRegion: load the applied index as zero and leave the node
+	// registry out (RestoreForNewRegion).
+	newRegion bool
 }
 
 // loadSnapshot reads a snapshot stream into db (nil: only verify it).
 func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
+	var batch *pebble.Batch
+	newBatch := func() {
+		if db != nil {
+			batch = db.NewBatch()
+		}
+	}
+	closeBatch := func() {
+		if batch != nil {
+			batch.Close()
+			batch = nil
+		}
+	}
+	defer closeBatch()
+	newBatch()
+	err := readSnapshotStream(r, func(k, v []byte) error {
+		// The applied index is read at start and after every restore; a
+		// bad one must fail here, before Raft or CURRENT see the stream.
+		if string(k) == keyApplied {
+			if len(v) != 16 {
+				return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
+			}
+			if o.info != nil {
+				o.info.AppliedIndex, o.info.AppliedTerm = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
+			}
+			if o.newRegion {
+				v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
+			}
+		}
+		if o.info != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
+			o.info.KeyChecks[string(k[len(prefixKekCheck):])] = v
+		}
+		if batch == nil || (o.newRegion && bytes.HasPrefix(k, []byte(prefixNode))) {
+			return nil
+		}
+		if err := batch.Set(k, v, nil); err != nil {
+			return err
+		}
+		if batch.Len() > 4<<20 {
+			err := batch.Commit(pebble.NoSync)
+			closeBatch()
+			if err != nil {
+				return err
+			}
+			newBatch()
+		}
+		return nil
+	})
+	if err != nil || batch == nil {
+		return err
+	}
+	return batch.Commit(pebble.Sync)
+}
+
+// readSnapshotStream calls fn with every key and value of the snapshot
+// stream r, in order, then checks the stream's checksum: fn sees a stream
+// before it is known to be intact, so what it does must be undone on error.
+func readSnapshotStream(r io.Reader, fn func(k, v []byte) error) error {
 	hr := &hashingReader{r: bufio.NewReaderSize(r, 256<<10), h: sha256.New()}
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(hr, magic); err != nil || !bytes.Equal(magic, snapshotMagic) {
@@ -225,20 +313,6 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 		_, err = io.ReadFull(hr, b)
 		return b, err
 	}
-	var batch *pebble.Batch
-	newBatch := func() {
-		if db != nil {
-			batch = db.NewBatch()
-		}
-	}
-	closeBatch := func() {
-		if batch != nil {
-			batch.Close()
-			batch = nil
-		}
-	}
-	defer closeBatch()
-	newBatch()
 	for {
 		k, err := readBytes()
 		if err != nil {
@@ -251,35 +325,8 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 		if err != nil {
 			return fmt.Errorf("store: truncated or corrupt snapshot: %w", err)
 		}
-		// The applied index is read at start and after every restore; a
-		// bad one must fail here, before Raft or CURRENT see the stream.
-		if string(k) == keyApplied {
-			if len(v) != 16 {
-				return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
-			}
-			if o.info != nil {
-				o.info.AppliedIndex, o.info.AppliedTerm = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
-			}
-			if o.resetApplied {
-				v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
-			}
-		}
-		if o.info != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
-			o.info.KeyChecks[string(k[len(prefixKekCheck):])] = v
-		}
-		if batch == nil {
-			continue
-		}
-		if err := batch.Set(k, v, nil); err != nil {
+		if err := fn(k, v); err != nil {
 			return err
-		}
-		if batch.Len() > 4<<20 {
-			err := batch.Commit(pebble.NoSync)
-			closeBatch()
-			if err != nil {
-				return err
-			}
-			newBatch()
 		}
 	}
 	want := hr.h.Sum(nil)
@@ -293,10 +340,54 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 	if _, err := hr.r.ReadByte(); err != io.EOF {
 		return fmt.Errorf("store: unexpected data after the snapshot's checksum")
 	}
-	if batch == nil {
+	return nil
+}
+
+// ReplaceNodeRegistry copies the snapshot stream r to w with nodes in
+// place of the node registry r holds, and returns w's length. The registry
+// describes the region a store runs in, not its data: a backup restored
+// into a running region keeps that region's registry (its removal
+// tombstones above all: discovery must not add back a node an operator
+// removed after the backup was taken). w is complete only if it returns
+// no error; r is verified as it is read.
+func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (int64, error) {
+	recs := make([][2][]byte, 0, len(nodes))
+	for _, n := range nodes {
+		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(n)
+		if err != nil {
+			return 0, err
+		}
+		recs = append(recs, [2][]byte{[]byte(prefixNode + n.GetNodeId()), v})
+	}
+	sort.Slice(recs, func(i, j int) bool { return bytes.Compare(recs[i][0], recs[j][0]) < 0 })
+	sw := newSnapshotWriter(w)
+	putNodes := func() error { // where the registry sorts, to keep the stream in key order
+		for _, kv := range recs {
+			if err := sw.put(kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		recs = nil
 		return nil
 	}
-	return batch.Commit(pebble.Sync)
+	err := readSnapshotStream(r, func(k, v []byte) error {
+		if bytes.HasPrefix(k, []byte(prefixNode)) {
+			return nil
+		}
+		if len(recs) > 0 && bytes.Compare(k, []byte(prefixNode)) > 0 {
+			if err := putNodes(); err != nil {
+				return err
+			}
+		}
+		return sw.put(k, v)
+	})
+	if err == nil {
+		err = putNodes()
+	}
+	if err != nil {
+		return 0, err
+	}
+	return sw.finish()
 }
 
 // ContentHash is Hash without the applied index, the node registry and

@@ -17,6 +17,7 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
 
@@ -280,7 +281,31 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	if err := s.raft.RestoreBackup(body.AppliedIndex, h.BodyBytes, tmp); err != nil {
+	// The region keeps its own node registry: the backup's describes the
+	// nodes of its time (or of another region), and would bring back
+	// removed nodes for discovery to add again.
+	var nodes []*fsmpb.NodeRecord
+	if err := s.store.Read(func(v *store.View) error {
+		var err error
+		nodes, err = v.Nodes()
+		return err
+	}); err != nil {
+		return toStatus(err)
+	}
+	restored, err := os.CreateTemp("", "mysterybox-restore-*")
+	if err != nil {
+		return toStatus(err)
+	}
+	defer os.Remove(restored.Name())
+	defer restored.Close()
+	size, err := store.ReplaceNodeRegistry(tmp, restored, nodes)
+	if err != nil {
+		return toStatus(fmt.Errorf("keep the region's node registry: %w", err))
+	}
+	if _, err := restored.Seek(0, io.SeekStart); err != nil {
+		return toStatus(err)
+	}
+	if err := s.raft.RestoreBackup(body.AppliedIndex, size, restored); err != nil {
 		return toStatus(fmt.Errorf("restore through raft: %w", err))
 	}
 	s.logger.Info("restored a backup", "region", h.Region, "backup_index", h.RaftIndex, "bytes", h.BodyBytes)

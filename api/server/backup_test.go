@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
+	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
 
@@ -248,5 +249,52 @@ func TestRestoreTrustsOnlyTheBackupsCheckedBody(t *testing.T) {
 	}
 	if !hasProject(t, reg.st, "kept") {
 		t.Fatal("the restored store lacks the backup's project")
+	}
+}
+
+// TestRestoreKeepsTheRegionsNodeRegistry: a node removed after a backup
+// was taken stays removed when the backup is restored — the registry, with
+// its removal tombstones, describes the running region, not the backup's
+// data, and discovery adds back any node it does not see removed.
+func TestRestoreKeepsTheRegionsNodeRegistry(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	adminCtx := as(t, reg.admin(), "")
+	apply := func(cmd *fsmpb.Command) {
+		t.Helper()
+		if _, err := reg.s.propose(context.Background(), nil, cmd, grant{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(&fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: &fsmpb.NodeRecord{NodeId: "node-2", RaftAddress: "10.0.0.2:7001"}}}})
+	clusters := &clusterService{s: reg.s}
+	saved := &backupClient{ctx: adminCtx}
+	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
+		t.Fatal(err)
+	}
+	// Then the operator removes node-2 and a new node joins.
+	apply(&fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: "node-2", Tombstone: true}}})
+	apply(&fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: &fsmpb.NodeRecord{NodeId: "node-3", RaftAddress: "10.0.0.3:7001"}}}})
+
+	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}); err != nil {
+		t.Fatal(err)
+	}
+	if len(reg.r.restores) != 1 {
+		t.Fatalf("restores: %v", reg.r.restores)
+	}
+	if !reg.s.Removed("node-2") {
+		t.Fatal("node-2, removed after the backup, is no longer marked removed")
+	}
+	var ids []string
+	if err := reg.st.Read(func(v *store.View) error {
+		nodes, err := v.Nodes()
+		for _, n := range nodes {
+			ids = append(ids, n.GetNodeId())
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ids, ",") != "node-2,node-3" {
+		t.Fatalf("registry after the restore: %v, want the region's own (node-2 removed, node-3)", ids)
 	}
 }
