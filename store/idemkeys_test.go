@@ -221,3 +221,37 @@ func TestIdempotencyKeysSwitchOffPastTheBound(t *testing.T) {
 		t.Fatal("found a key never written")
 	}
 }
+
+// Store.MayHoldIdempotency answers from the set, for the newest state: a
+// key written is held (from before its batch commits), a key deleted is
+// ruled out once the deletion commits, a key never written is ruled out.
+func TestStoreMayHoldIdempotency(t *testing.T) {
+	st := openTestStore(t)
+	waitIdemReady(t, st)
+	if st.MayHoldIdempotency("never-written") {
+		t.Fatal("a key never written may be held")
+	}
+	b := st.NewBatch()
+	if err := b.PutIdempotency("written", idemRec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if !st.MayHoldIdempotency("written") {
+		t.Fatal("a key its batch is writing is ruled out before the commit")
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	b = st.NewBatch()
+	if err := b.DeleteIdempotency("written", idemRec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if !st.MayHoldIdempotency("written") {
+		t.Fatal("a key is ruled out before its deletion commits")
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if st.MayHoldIdempotency("written") {
+		t.Fatal("a deleted key may still be held")
+	}
+}

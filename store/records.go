@@ -476,6 +476,16 @@ func (v *View) Idempotency(key string) (*fsmpb.IdempotencyRecord, error) {
 	return r, v.getProto(prefixIdem+key, r)
 }
 
+// MayHoldIdempotency reports whether key may have a record in the newest
+// committed state. false is certain (up to that moment; a commit after it
+// may add the record) and costs no read of the store: most keys a leader
+// sees are new.
+func (s *Store) MayHoldIdempotency(key string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.idem == nil || s.idem.mayHold(key)
+}
+
 // PutIdempotency remembers a result under key until rec.ExpiresUnixNano.
 func (b *Batch) PutIdempotency(key string, rec *fsmpb.IdempotencyRecord) error {
 	fp := b.idem.fingerprint(key)

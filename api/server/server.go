@@ -417,6 +417,9 @@ func (s *Server) authorizeMutation(ctx context.Context, acc access, replay bool)
 	key := ""
 	if replay && named {
 		key, _ = idempotencyKey(ctx) // a malformed key is refused by propose
+		if key != "" && !s.store.MayHoldIdempotency(key) {
+			key = "" // a first call, not a retry (the usual case)
+		}
 	}
 	var g grant
 	viewGen := s.identityGen() // before the view (see authenticate)
