@@ -611,7 +611,20 @@ func (n *Node) RestoreBackup(index uint64, size int64, r io.Reader) error {
 		return ErrNotLeader
 	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Index: index, Size: size}
-	return n.raft.Restore(meta, r, 0)
+	return restoreOutcome(n.raft.Restore(meta, r, 0))
+}
+
+// restoreOutcome maps an error of raft.Restore. Raft refuses the restore
+// and its closing no-op alike with a leadership error: after the restore
+// took effect here, perhaps, but before the no-op showed that the
+// followers have it. So those are ErrUnknownOutcome (UNAVAILABLE).
+func restoreOutcome(err error) error {
+	for _, lost := range []error{raft.ErrNotLeader, raft.ErrLeadershipLost, raft.ErrLeadershipTransferInProgress, raft.ErrRaftShutdown} {
+		if errors.Is(err, lost) {
+			return fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+		}
+	}
+	return err
 }
 
 // noPipelineTransport turns off hashicorp/raft's pipelined replication.

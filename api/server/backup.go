@@ -204,6 +204,10 @@ func (r *restoreReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// errRestoring refuses a change of the node registry while a backup
+// restore replaces the region's state (Server.registry).
+var errRestoring = status.Error(codes.Unavailable, "a backup restore is replacing the region's state; retry when it has finished")
+
 // maxRestoreIndex bounds a backup's Raft index: at 2^62 a region writing a
 // million entries a second would take 146,000 years to get there, and
 // Raft's index stays far from wrapping after the restore.
@@ -283,7 +287,14 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	}
 	// The region keeps its own node registry: the backup's describes the
 	// nodes of its time (or of another region), and would bring back
-	// removed nodes for discovery to add again.
+	// removed nodes for discovery to add again. Registry changes wait
+	// until the restore is done (Server.registry), and the read barrier
+	// brings every change acknowledged so far into the registry read.
+	s.registry.Lock()
+	defer s.registry.Unlock()
+	if err := s.raft.ReadBarrier(ctx); err != nil {
+		return toStatus(err)
+	}
 	var nodes []*fsmpb.NodeRecord
 	if err := s.store.Read(func(v *store.View) error {
 		var err error
@@ -292,20 +303,26 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	}); err != nil {
 		return toStatus(err)
 	}
-	restored, err := os.CreateTemp("", "mysterybox-restore-*")
-	if err != nil {
-		return toStatus(err)
-	}
-	defer os.Remove(restored.Name())
-	defer restored.Close()
-	size, err := store.ReplaceNodeRegistry(tmp, restored, nodes)
+	// Raft takes the stream's length first: one pass measures it, the
+	// next hands the stream over (no second copy on disk).
+	size, err := store.ReplaceNodeRegistry(tmp, io.Discard, nodes)
 	if err != nil {
 		return toStatus(fmt.Errorf("keep the region's node registry: %w", err))
 	}
-	if _, err := restored.Seek(0, io.SeekStart); err != nil {
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	if err := s.raft.RestoreBackup(body.AppliedIndex, size, restored); err != nil {
+	pr, pw := io.Pipe()
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, err := store.ReplaceNodeRegistry(tmp, pw, nodes)
+		pw.CloseWithError(err)
+	}()
+	err = s.raft.RestoreBackup(body.AppliedIndex, size, pr)
+	pr.Close() // ends the copy if Raft stopped reading early
+	<-copied
+	if err != nil {
 		return toStatus(fmt.Errorf("restore through raft: %w", err))
 	}
 	s.logger.Info("restored a backup", "region", h.Region, "backup_index", h.RaftIndex, "bytes", h.BodyBytes)

@@ -298,3 +298,55 @@ func TestRestoreKeepsTheRegionsNodeRegistry(t *testing.T) {
 		t.Fatalf("registry after the restore: %v, want the region's own (node-2 removed, node-3)", ids)
 	}
 }
+
+// TestRegistryChangesWaitForARestore: a restore writes the registry it
+// read before handing the backup to Raft, so a change of the registry
+// committed in between would be lost — a removal tombstone, and the node
+// comes back. While a restore runs, RemoveNode and Join are refused
+// (UNAVAILABLE) and discovery's registrations and reaping skip a round;
+// afterwards they go through.
+func TestRegistryChangesWaitForARestore(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	adminCtx := as(t, reg.admin(), "")
+	ctx := context.Background()
+	reg.s.EnsureRegistered(ctx, "node-2", "10.0.0.2:7001", "10.0.0.2:7000", "")
+	clusters := &clusterService{s: reg.s}
+	saved := &backupClient{ctx: adminCtx}
+	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
+		t.Fatal(err)
+	}
+	proposed := 0
+	reg.r.duringRestore = func() {
+		reg.r.beforeApply = func(*fsmpb.Command) { proposed++ }
+		defer func() { reg.r.beforeApply = nil }()
+		if _, err := clusters.RemoveNode(adminCtx, &pb.RemoveNodeRequest{NodeId: "node-2"}); status.Code(err) != codes.Unavailable {
+			t.Errorf("RemoveNode during a restore: %v, want UNAVAILABLE", err)
+		}
+		if _, err := clusters.Join(adminCtx, &pb.JoinRequest{NodeId: "node-5", RaftAddress: "10.0.0.5:7001", GrpcAddress: "10.0.0.5:7000"}); status.Code(err) != codes.Unavailable {
+			t.Errorf("Join during a restore: %v, want UNAVAILABLE", err)
+		}
+		reg.s.EnsureRegistered(ctx, "node-4", "10.0.0.4:7001", "10.0.0.4:7000", "")
+		reg.s.Deregister(ctx, "node-2")
+	}
+	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}); err != nil {
+		t.Fatal(err)
+	}
+	if proposed != 0 {
+		t.Fatalf("%d registry changes proposed while the restore ran", proposed)
+	}
+	reg.r.duringRestore = nil
+	reg.s.EnsureRegistered(ctx, "node-4", "10.0.0.4:7001", "10.0.0.4:7000", "")
+	var ids []string
+	if err := reg.st.Read(func(v *store.View) error {
+		nodes, err := v.Nodes()
+		for _, n := range nodes {
+			ids = append(ids, n.GetNodeId())
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ids, ",") != "node-2,node-4" {
+		t.Fatalf("registry after the restore and a later registration: %v, want node-2 and node-4", ids)
+	}
+}

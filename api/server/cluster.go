@@ -210,6 +210,10 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 	if err != nil {
 		return nil, err
 	}
+	if !s.registry.TryLock() {
+		return nil, errRestoring
+	}
+	defer s.registry.Unlock()
 	if err := s.raft.AddVoter(req.GetNodeId(), req.GetRaftAddress()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -239,6 +243,10 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	if err != nil {
 		return nil, err
 	}
+	if !s.registry.TryLock() {
+		return nil, errRestoring
+	}
+	defer s.registry.Unlock()
 	servers, err := s.raft.Servers()
 	if err != nil {
 		return nil, toStatus(err)

@@ -59,6 +59,10 @@ func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAdd
 	if have != nil && proto.Equal(have, want) {
 		return
 	}
+	if !s.registry.TryLock() {
+		return // a backup restore is under way; the next round tries again
+	}
+	defer s.registry.Unlock()
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
 }
 
@@ -92,6 +96,10 @@ func (s *Server) Removed(nodeID string) bool {
 
 // Deregister forgets a node removed from the region (leader only).
 func (s *Server) Deregister(ctx context.Context, nodeID string) {
+	if !s.registry.TryLock() {
+		return // a backup restore is under way; the next round tries again
+	}
+	defer s.registry.Unlock()
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: nodeID}}})
 }
 

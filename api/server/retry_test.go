@@ -34,6 +34,9 @@ type soloRaft struct {
 	index       uint64
 	beforeApply func(cmd *fsmpb.Command)
 	restores    []uint64 // the index of each RestoreBackup
+	// duringRestore, when set, runs inside RestoreBackup before the FSM
+	// restores (as entries committed while Raft reads the stream).
+	duringRestore func()
 }
 
 func (r *soloRaft) ID() string                                      { return "node-1" }
@@ -52,6 +55,11 @@ func (r *soloRaft) RestoreBackup(index uint64, _ int64, rd io.Reader) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.restores = append(r.restores, index)
+	if r.duringRestore != nil {
+		r.mu.Unlock() // it may propose
+		r.duringRestore()
+		r.mu.Lock()
+	}
 	if err := r.f.Restore(io.NopCloser(rd)); err != nil {
 		return err
 	}

@@ -106,6 +106,12 @@ type Server struct {
 	auth     authCache
 	// leaderHint caches {leader id, its gRPC address}.
 	leaderHint atomic.Pointer[[2]string]
+	// registry is held by a backup restore from reading the node registry,
+	// which it carries into the restored state, until the restore is done,
+	// and by every change of the registry this node proposes: a change
+	// committed in between would be overwritten by the registry read
+	// before it (a removal tombstone lost, and the node added back).
+	registry sync.Mutex
 }
 
 // Directory is what gossip tells about every node of every region.
