@@ -27,9 +27,19 @@ import (
 	"github.com/mysterybox/mysterybox/store"
 )
 
-// CommandFormat is the command format this FSM applies. A command with
-// another format stops the node rather than be misread.
-const CommandFormat = 1
+// Command formats. A command with a format this build does not know stops
+// the node rather than be misread. CallerFormat marks commands that name
+// their caller or are replay-only (CallerVersion): a build that knows only
+// CommandFormat would ignore those fields and apply the command as a plain
+// one — its idempotency records would lack the caller, and a replay-only
+// command whose record is gone would apply as a new call that the leader
+// never checked the permission of — so it must stop on them instead (a
+// node of an older release that joins, or replays its log after a
+// downgrade).
+const (
+	CommandFormat = 1
+	CallerFormat  = 2
+)
 
 // CommandVersion is the newest command set this build applies. Each
 // command type has the version that introduced it (RequiredVersion); the
@@ -231,8 +241,8 @@ func DecodeCommand(data []byte) *fsmpb.Command {
 	if err := proto.Unmarshal(data, cmd); err != nil {
 		panic(fmt.Sprintf("fsm: undecodable log entry: %v", err))
 	}
-	if cmd.GetFormat() != CommandFormat {
-		panic(fmt.Sprintf("fsm: command format %d, this build applies %d: upgrade this node", cmd.GetFormat(), CommandFormat))
+	if f := cmd.GetFormat(); f != CommandFormat && f != CallerFormat {
+		panic(fmt.Sprintf("fsm: command format %d, this build applies %d and %d: upgrade this node", f, CommandFormat, CallerFormat))
 	}
 	if cmd.GetOp() == nil {
 		panic("fsm: command with an unknown operation (written by a newer version?): upgrade this node")
@@ -243,6 +253,9 @@ func DecodeCommand(data []byte) *fsmpb.Command {
 // EncodeCommand serializes a command for Raft.
 func EncodeCommand(cmd *fsmpb.Command) ([]byte, error) {
 	cmd.Format = CommandFormat
+	if cmd.GetCaller() != "" || cmd.GetReplayOnly() {
+		cmd.Format = CallerFormat
+	}
 	return proto.MarshalOptions{Deterministic: true}.Marshal(cmd)
 }
 
@@ -322,8 +335,8 @@ func errorf(kind error, format string, args ...any) error {
 // HashKeyMismatch is the result of a command whose idempotency key has a
 // record with a request hash made under another key than the command's
 // (the active key rotated between a call and its retry). Nothing is
-// applied; the proposer hashes the request with KeyID and proposes again.
-// The leader thus needs no lookup of the key before proposing.
+// applied; the proposer hashes the request with KeyID and proposes again,
+// so it needs not read the record to know which key to hash with.
 type HashKeyMismatch struct{ KeyID string }
 
 func (e *HashKeyMismatch) Error() string {

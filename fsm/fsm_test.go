@@ -520,7 +520,7 @@ func TestUndecodableEntryPanics(t *testing.T) {
 		"garbage bytes":    {0xff, 0xff, 0xff, 0xff},
 		"truncated":        valid[:len(valid)-3],
 		"format 0":         otherFormat(0),
-		"format 2":         otherFormat(2),
+		"format 3":         otherFormat(3),
 		"empty op":         emptyOp,
 		"unknown op":       newerOp,
 		"empty data":       nil,
@@ -569,6 +569,18 @@ func TestEncodeDecodeCommand(t *testing.T) {
 	got := fsm.DecodeCommand(data)
 	if !proto.Equal(got, cmd) {
 		t.Fatalf("round trip: got %v, want %v", got, cmd)
+	}
+	// A command naming its caller, or replay-only, is of a format older
+	// builds (which apply format 1 only) stop on instead of ignoring those
+	// fields; this build applies both.
+	for _, c := range []*fsmpb.Command{byCaller(cmdCreateProject("project-1", "p1"), "useraccount-1"), replayOnly(cmdCreateProject("project-1", "p1"))} {
+		data := encode(t, c)
+		if c.GetFormat() != fsm.CallerFormat || fsm.CallerFormat == fsm.CommandFormat {
+			t.Fatalf("a command with caller %q, replay-only %v encoded as format %d, want %d", c.GetCaller(), c.GetReplayOnly(), c.GetFormat(), fsm.CallerFormat)
+		}
+		if got := fsm.DecodeCommand(data); !proto.Equal(got, c) {
+			t.Fatalf("round trip: got %v, want %v", got, c)
+		}
 	}
 	// Deterministic: map fields (labels) encode the same every time.
 	for i := 0; i < 20; i++ {

@@ -334,3 +334,37 @@ func TestCallerIsNamedOnlyWhenEveryNodeKnowsTheField(t *testing.T) {
 		t.Fatalf("commands named their caller (or were replay-only) before every node applies version %d: %v", fsm.CallerVersion, named)
 	}
 }
+
+// TestRetryInTheVersionCheckWindowIsCheckedAsNew: the leader's view of the
+// region's versions is up to a second old; when a node that does not know
+// replay-only commands has appeared meanwhile, the fresh check before
+// proposing refuses the replay-only command — and the retry then goes on
+// as a new call (checked, and answered from its record by the FSM), not
+// FAILED_PRECONDITION for a call that succeeded.
+func TestRetryInTheVersionCheckWindowIsCheckedAsNew(t *testing.T) {
+	reg := newSoloRegion(t, fsm.CommandVersion)
+	adminCtx := as(t, reg.admin(), "")
+	req := &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "p"}}}
+	ctx := as(t, reg.adminToken(adminCtx), "create-p")
+	first, err := reg.ids.CreateProject(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reg.s.versions.supports(fsm.CallerVersion) { // the cached view: every node at 5
+		t.Fatal("setup: the version cache does not see version 5")
+	}
+	reg.s.SetDirectory(gossipAt(fsm.CallerVersion - 1)) // a node of 4 now
+	var replayOnly int
+	reg.r.beforeApply = func(cmd *fsmpb.Command) {
+		if cmd.GetReplayOnly() {
+			replayOnly++
+		}
+	}
+	again, err := reg.ids.CreateProject(ctx, req)
+	if err != nil {
+		t.Fatalf("retry while a version-4 node appeared: %v, want the first call's project", err)
+	}
+	if !proto.Equal(first, again) || replayOnly != 0 {
+		t.Fatalf("retry = %v (%d replay-only proposals), want the first call's project and none", again, replayOnly)
+	}
+}
