@@ -341,8 +341,15 @@ func (s *Server) pruneAudit(ctx context.Context) {
 	due := false
 	_ = s.store.Read(func(v *store.View) error {
 		return v.ScanAudit(0, func(r *pb.AuditRecord) (bool, error) {
-			due = r.GetTime().AsTime().UnixNano() < cutoff && r.GetMethod() != "audit.prune"
-			return false, nil
+			if r.GetTime().AsTime().UnixNano() >= cutoff {
+				return false, nil // nothing older
+			}
+			// An old prune record alone is not worth a prune (which would
+			// only chain another), but it must not hide the old records
+			// after it: a prune leaves its record first in the chain
+			// whenever it removed everything before it.
+			due = r.GetMethod() != "audit.prune"
+			return !due, nil
 		})
 	})
 	if due {
