@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -251,18 +252,36 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	found := false
+	member := false
 	for _, sv := range servers {
-		found = found || sv.ID == req.GetNodeId()
+		member = member || sv.ID == req.GetNodeId()
 	}
-	if !found {
-		return nil, status.Errorf(codes.NotFound, "node %s is not a member of region %s", req.GetNodeId(), s.cfg.Region)
-	}
-	if err := s.raft.RemoveServer(req.GetNodeId()); err != nil {
+	registered := false
+	if err := s.store.Read(func(v *store.View) error {
+		_, err := v.Node(req.GetNodeId())
+		registered = err == nil
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		return err
+	}); err != nil {
 		return nil, toStatus(err)
 	}
+	if !member && !registered {
+		return nil, status.Errorf(codes.NotFound, "node %s is not a member of region %s", req.GetNodeId(), s.cfg.Region)
+	}
+	// The tombstone first: a leader that removes itself stops leading as
+	// soon as Raft commits the removal, and a tombstone proposed after it
+	// would be lost — discovery would then add the node straight back. A
+	// node no longer in Raft but still registered is the retry of a
+	// removal that got that far: it gets its tombstone.
 	if _, err := s.propose(ctx, req, &fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: req.GetNodeId(), Tombstone: true}}}, g); err != nil {
 		return nil, err
+	}
+	if member {
+		if err := s.raft.RemoveServer(req.GetNodeId()); err != nil {
+			return nil, toStatus(err)
+		}
 	}
 	return &pb.RemoveNodeResponse{}, nil
 }

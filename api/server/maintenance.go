@@ -50,19 +50,22 @@ func (s *Server) registerSelf(ctx context.Context) {
 // EnsureRegistered records a node's addresses in the replicated registry
 // if they are missing or changed (leader only).
 func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAddr, gossipAddr string) {
+	if !s.registry.TryLock() {
+		return // a backup restore is under way; the next round tries again
+	}
+	defer s.registry.Unlock()
 	want := &fsmpb.NodeRecord{NodeId: nodeID, RaftAddress: raftAddr, GrpcAddress: grpcAddr, GossipAddress: gossipAddr}
 	var have *fsmpb.NodeRecord
 	_ = s.store.Read(func(v *store.View) error {
 		have, _ = v.Node(nodeID)
 		return nil
 	})
-	if have != nil && proto.Equal(have, want) {
+	// A removal tombstone stays until an explicit Join: discovery calls
+	// this from a view of the Raft configuration that may predate the
+	// removal, and clearing the tombstone would let it add the node back.
+	if have != nil && (have.GetRemoved() || proto.Equal(have, want)) {
 		return
 	}
-	if !s.registry.TryLock() {
-		return // a backup restore is under way; the next round tries again
-	}
-	defer s.registry.Unlock()
 	s.proposeMaintenance(ctx, &fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: want}}})
 }
 

@@ -3,12 +3,16 @@ package clustertest
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	mrand "math/rand"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
@@ -231,4 +235,37 @@ func TestRestartedSeedRejoinsGossip(t *testing.T) {
 	c.AddNode() // joins gossip through the restarted seed only
 	c.WaitMembers(4)
 	c.WaitConverged()
+}
+
+// TestRemovedLeaderStaysRemoved: an operator removes the node that leads
+// (through a follower, which forwards to it). Raft shuts a leader down
+// once its own removal commits; the removal tombstone must be in the
+// registry by then, or the next leader's discovery, seeing the node alive
+// in gossip, adds it back as a voter that never answers.
+func TestRemovedLeaderStaysRemoved(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Gossip: true})
+	c.WaitMembers(3)
+	leader := c.WaitLeader()
+	f := c.Followers()[0]
+	// One call, no retry: its answer may be lost with the leader
+	// (UNAVAILABLE), but what it did must hold.
+	_, err := pb.NewClusterServiceClient(c.Conn(f)).RemoveNode(ctxT(t), &pb.RemoveNodeRequest{NodeId: leader.ID})
+	if err != nil && status.Code(err) != codes.Unavailable {
+		t.Fatalf("removing the leader: %v", err)
+	}
+	Eventually(t, 20*time.Second, "a new leader that knows "+leader.ID+" is removed", func() error {
+		for _, n := range c.Running() {
+			if n == leader || !n.N.Raft.IsLeader() {
+				continue
+			}
+			if ids := raftIDs(t, n); contains(ids, leader.ID) {
+				return fmt.Errorf("%s is in the configuration of %s: %v", leader.ID, n.ID, ids)
+			}
+			if !n.N.API.Removed(leader.ID) {
+				return fmt.Errorf("%s has no removal tombstone for %s: discovery would add it back", n.ID, leader.ID)
+			}
+			return nil
+		}
+		return errors.New("no new leader yet")
+	})
 }
