@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -170,32 +172,87 @@ func (n *Node) regionPeers() []cluster.GossipMember {
 // smallest ids) and bootstraps with it; Raft makes the identical bootstraps
 // one cluster. A node outside that set, or one that sees a peer already in
 // a cluster, waits for the leader to add it.
+//
+// Identical only if every node's gossip view is the same, so a node
+// bootstraps only after its view has held the same set, with no peer in a
+// cluster, for bootstrapSettle: long enough for gossip to spread a
+// newcomer, or a peer's "has state" once it bootstrapped. (Without it a
+// node started just after the others had bootstrapped still saw none of
+// them in a cluster, took a set with itself in it, and formed a second
+// cluster; docs/reliability.md bug 22.) With mutual TLS every peer of the
+// set must also prove a certificate of this region on its Raft port, as
+// discovery requires before adding a node: having the gossip key, which
+// all regions share, is not enough to become a voter.
 func (n *Node) maybeBootstrap() {
-	peers := n.regionPeers()
-	for _, p := range peers {
-		if p.Meta.HasState {
+	servers := n.bootstrap.decide(n.regionPeers(), n.cfg.BootstrapExpect, n.cfg.NodeID, time.Now(), n.bootstrapSettle())
+	if servers == nil {
+		return
+	}
+	for _, s := range servers {
+		if s.ID == n.cfg.NodeID {
+			continue
+		}
+		if err := n.checkPeerCertificate(s.Address); err != nil {
+			n.logger.Warn("bootstrap-expect: not bootstrapping: a node of the initial set does not present a valid certificate of this region on its Raft port", "node_id", s.ID, "raft", s.Address, "error", err)
+			n.bootstrap = bootstrapChoice{}
 			return
 		}
-	}
-	if len(peers) < n.cfg.BootstrapExpect {
-		return
-	}
-	sort.Slice(peers, func(i, j int) bool { return peers[i].Meta.NodeID < peers[j].Meta.NodeID })
-	chosen := peers[:n.cfg.BootstrapExpect]
-	var servers []cluster.ServerInfo
-	self := false
-	for _, p := range chosen {
-		servers = append(servers, cluster.ServerInfo{ID: p.Meta.NodeID, Address: p.Meta.RaftAddr, Voter: true})
-		self = self || p.Meta.NodeID == n.cfg.NodeID
-	}
-	if !self {
-		return
 	}
 	if err := n.Raft.BootstrapWith(servers); err != nil {
 		n.logger.Warn("bootstrap-expect: bootstrap failed", "error", err)
 		return
 	}
 	n.logger.Info("bootstrap-expect: bootstrapped the region", "voters", len(servers))
+}
+
+// bootstrapSettle is how long a node's view of its region must hold still
+// before it bootstraps (maybeBootstrap).
+func (n *Node) bootstrapSettle() time.Duration {
+	if n.cfg.FastGossip {
+		return time.Second
+	}
+	return 5 * time.Second
+}
+
+// bootstrapChoice is the initial set a node would bootstrap with, and since
+// when its view has shown it unchanged.
+type bootstrapChoice struct {
+	set   string
+	since time.Time
+}
+
+// decide returns the servers to bootstrap with, or nil: the expect alive
+// peers (self included) with the smallest ids, once peers have shown that
+// set, with none of them in a cluster, for settle, and if self is in it.
+func (c *bootstrapChoice) decide(peers []cluster.GossipMember, expect int, self string, now time.Time, settle time.Duration) []cluster.ServerInfo {
+	for _, p := range peers {
+		if p.Meta.HasState {
+			*c = bootstrapChoice{}
+			return nil
+		}
+	}
+	if len(peers) < expect {
+		*c = bootstrapChoice{}
+		return nil
+	}
+	peers = append([]cluster.GossipMember(nil), peers...)
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Meta.NodeID < peers[j].Meta.NodeID })
+	var servers []cluster.ServerInfo
+	var key strings.Builder
+	in := false
+	for _, p := range peers[:expect] {
+		servers = append(servers, cluster.ServerInfo{ID: p.Meta.NodeID, Address: p.Meta.RaftAddr, Voter: true})
+		fmt.Fprintf(&key, "%s@%s,", p.Meta.NodeID, p.Meta.RaftAddr)
+		in = in || p.Meta.NodeID == self
+	}
+	if key.String() != c.set {
+		*c = bootstrapChoice{set: key.String(), since: now}
+		return nil
+	}
+	if now.Sub(c.since) < settle || !in {
+		return nil
+	}
+	return servers
 }
 
 // reconcileLoop runs on the leader: it adds alive nodes of this region

@@ -133,9 +133,11 @@ type Node struct {
 	// pendingAdmin is this node's admin token (id and hash) while the
 	// region has no admin yet.
 	pendingAdmin atomic.Pointer[pendingAdmin]
-	stopGossip   context.CancelFunc
-	adminToken   string
-	served       chan struct{}
+	// bootstrap is bootstrap-expect's pending choice (discovery loop only).
+	bootstrap  bootstrapChoice
+	stopGossip context.CancelFunc
+	adminToken string
+	served     chan struct{}
 }
 
 // raftAdapter gives the API the FSM's applied index (which counts entries
@@ -341,15 +343,38 @@ func (n *Node) bootstrapAdminTask(ctx context.Context) {
 // choosePendingAdmin picks the pending admin token of the region's node
 // with the smallest id: this node's own, or one advertised in gossip.
 func (n *Node) choosePendingAdmin() *pendingAdmin {
-	best, bestID := n.pendingAdmin.Load(), n.cfg.NodeID
-	if n.Gossip != nil {
-		for _, m := range n.Gossip.Members() {
-			if m.Meta.Region != n.cfg.Region || m.Meta.AdminTokenID == "" || m.Health != cluster.HealthAlive {
-				continue
-			}
-			if best == nil || m.Meta.NodeID < bestID {
-				best, bestID = &pendingAdmin{tokenID: m.Meta.AdminTokenID, hash: m.Meta.AdminTokenHash}, m.Meta.NodeID
-			}
+	if n.Gossip == nil {
+		return n.pendingAdmin.Load()
+	}
+	servers, err := n.Raft.Servers()
+	if err != nil {
+		return nil
+	}
+	return pickPendingAdmin(n.pendingAdmin.Load(), n.cfg.NodeID, n.cfg.Region, n.Gossip.Members(), servers)
+}
+
+// pickPendingAdmin chooses among own (this node's token, if any) and the
+// tokens advertised in gossip by alive nodes of region that are in the
+// Raft configuration at the address they advertise: the one of the
+// smallest node id. Any holder of the gossip key, which all regions
+// share, can advertise a token; only a member of the region's Raft
+// configuration — which took a certificate of the region to enter, with
+// mutual TLS — may name the region's admin.
+func pickPendingAdmin(own *pendingAdmin, self, region string, members []cluster.GossipMember, servers []cluster.ServerInfo) *pendingAdmin {
+	voterAt := map[string]string{}
+	for _, s := range servers {
+		voterAt[s.ID] = s.Address
+	}
+	best, bestID := own, self
+	for _, m := range members {
+		if m.Meta.Region != region || m.Meta.AdminTokenID == "" || m.Health != cluster.HealthAlive {
+			continue
+		}
+		if addr, ok := voterAt[m.Meta.NodeID]; !ok || addr != m.Meta.RaftAddr {
+			continue
+		}
+		if best == nil || m.Meta.NodeID < bestID {
+			best, bestID = &pendingAdmin{tokenID: m.Meta.AdminTokenID, hash: m.Meta.AdminTokenHash}, m.Meta.NodeID
 		}
 	}
 	return best

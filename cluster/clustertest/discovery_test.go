@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -268,4 +269,50 @@ func TestRemovedLeaderStaysRemoved(t *testing.T) {
 		}
 		return errors.New("no new leader yet")
 	})
+}
+
+// TestBootstrapExpectLateNodeJoinsTheFormedRegion: four nodes run with
+// --bootstrap-expect 3. Three form the region; the fourth, with the
+// smallest id, starts just after — when gossip does not show it the
+// others' Raft state yet. It must wait to be added, never bootstrap a
+// configuration of its own (an entry at index 1, term 1 like the region's,
+// which Raft's log matching would then take for the region's).
+func TestBootstrapExpectLateNodeJoinsTheFormedRegion(t *testing.T) {
+	logs := &syncBuffer{}
+	c := Prepare(t, Options{Nodes: 4, Gossip: true, BootstrapExpect: 3, LogSink: logs, LogLevel: hclog.Info})
+	late := c.Nodes[0]
+	c.Nodes = append(c.Nodes[1:], late) // node2 is the seed of the others
+	for _, n := range c.Nodes[:3] {
+		c.Start(n)
+	}
+	Eventually(t, 20*time.Second, "node2..node4 to bootstrap", func() error {
+		if !c.Nodes[0].N.Raft.HasState() {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	c.Start(late)
+	Eventually(t, 30*time.Second, late.ID+" in the region", func() error {
+		leader := c.WaitLeader()
+		if ids := raftIDs(t, leader); !contains(ids, late.ID) {
+			return fmt.Errorf("configuration %v", ids)
+		}
+		return nil
+	})
+	var bootstrapped []string
+	for _, line := range strings.Split(string(logs.Bytes()), "\n") {
+		if !strings.Contains(line, "bootstrap-expect: bootstrapped the region") {
+			continue
+		}
+		for _, n := range c.Nodes {
+			if strings.Contains(line, " "+n.ID+":") {
+				bootstrapped = append(bootstrapped, n.ID)
+			}
+		}
+	}
+	// Any of the first three may bootstrap (the others then see it in a
+	// cluster and wait to be reached); the late one never.
+	if len(bootstrapped) == 0 || contains(bootstrapped, late.ID) {
+		t.Fatalf("nodes that bootstrapped: %v; want some of node2..node4 and not %s", bootstrapped, late.ID)
+	}
 }
