@@ -51,9 +51,7 @@ func (c *stalledBackupClient) Send(chunk *pb.SnapshotChunk) error {
 func TestStalledBackupClientHoldsNothingOfTheStore(t *testing.T) {
 	reg := newSoloRegion(t, 0)
 	adminCtx := as(t, reg.admin(), "")
-	if _, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "before"}}}); err != nil {
-		t.Fatal(err)
-	}
+	reg.project(adminCtx, "before")
 	var before bytes.Buffer // the store now, to restore it later
 	ck, err := reg.st.Checkpoint()
 	if err != nil {
@@ -63,9 +61,7 @@ func TestStalledBackupClientHoldsNothingOfTheStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	ck.Remove()
-	if _, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "after"}}}); err != nil {
-		t.Fatal(err)
-	}
+	reg.project(adminCtx, "after")
 
 	client := &stalledBackupClient{ctx: adminCtx, stalled: make(chan struct{}), release: make(chan struct{})}
 	backupDone := make(chan error, 1)
@@ -187,9 +183,7 @@ func withHeader(t *testing.T, h backup.Header, body []byte) []byte {
 func TestRestoreTrustsOnlyTheBackupsCheckedBody(t *testing.T) {
 	reg := newSoloRegion(t, 0)
 	adminCtx := as(t, reg.admin(), "")
-	if _, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "kept"}}}); err != nil {
-		t.Fatal(err)
-	}
+	reg.project(adminCtx, "kept")
 	clusters := &clusterService{s: reg.s}
 	saved := &backupClient{ctx: adminCtx}
 	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
@@ -284,18 +278,8 @@ func TestRestoreKeepsTheRegionsNodeRegistry(t *testing.T) {
 	if !reg.s.Removed("node-2") {
 		t.Fatal("node-2, removed after the backup, is no longer marked removed")
 	}
-	var ids []string
-	if err := reg.st.Read(func(v *store.View) error {
-		nodes, err := v.Nodes()
-		for _, n := range nodes {
-			ids = append(ids, n.GetNodeId())
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(ids, ",") != "node-2,node-3" {
-		t.Fatalf("registry after the restore: %v, want the region's own (node-2 removed, node-3)", ids)
+	if ids := registryIDs(t, reg.st); ids != "node-2,node-3" {
+		t.Fatalf("registry after the restore: %s, want the region's own (node-2 removed, node-3)", ids)
 	}
 }
 
@@ -336,8 +320,16 @@ func TestRegistryChangesWaitForARestore(t *testing.T) {
 	}
 	reg.r.duringRestore = nil
 	reg.s.EnsureRegistered(ctx, "node-4", "10.0.0.4:7001", "10.0.0.4:7000", "")
+	if ids := registryIDs(t, reg.st); ids != "node-2,node-4" {
+		t.Fatalf("registry after the restore and a later registration: %s, want node-2 and node-4", ids)
+	}
+}
+
+// registryIDs lists the node ids in st's registry, comma-separated.
+func registryIDs(t *testing.T, st *store.Store) string {
+	t.Helper()
 	var ids []string
-	if err := reg.st.Read(func(v *store.View) error {
+	if err := st.Read(func(v *store.View) error {
 		nodes, err := v.Nodes()
 		for _, n := range nodes {
 			ids = append(ids, n.GetNodeId())
@@ -346,7 +338,5 @@ func TestRegistryChangesWaitForARestore(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(ids, ",") != "node-2,node-4" {
-		t.Fatalf("registry after the restore and a later registration: %v, want node-2 and node-4", ids)
-	}
+	return strings.Join(ids, ",")
 }

@@ -166,6 +166,16 @@ func (reg *soloRegion) admin() string {
 	return token
 }
 
+// project creates a project as the caller of ctx and returns its id.
+func (reg *soloRegion) project(ctx context.Context, name string) string {
+	reg.t.Helper()
+	p, err := reg.ids.CreateProject(ctx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: name}}})
+	if err != nil {
+		reg.t.Fatal(err)
+	}
+	return p.GetMetadata().GetId()
+}
+
 // account creates an account and a token for it, as the admin.
 func (reg *soloRegion) account(adminCtx context.Context, name string) (id, token string) {
 	reg.t.Helper()
@@ -190,11 +200,7 @@ func (reg *soloRegion) account(adminCtx context.Context, name string) (id, token
 func TestRetryGetsTheOutcomeOfTheCallThatRemovedItsPermission(t *testing.T) {
 	reg := newSoloRegion(t, fsm.CommandVersion)
 	adminCtx := as(t, reg.admin(), "")
-	p, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "p"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	projectID := p.GetMetadata().GetId()
+	projectID := reg.project(adminCtx, "p")
 	ownerID, ownerToken := reg.account(adminCtx, "owner")
 	viewerID, _ := reg.account(adminCtx, "viewer")
 	reg.bind(adminCtx, projectID, ownerID, RoleAdmin)
@@ -238,11 +244,7 @@ func (reg *soloRegion) adminToken(adminCtx context.Context) string {
 func TestRetryWhoseRecordExpiredIsCheckedAsANewCall(t *testing.T) {
 	reg := newSoloRegion(t, fsm.CommandVersion)
 	adminCtx := as(t, reg.admin(), "")
-	p, err := reg.ids.CreateProject(adminCtx, &pb.CreateProjectRequest{Project: &pb.Project{Metadata: &pb.Metadata{Name: "p"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	projectID := p.GetMetadata().GetId()
+	projectID := reg.project(adminCtx, "p")
 	ownerID, ownerToken := reg.account(adminCtx, "owner")
 	own := reg.bind(adminCtx, projectID, ownerID, RoleAdmin)
 	secrets := &secretService{s: reg.s}
@@ -267,7 +269,7 @@ func TestRetryWhoseRecordExpiredIsCheckedAsANewCall(t *testing.T) {
 			forget(t, reg.st, "create-db")
 		}
 	}
-	_, err = secrets.Create(ctx, create)
+	_, err := secrets.Create(ctx, create)
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("retry whose record expired, by an account that lost the permission: %v, want PERMISSION_DENIED", err)
 	}
