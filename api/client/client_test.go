@@ -364,6 +364,7 @@ func TestIsMutation(t *testing.T) {
 		"/mysterybox.v1.IdentityService/DeleteAccount":          true,
 		"/mysterybox.v1.IdentityService/CreateToken":            true,
 		"/mysterybox.v1.IdentityService/RevokeToken":            true,
+		"/mysterybox.v1.IdentityService/DeleteToken":            true,
 		"/mysterybox.v1.IdentityService/CreateAccessBinding":    true,
 		"/mysterybox.v1.IdentityService/DeleteAccessBinding":    true,
 		"/mysterybox.v1.AdminService/Rewrap":                    true,

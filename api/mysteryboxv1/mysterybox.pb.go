@@ -1624,6 +1624,88 @@ func (*RevokeTokenResponse) Descriptor() ([]byte, []int) {
 	return file_mysterybox_proto_rawDescGZIP(), []int{28}
 }
 
+// DeleteToken is RevokeToken under the Delete name the other resources'
+// removal has: the token is deleted and stops working at once.
+type DeleteTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenRequest) Reset() {
+	*x = DeleteTokenRequest{}
+	mi := &file_mysterybox_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenRequest) ProtoMessage() {}
+
+func (x *DeleteTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenRequest.ProtoReflect.Descriptor instead.
+func (*DeleteTokenRequest) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DeleteTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteTokenResponse) Reset() {
+	*x = DeleteTokenResponse{}
+	mi := &file_mysterybox_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteTokenResponse) ProtoMessage() {}
+
+func (x *DeleteTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mysterybox_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteTokenResponse.ProtoReflect.Descriptor instead.
+func (*DeleteTokenResponse) Descriptor() ([]byte, []int) {
+	return file_mysterybox_proto_rawDescGZIP(), []int{30}
+}
+
 type AccessBinding struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// metadata.parent_id is the resource the role is granted on.
@@ -1635,7 +1717,7 @@ type AccessBinding struct {
 
 func (x *AccessBinding) Reset() {
 	*x = AccessBinding{}
-	mi := &file_mysterybox_proto_msgTypes[29]
+	mi := &file_mysterybox_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1729,7 @@ func (x *AccessBinding) String() string {
 func (*AccessBinding) ProtoMessage() {}
 
 func (x *AccessBinding) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[29]
+	mi := &file_mysterybox_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1742,7 @@ func (x *AccessBinding) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessBinding.ProtoReflect.Descriptor instead.
 func (*AccessBinding) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{29}
+	return file_mysterybox_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AccessBinding) GetMetadata() *Metadata {
@@ -1691,7 +1773,7 @@ type AccessBindingSpec struct {
 
 func (x *AccessBindingSpec) Reset() {
 	*x = AccessBindingSpec{}
-	mi := &file_mysterybox_proto_msgTypes[30]
+	mi := &file_mysterybox_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1785,7 @@ func (x *AccessBindingSpec) String() string {
 func (*AccessBindingSpec) ProtoMessage() {}
 
 func (x *AccessBindingSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[30]
+	mi := &file_mysterybox_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1798,7 @@ func (x *AccessBindingSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessBindingSpec.ProtoReflect.Descriptor instead.
 func (*AccessBindingSpec) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{30}
+	return file_mysterybox_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AccessBindingSpec) GetResourceId() string {
@@ -1749,7 +1831,7 @@ type CreateAccessBindingRequest struct {
 
 func (x *CreateAccessBindingRequest) Reset() {
 	*x = CreateAccessBindingRequest{}
-	mi := &file_mysterybox_proto_msgTypes[31]
+	mi := &file_mysterybox_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1843,7 @@ func (x *CreateAccessBindingRequest) String() string {
 func (*CreateAccessBindingRequest) ProtoMessage() {}
 
 func (x *CreateAccessBindingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[31]
+	mi := &file_mysterybox_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1856,7 @@ func (x *CreateAccessBindingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccessBindingRequest.ProtoReflect.Descriptor instead.
 func (*CreateAccessBindingRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{31}
+	return file_mysterybox_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateAccessBindingRequest) GetBinding() *AccessBinding {
@@ -1793,7 +1875,7 @@ type GetAccessBindingRequest struct {
 
 func (x *GetAccessBindingRequest) Reset() {
 	*x = GetAccessBindingRequest{}
-	mi := &file_mysterybox_proto_msgTypes[32]
+	mi := &file_mysterybox_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1887,7 @@ func (x *GetAccessBindingRequest) String() string {
 func (*GetAccessBindingRequest) ProtoMessage() {}
 
 func (x *GetAccessBindingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[32]
+	mi := &file_mysterybox_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1900,7 @@ func (x *GetAccessBindingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccessBindingRequest.ProtoReflect.Descriptor instead.
 func (*GetAccessBindingRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{32}
+	return file_mysterybox_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetAccessBindingRequest) GetId() string {
@@ -1839,7 +1921,7 @@ type ListAccessBindingsRequest struct {
 
 func (x *ListAccessBindingsRequest) Reset() {
 	*x = ListAccessBindingsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[33]
+	mi := &file_mysterybox_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +1933,7 @@ func (x *ListAccessBindingsRequest) String() string {
 func (*ListAccessBindingsRequest) ProtoMessage() {}
 
 func (x *ListAccessBindingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[33]
+	mi := &file_mysterybox_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +1946,7 @@ func (x *ListAccessBindingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccessBindingsRequest.ProtoReflect.Descriptor instead.
 func (*ListAccessBindingsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{33}
+	return file_mysterybox_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAccessBindingsRequest) GetResourceId() string {
@@ -1898,7 +1980,7 @@ type ListAccessBindingsResponse struct {
 
 func (x *ListAccessBindingsResponse) Reset() {
 	*x = ListAccessBindingsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[34]
+	mi := &file_mysterybox_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +1992,7 @@ func (x *ListAccessBindingsResponse) String() string {
 func (*ListAccessBindingsResponse) ProtoMessage() {}
 
 func (x *ListAccessBindingsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[34]
+	mi := &file_mysterybox_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +2005,7 @@ func (x *ListAccessBindingsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAccessBindingsResponse.ProtoReflect.Descriptor instead.
 func (*ListAccessBindingsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{34}
+	return file_mysterybox_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListAccessBindingsResponse) GetBindings() []*AccessBinding {
@@ -1949,7 +2031,7 @@ type DeleteAccessBindingRequest struct {
 
 func (x *DeleteAccessBindingRequest) Reset() {
 	*x = DeleteAccessBindingRequest{}
-	mi := &file_mysterybox_proto_msgTypes[35]
+	mi := &file_mysterybox_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2043,7 @@ func (x *DeleteAccessBindingRequest) String() string {
 func (*DeleteAccessBindingRequest) ProtoMessage() {}
 
 func (x *DeleteAccessBindingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[35]
+	mi := &file_mysterybox_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2056,7 @@ func (x *DeleteAccessBindingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccessBindingRequest.ProtoReflect.Descriptor instead.
 func (*DeleteAccessBindingRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{35}
+	return file_mysterybox_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeleteAccessBindingRequest) GetId() string {
@@ -1992,7 +2074,7 @@ type DeleteAccessBindingResponse struct {
 
 func (x *DeleteAccessBindingResponse) Reset() {
 	*x = DeleteAccessBindingResponse{}
-	mi := &file_mysterybox_proto_msgTypes[36]
+	mi := &file_mysterybox_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2086,7 @@ func (x *DeleteAccessBindingResponse) String() string {
 func (*DeleteAccessBindingResponse) ProtoMessage() {}
 
 func (x *DeleteAccessBindingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[36]
+	mi := &file_mysterybox_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2099,7 @@ func (x *DeleteAccessBindingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteAccessBindingResponse.ProtoReflect.Descriptor instead.
 func (*DeleteAccessBindingResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{36}
+	return file_mysterybox_proto_rawDescGZIP(), []int{38}
 }
 
 type PayloadEntry struct {
@@ -2035,7 +2117,7 @@ type PayloadEntry struct {
 
 func (x *PayloadEntry) Reset() {
 	*x = PayloadEntry{}
-	mi := &file_mysterybox_proto_msgTypes[37]
+	mi := &file_mysterybox_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2129,7 @@ func (x *PayloadEntry) String() string {
 func (*PayloadEntry) ProtoMessage() {}
 
 func (x *PayloadEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[37]
+	mi := &file_mysterybox_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2142,7 @@ func (x *PayloadEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PayloadEntry.ProtoReflect.Descriptor instead.
 func (*PayloadEntry) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{37}
+	return file_mysterybox_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PayloadEntry) GetKey() string {
@@ -2122,7 +2204,7 @@ type Payload struct {
 
 func (x *Payload) Reset() {
 	*x = Payload{}
-	mi := &file_mysterybox_proto_msgTypes[38]
+	mi := &file_mysterybox_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2216,7 @@ func (x *Payload) String() string {
 func (*Payload) ProtoMessage() {}
 
 func (x *Payload) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[38]
+	mi := &file_mysterybox_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2229,7 @@ func (x *Payload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Payload.ProtoReflect.Descriptor instead.
 func (*Payload) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{38}
+	return file_mysterybox_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Payload) GetEntries() []*PayloadEntry {
@@ -2168,7 +2250,7 @@ type Secret struct {
 
 func (x *Secret) Reset() {
 	*x = Secret{}
-	mi := &file_mysterybox_proto_msgTypes[39]
+	mi := &file_mysterybox_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2180,7 +2262,7 @@ func (x *Secret) String() string {
 func (*Secret) ProtoMessage() {}
 
 func (x *Secret) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[39]
+	mi := &file_mysterybox_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2193,7 +2275,7 @@ func (x *Secret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Secret.ProtoReflect.Descriptor instead.
 func (*Secret) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{39}
+	return file_mysterybox_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Secret) GetMetadata() *Metadata {
@@ -2230,7 +2312,7 @@ type SecretSpec struct {
 
 func (x *SecretSpec) Reset() {
 	*x = SecretSpec{}
-	mi := &file_mysterybox_proto_msgTypes[40]
+	mi := &file_mysterybox_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2324,7 @@ func (x *SecretSpec) String() string {
 func (*SecretSpec) ProtoMessage() {}
 
 func (x *SecretSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[40]
+	mi := &file_mysterybox_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2337,7 @@ func (x *SecretSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretSpec.ProtoReflect.Descriptor instead.
 func (*SecretSpec) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{40}
+	return file_mysterybox_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SecretSpec) GetDescription() string {
@@ -2296,7 +2378,7 @@ type SecretStatus struct {
 
 func (x *SecretStatus) Reset() {
 	*x = SecretStatus{}
-	mi := &file_mysterybox_proto_msgTypes[41]
+	mi := &file_mysterybox_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2390,7 @@ func (x *SecretStatus) String() string {
 func (*SecretStatus) ProtoMessage() {}
 
 func (x *SecretStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[41]
+	mi := &file_mysterybox_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2403,7 @@ func (x *SecretStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretStatus.ProtoReflect.Descriptor instead.
 func (*SecretStatus) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{41}
+	return file_mysterybox_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SecretStatus) GetState() State {
@@ -2375,7 +2457,7 @@ type CreateSecretRequest struct {
 
 func (x *CreateSecretRequest) Reset() {
 	*x = CreateSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[42]
+	mi := &file_mysterybox_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2469,7 @@ func (x *CreateSecretRequest) String() string {
 func (*CreateSecretRequest) ProtoMessage() {}
 
 func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[42]
+	mi := &file_mysterybox_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2482,7 @@ func (x *CreateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{42}
+	return file_mysterybox_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateSecretRequest) GetSecret() *Secret {
@@ -2420,7 +2502,7 @@ type GetSecretRequest struct {
 
 func (x *GetSecretRequest) Reset() {
 	*x = GetSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[43]
+	mi := &file_mysterybox_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2514,7 @@ func (x *GetSecretRequest) String() string {
 func (*GetSecretRequest) ProtoMessage() {}
 
 func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[43]
+	mi := &file_mysterybox_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2527,7 @@ func (x *GetSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{43}
+	return file_mysterybox_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetSecretRequest) GetId() string {
@@ -2472,7 +2554,7 @@ type GetSecretByNameRequest struct {
 
 func (x *GetSecretByNameRequest) Reset() {
 	*x = GetSecretByNameRequest{}
-	mi := &file_mysterybox_proto_msgTypes[44]
+	mi := &file_mysterybox_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2566,7 @@ func (x *GetSecretByNameRequest) String() string {
 func (*GetSecretByNameRequest) ProtoMessage() {}
 
 func (x *GetSecretByNameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[44]
+	mi := &file_mysterybox_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2579,7 @@ func (x *GetSecretByNameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretByNameRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretByNameRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{44}
+	return file_mysterybox_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetSecretByNameRequest) GetParentId() string {
@@ -2526,7 +2608,7 @@ type ListSecretsRequest struct {
 
 func (x *ListSecretsRequest) Reset() {
 	*x = ListSecretsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[45]
+	mi := &file_mysterybox_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2620,7 @@ func (x *ListSecretsRequest) String() string {
 func (*ListSecretsRequest) ProtoMessage() {}
 
 func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[45]
+	mi := &file_mysterybox_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2633,7 @@ func (x *ListSecretsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{45}
+	return file_mysterybox_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListSecretsRequest) GetParentId() string {
@@ -2592,7 +2674,7 @@ type ListSecretsResponse struct {
 
 func (x *ListSecretsResponse) Reset() {
 	*x = ListSecretsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[46]
+	mi := &file_mysterybox_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2604,7 +2686,7 @@ func (x *ListSecretsResponse) String() string {
 func (*ListSecretsResponse) ProtoMessage() {}
 
 func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[46]
+	mi := &file_mysterybox_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2617,7 +2699,7 @@ func (x *ListSecretsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{46}
+	return file_mysterybox_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListSecretsResponse) GetSecrets() []*Secret {
@@ -2649,7 +2731,7 @@ type UpdateSecretRequest struct {
 
 func (x *UpdateSecretRequest) Reset() {
 	*x = UpdateSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[47]
+	mi := &file_mysterybox_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2661,7 +2743,7 @@ func (x *UpdateSecretRequest) String() string {
 func (*UpdateSecretRequest) ProtoMessage() {}
 
 func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[47]
+	mi := &file_mysterybox_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2674,7 +2756,7 @@ func (x *UpdateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSecretRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{47}
+	return file_mysterybox_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UpdateSecretRequest) GetSecret() *Secret {
@@ -2701,7 +2783,7 @@ type DeleteSecretRequest struct {
 
 func (x *DeleteSecretRequest) Reset() {
 	*x = DeleteSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[48]
+	mi := &file_mysterybox_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2795,7 @@ func (x *DeleteSecretRequest) String() string {
 func (*DeleteSecretRequest) ProtoMessage() {}
 
 func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[48]
+	mi := &file_mysterybox_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2808,7 @@ func (x *DeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{48}
+	return file_mysterybox_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeleteSecretRequest) GetId() string {
@@ -2755,7 +2837,7 @@ type UndeleteSecretRequest struct {
 
 func (x *UndeleteSecretRequest) Reset() {
 	*x = UndeleteSecretRequest{}
-	mi := &file_mysterybox_proto_msgTypes[49]
+	mi := &file_mysterybox_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +2849,7 @@ func (x *UndeleteSecretRequest) String() string {
 func (*UndeleteSecretRequest) ProtoMessage() {}
 
 func (x *UndeleteSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[49]
+	mi := &file_mysterybox_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +2862,7 @@ func (x *UndeleteSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteSecretRequest.ProtoReflect.Descriptor instead.
 func (*UndeleteSecretRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{49}
+	return file_mysterybox_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UndeleteSecretRequest) GetId() string {
@@ -2815,7 +2897,7 @@ type SecretVersion struct {
 
 func (x *SecretVersion) Reset() {
 	*x = SecretVersion{}
-	mi := &file_mysterybox_proto_msgTypes[50]
+	mi := &file_mysterybox_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2827,7 +2909,7 @@ func (x *SecretVersion) String() string {
 func (*SecretVersion) ProtoMessage() {}
 
 func (x *SecretVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[50]
+	mi := &file_mysterybox_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2840,7 +2922,7 @@ func (x *SecretVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersion.ProtoReflect.Descriptor instead.
 func (*SecretVersion) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{50}
+	return file_mysterybox_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SecretVersion) GetMetadata() *Metadata {
@@ -2877,7 +2959,7 @@ type SecretVersionSpec struct {
 
 func (x *SecretVersionSpec) Reset() {
 	*x = SecretVersionSpec{}
-	mi := &file_mysterybox_proto_msgTypes[51]
+	mi := &file_mysterybox_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2889,7 +2971,7 @@ func (x *SecretVersionSpec) String() string {
 func (*SecretVersionSpec) ProtoMessage() {}
 
 func (x *SecretVersionSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[51]
+	mi := &file_mysterybox_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2902,7 +2984,7 @@ func (x *SecretVersionSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionSpec.ProtoReflect.Descriptor instead.
 func (*SecretVersionSpec) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{51}
+	return file_mysterybox_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SecretVersionSpec) GetDescription() string {
@@ -2939,7 +3021,7 @@ type SecretVersionStatus struct {
 
 func (x *SecretVersionStatus) Reset() {
 	*x = SecretVersionStatus{}
-	mi := &file_mysterybox_proto_msgTypes[52]
+	mi := &file_mysterybox_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3033,7 @@ func (x *SecretVersionStatus) String() string {
 func (*SecretVersionStatus) ProtoMessage() {}
 
 func (x *SecretVersionStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[52]
+	mi := &file_mysterybox_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3046,7 @@ func (x *SecretVersionStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretVersionStatus.ProtoReflect.Descriptor instead.
 func (*SecretVersionStatus) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{52}
+	return file_mysterybox_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SecretVersionStatus) GetState() State {
@@ -3005,7 +3087,7 @@ type CreateSecretVersionRequest struct {
 
 func (x *CreateSecretVersionRequest) Reset() {
 	*x = CreateSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[53]
+	mi := &file_mysterybox_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3017,7 +3099,7 @@ func (x *CreateSecretVersionRequest) String() string {
 func (*CreateSecretVersionRequest) ProtoMessage() {}
 
 func (x *CreateSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[53]
+	mi := &file_mysterybox_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3030,7 +3112,7 @@ func (x *CreateSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{53}
+	return file_mysterybox_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateSecretVersionRequest) GetVersion() *SecretVersion {
@@ -3050,7 +3132,7 @@ type GetSecretVersionRequest struct {
 
 func (x *GetSecretVersionRequest) Reset() {
 	*x = GetSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[54]
+	mi := &file_mysterybox_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3144,7 @@ func (x *GetSecretVersionRequest) String() string {
 func (*GetSecretVersionRequest) ProtoMessage() {}
 
 func (x *GetSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[54]
+	mi := &file_mysterybox_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3157,7 @@ func (x *GetSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{54}
+	return file_mysterybox_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetSecretVersionRequest) GetId() string {
@@ -3104,7 +3186,7 @@ type ListSecretVersionsRequest struct {
 
 func (x *ListSecretVersionsRequest) Reset() {
 	*x = ListSecretVersionsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[55]
+	mi := &file_mysterybox_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3116,7 +3198,7 @@ func (x *ListSecretVersionsRequest) String() string {
 func (*ListSecretVersionsRequest) ProtoMessage() {}
 
 func (x *ListSecretVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[55]
+	mi := &file_mysterybox_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3129,7 +3211,7 @@ func (x *ListSecretVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSecretVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{55}
+	return file_mysterybox_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListSecretVersionsRequest) GetParentId() string {
@@ -3170,7 +3252,7 @@ type ListSecretVersionsResponse struct {
 
 func (x *ListSecretVersionsResponse) Reset() {
 	*x = ListSecretVersionsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[56]
+	mi := &file_mysterybox_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3264,7 @@ func (x *ListSecretVersionsResponse) String() string {
 func (*ListSecretVersionsResponse) ProtoMessage() {}
 
 func (x *ListSecretVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[56]
+	mi := &file_mysterybox_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3277,7 @@ func (x *ListSecretVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSecretVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSecretVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{56}
+	return file_mysterybox_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListSecretVersionsResponse) GetVersions() []*SecretVersion {
@@ -3222,7 +3304,7 @@ type DeleteSecretVersionRequest struct {
 
 func (x *DeleteSecretVersionRequest) Reset() {
 	*x = DeleteSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[57]
+	mi := &file_mysterybox_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3234,7 +3316,7 @@ func (x *DeleteSecretVersionRequest) String() string {
 func (*DeleteSecretVersionRequest) ProtoMessage() {}
 
 func (x *DeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[57]
+	mi := &file_mysterybox_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3247,7 +3329,7 @@ func (x *DeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{57}
+	return file_mysterybox_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *DeleteSecretVersionRequest) GetId() string {
@@ -3274,7 +3356,7 @@ type UndeleteSecretVersionRequest struct {
 
 func (x *UndeleteSecretVersionRequest) Reset() {
 	*x = UndeleteSecretVersionRequest{}
-	mi := &file_mysterybox_proto_msgTypes[58]
+	mi := &file_mysterybox_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3286,7 +3368,7 @@ func (x *UndeleteSecretVersionRequest) String() string {
 func (*UndeleteSecretVersionRequest) ProtoMessage() {}
 
 func (x *UndeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[58]
+	mi := &file_mysterybox_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3299,7 +3381,7 @@ func (x *UndeleteSecretVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UndeleteSecretVersionRequest.ProtoReflect.Descriptor instead.
 func (*UndeleteSecretVersionRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{58}
+	return file_mysterybox_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *UndeleteSecretVersionRequest) GetId() string {
@@ -3327,7 +3409,7 @@ type GetPayloadRequest struct {
 
 func (x *GetPayloadRequest) Reset() {
 	*x = GetPayloadRequest{}
-	mi := &file_mysterybox_proto_msgTypes[59]
+	mi := &file_mysterybox_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3421,7 @@ func (x *GetPayloadRequest) String() string {
 func (*GetPayloadRequest) ProtoMessage() {}
 
 func (x *GetPayloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[59]
+	mi := &file_mysterybox_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3434,7 @@ func (x *GetPayloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadRequest.ProtoReflect.Descriptor instead.
 func (*GetPayloadRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{59}
+	return file_mysterybox_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetPayloadRequest) GetSecretId() string {
@@ -3380,7 +3462,7 @@ type GetPayloadResponse struct {
 
 func (x *GetPayloadResponse) Reset() {
 	*x = GetPayloadResponse{}
-	mi := &file_mysterybox_proto_msgTypes[60]
+	mi := &file_mysterybox_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3392,7 +3474,7 @@ func (x *GetPayloadResponse) String() string {
 func (*GetPayloadResponse) ProtoMessage() {}
 
 func (x *GetPayloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[60]
+	mi := &file_mysterybox_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3405,7 +3487,7 @@ func (x *GetPayloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadResponse.ProtoReflect.Descriptor instead.
 func (*GetPayloadResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{60}
+	return file_mysterybox_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetPayloadResponse) GetSecretId() string {
@@ -3440,7 +3522,7 @@ type GetPayloadByKeyRequest struct {
 
 func (x *GetPayloadByKeyRequest) Reset() {
 	*x = GetPayloadByKeyRequest{}
-	mi := &file_mysterybox_proto_msgTypes[61]
+	mi := &file_mysterybox_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3452,7 +3534,7 @@ func (x *GetPayloadByKeyRequest) String() string {
 func (*GetPayloadByKeyRequest) ProtoMessage() {}
 
 func (x *GetPayloadByKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[61]
+	mi := &file_mysterybox_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3465,7 +3547,7 @@ func (x *GetPayloadByKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadByKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPayloadByKeyRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{61}
+	return file_mysterybox_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetPayloadByKeyRequest) GetSecretId() string {
@@ -3500,7 +3582,7 @@ type GetPayloadByKeyResponse struct {
 
 func (x *GetPayloadByKeyResponse) Reset() {
 	*x = GetPayloadByKeyResponse{}
-	mi := &file_mysterybox_proto_msgTypes[62]
+	mi := &file_mysterybox_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3512,7 +3594,7 @@ func (x *GetPayloadByKeyResponse) String() string {
 func (*GetPayloadByKeyResponse) ProtoMessage() {}
 
 func (x *GetPayloadByKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[62]
+	mi := &file_mysterybox_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3525,7 +3607,7 @@ func (x *GetPayloadByKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPayloadByKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPayloadByKeyResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{62}
+	return file_mysterybox_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetPayloadByKeyResponse) GetSecretId() string {
@@ -3557,7 +3639,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_mysterybox_proto_msgTypes[63]
+	mi := &file_mysterybox_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3651,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[63]
+	mi := &file_mysterybox_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3664,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{63}
+	return file_mysterybox_proto_rawDescGZIP(), []int{65}
 }
 
 type ClusterStatusResponse struct {
@@ -3604,7 +3686,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_mysterybox_proto_msgTypes[64]
+	mi := &file_mysterybox_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3616,7 +3698,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[64]
+	mi := &file_mysterybox_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3629,7 +3711,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{64}
+	return file_mysterybox_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ClusterStatusResponse) GetRegion() string {
@@ -3720,7 +3802,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_mysterybox_proto_msgTypes[65]
+	mi := &file_mysterybox_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3732,7 +3814,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[65]
+	mi := &file_mysterybox_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3745,7 +3827,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{65}
+	return file_mysterybox_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *Member) GetNodeId() string {
@@ -3805,7 +3887,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_mysterybox_proto_msgTypes[66]
+	mi := &file_mysterybox_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3817,7 +3899,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[66]
+	mi := &file_mysterybox_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3830,7 +3912,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{66}
+	return file_mysterybox_proto_rawDescGZIP(), []int{68}
 }
 
 type ListMembersResponse struct {
@@ -3842,7 +3924,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_mysterybox_proto_msgTypes[67]
+	mi := &file_mysterybox_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3854,7 +3936,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[67]
+	mi := &file_mysterybox_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3867,7 +3949,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{67}
+	return file_mysterybox_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -3885,7 +3967,7 @@ type ListRegionsRequest struct {
 
 func (x *ListRegionsRequest) Reset() {
 	*x = ListRegionsRequest{}
-	mi := &file_mysterybox_proto_msgTypes[68]
+	mi := &file_mysterybox_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3897,7 +3979,7 @@ func (x *ListRegionsRequest) String() string {
 func (*ListRegionsRequest) ProtoMessage() {}
 
 func (x *ListRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[68]
+	mi := &file_mysterybox_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3910,7 +3992,7 @@ func (x *ListRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ListRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{68}
+	return file_mysterybox_proto_rawDescGZIP(), []int{70}
 }
 
 type RegionNode struct {
@@ -3925,7 +4007,7 @@ type RegionNode struct {
 
 func (x *RegionNode) Reset() {
 	*x = RegionNode{}
-	mi := &file_mysterybox_proto_msgTypes[69]
+	mi := &file_mysterybox_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3937,7 +4019,7 @@ func (x *RegionNode) String() string {
 func (*RegionNode) ProtoMessage() {}
 
 func (x *RegionNode) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[69]
+	mi := &file_mysterybox_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3950,7 +4032,7 @@ func (x *RegionNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionNode.ProtoReflect.Descriptor instead.
 func (*RegionNode) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{69}
+	return file_mysterybox_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RegionNode) GetNodeId() string {
@@ -3986,7 +4068,7 @@ type Region struct {
 
 func (x *Region) Reset() {
 	*x = Region{}
-	mi := &file_mysterybox_proto_msgTypes[70]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3998,7 +4080,7 @@ func (x *Region) String() string {
 func (*Region) ProtoMessage() {}
 
 func (x *Region) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[70]
+	mi := &file_mysterybox_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4011,7 +4093,7 @@ func (x *Region) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Region.ProtoReflect.Descriptor instead.
 func (*Region) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{70}
+	return file_mysterybox_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *Region) GetName() string {
@@ -4051,7 +4133,7 @@ type ListRegionsResponse struct {
 
 func (x *ListRegionsResponse) Reset() {
 	*x = ListRegionsResponse{}
-	mi := &file_mysterybox_proto_msgTypes[71]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4063,7 +4145,7 @@ func (x *ListRegionsResponse) String() string {
 func (*ListRegionsResponse) ProtoMessage() {}
 
 func (x *ListRegionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[71]
+	mi := &file_mysterybox_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4076,7 +4158,7 @@ func (x *ListRegionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRegionsResponse.ProtoReflect.Descriptor instead.
 func (*ListRegionsResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{71}
+	return file_mysterybox_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *ListRegionsResponse) GetRegions() []*Region {
@@ -4094,7 +4176,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4106,7 +4188,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[72]
+	mi := &file_mysterybox_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4119,7 +4201,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{72}
+	return file_mysterybox_proto_rawDescGZIP(), []int{74}
 }
 
 // A piece of a backup file (see docs/operations.md for its format).
@@ -4132,7 +4214,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4144,7 +4226,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[73]
+	mi := &file_mysterybox_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4157,7 +4239,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{73}
+	return file_mysterybox_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -4178,7 +4260,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4190,7 +4272,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[74]
+	mi := &file_mysterybox_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4203,7 +4285,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{74}
+	return file_mysterybox_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *RestoreChunk) GetData() []byte {
@@ -4233,7 +4315,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4245,7 +4327,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[75]
+	mi := &file_mysterybox_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4258,7 +4340,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{75}
+	return file_mysterybox_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *RestoreResponse) GetRegion() string {
@@ -4300,7 +4382,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_mysterybox_proto_msgTypes[76]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4312,7 +4394,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[76]
+	mi := &file_mysterybox_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4325,7 +4407,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{76}
+	return file_mysterybox_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -4358,7 +4440,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_mysterybox_proto_msgTypes[77]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4370,7 +4452,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[77]
+	mi := &file_mysterybox_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4383,7 +4465,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{77}
+	return file_mysterybox_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *JoinResponse) GetMembers() []*Member {
@@ -4402,7 +4484,7 @@ type RemoveNodeRequest struct {
 
 func (x *RemoveNodeRequest) Reset() {
 	*x = RemoveNodeRequest{}
-	mi := &file_mysterybox_proto_msgTypes[78]
+	mi := &file_mysterybox_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4414,7 +4496,7 @@ func (x *RemoveNodeRequest) String() string {
 func (*RemoveNodeRequest) ProtoMessage() {}
 
 func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[78]
+	mi := &file_mysterybox_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4427,7 +4509,7 @@ func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{78}
+	return file_mysterybox_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *RemoveNodeRequest) GetNodeId() string {
@@ -4445,7 +4527,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_mysterybox_proto_msgTypes[79]
+	mi := &file_mysterybox_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4457,7 +4539,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[79]
+	mi := &file_mysterybox_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4470,7 +4552,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{79}
+	return file_mysterybox_proto_rawDescGZIP(), []int{81}
 }
 
 type TransferLeadershipRequest struct {
@@ -4483,7 +4565,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_mysterybox_proto_msgTypes[80]
+	mi := &file_mysterybox_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4495,7 +4577,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[80]
+	mi := &file_mysterybox_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4508,7 +4590,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{80}
+	return file_mysterybox_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *TransferLeadershipRequest) GetNodeId() string {
@@ -4527,7 +4609,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_mysterybox_proto_msgTypes[81]
+	mi := &file_mysterybox_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4539,7 +4621,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[81]
+	mi := &file_mysterybox_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4552,7 +4634,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{81}
+	return file_mysterybox_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -4572,7 +4654,7 @@ type RewrapRequest struct {
 
 func (x *RewrapRequest) Reset() {
 	*x = RewrapRequest{}
-	mi := &file_mysterybox_proto_msgTypes[82]
+	mi := &file_mysterybox_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4584,7 +4666,7 @@ func (x *RewrapRequest) String() string {
 func (*RewrapRequest) ProtoMessage() {}
 
 func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[82]
+	mi := &file_mysterybox_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4597,7 +4679,7 @@ func (x *RewrapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapRequest.ProtoReflect.Descriptor instead.
 func (*RewrapRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{82}
+	return file_mysterybox_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *RewrapRequest) GetBatchSize() int32 {
@@ -4622,7 +4704,7 @@ type RewrapResponse struct {
 
 func (x *RewrapResponse) Reset() {
 	*x = RewrapResponse{}
-	mi := &file_mysterybox_proto_msgTypes[83]
+	mi := &file_mysterybox_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4634,7 +4716,7 @@ func (x *RewrapResponse) String() string {
 func (*RewrapResponse) ProtoMessage() {}
 
 func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[83]
+	mi := &file_mysterybox_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4647,7 +4729,7 @@ func (x *RewrapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RewrapResponse.ProtoReflect.Descriptor instead.
 func (*RewrapResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{83}
+	return file_mysterybox_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *RewrapResponse) GetRewrapped() int64 {
@@ -4702,7 +4784,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_mysterybox_proto_msgTypes[84]
+	mi := &file_mysterybox_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4714,7 +4796,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[84]
+	mi := &file_mysterybox_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4727,7 +4809,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{84}
+	return file_mysterybox_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *AuditRecord) GetSeq() uint64 {
@@ -4813,7 +4895,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_mysterybox_proto_msgTypes[85]
+	mi := &file_mysterybox_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4825,7 +4907,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[85]
+	mi := &file_mysterybox_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4838,7 +4920,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{85}
+	return file_mysterybox_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *ListAuditRequest) GetSince() *timestamppb.Timestamp {
@@ -4886,7 +4968,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_mysterybox_proto_msgTypes[86]
+	mi := &file_mysterybox_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4898,7 +4980,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[86]
+	mi := &file_mysterybox_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4911,7 +4993,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{86}
+	return file_mysterybox_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -4936,7 +5018,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_mysterybox_proto_msgTypes[87]
+	mi := &file_mysterybox_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4948,7 +5030,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[87]
+	mi := &file_mysterybox_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4961,7 +5043,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{87}
+	return file_mysterybox_proto_rawDescGZIP(), []int{89}
 }
 
 type VerifyAuditResponse struct {
@@ -4977,7 +5059,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_mysterybox_proto_msgTypes[88]
+	mi := &file_mysterybox_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4989,7 +5071,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mysterybox_proto_msgTypes[88]
+	mi := &file_mysterybox_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5002,7 +5084,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_mysterybox_proto_rawDescGZIP(), []int{88}
+	return file_mysterybox_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *VerifyAuditResponse) GetOk() bool {
@@ -5132,7 +5214,10 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"$\n" +
 	"\x12RevokeTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13RevokeTokenResponse\"z\n" +
+	"\x13RevokeTokenResponse\"$\n" +
+	"\x12DeleteTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13DeleteTokenResponse\"z\n" +
 	"\rAccessBinding\x123\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x17.mysterybox.v1.MetadataR\bmetadata\x124\n" +
 	"\x04spec\x18\x02 \x01(\v2 .mysterybox.v1.AccessBindingSpecR\x04spec\"g\n" +
@@ -5375,8 +5460,7 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\vAccountType\x12\x1c\n" +
 	"\x18ACCOUNT_TYPE_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aSERVICE\x10\x01\x12\b\n" +
-	"\x04USER\x10\x022\xfb\n" +
-	"\n" +
+	"\x04USER\x10\x022\xd1\v\n" +
 	"\x0fIdentityService\x12L\n" +
 	"\rCreateProject\x12#.mysterybox.v1.CreateProjectRequest\x1a\x16.mysterybox.v1.Project\x12F\n" +
 	"\n" +
@@ -5392,7 +5476,8 @@ const file_mysterybox_proto_rawDesc = "" +
 	"\bGetToken\x12\x1e.mysterybox.v1.GetTokenRequest\x1a\x14.mysterybox.v1.Token\x12Q\n" +
 	"\n" +
 	"ListTokens\x12 .mysterybox.v1.ListTokensRequest\x1a!.mysterybox.v1.ListTokensResponse\x12T\n" +
-	"\vRevokeToken\x12!.mysterybox.v1.RevokeTokenRequest\x1a\".mysterybox.v1.RevokeTokenResponse\x12^\n" +
+	"\vRevokeToken\x12!.mysterybox.v1.RevokeTokenRequest\x1a\".mysterybox.v1.RevokeTokenResponse\x12T\n" +
+	"\vDeleteToken\x12!.mysterybox.v1.DeleteTokenRequest\x1a\".mysterybox.v1.DeleteTokenResponse\x12^\n" +
 	"\x13CreateAccessBinding\x12).mysterybox.v1.CreateAccessBindingRequest\x1a\x1c.mysterybox.v1.AccessBinding\x12X\n" +
 	"\x10GetAccessBinding\x12&.mysterybox.v1.GetAccessBindingRequest\x1a\x1c.mysterybox.v1.AccessBinding\x12i\n" +
 	"\x12ListAccessBindings\x12(.mysterybox.v1.ListAccessBindingsRequest\x1a).mysterybox.v1.ListAccessBindingsResponse\x12l\n" +
@@ -5443,7 +5528,7 @@ func file_mysterybox_proto_rawDescGZIP() []byte {
 }
 
 var file_mysterybox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
+var file_mysterybox_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
 var file_mysterybox_proto_goTypes = []any{
 	(State)(0),                           // 0: mysterybox.v1.State
 	(AccountType)(0),                     // 1: mysterybox.v1.AccountType
@@ -5476,75 +5561,77 @@ var file_mysterybox_proto_goTypes = []any{
 	(*ListTokensResponse)(nil),           // 28: mysterybox.v1.ListTokensResponse
 	(*RevokeTokenRequest)(nil),           // 29: mysterybox.v1.RevokeTokenRequest
 	(*RevokeTokenResponse)(nil),          // 30: mysterybox.v1.RevokeTokenResponse
-	(*AccessBinding)(nil),                // 31: mysterybox.v1.AccessBinding
-	(*AccessBindingSpec)(nil),            // 32: mysterybox.v1.AccessBindingSpec
-	(*CreateAccessBindingRequest)(nil),   // 33: mysterybox.v1.CreateAccessBindingRequest
-	(*GetAccessBindingRequest)(nil),      // 34: mysterybox.v1.GetAccessBindingRequest
-	(*ListAccessBindingsRequest)(nil),    // 35: mysterybox.v1.ListAccessBindingsRequest
-	(*ListAccessBindingsResponse)(nil),   // 36: mysterybox.v1.ListAccessBindingsResponse
-	(*DeleteAccessBindingRequest)(nil),   // 37: mysterybox.v1.DeleteAccessBindingRequest
-	(*DeleteAccessBindingResponse)(nil),  // 38: mysterybox.v1.DeleteAccessBindingResponse
-	(*PayloadEntry)(nil),                 // 39: mysterybox.v1.PayloadEntry
-	(*Payload)(nil),                      // 40: mysterybox.v1.Payload
-	(*Secret)(nil),                       // 41: mysterybox.v1.Secret
-	(*SecretSpec)(nil),                   // 42: mysterybox.v1.SecretSpec
-	(*SecretStatus)(nil),                 // 43: mysterybox.v1.SecretStatus
-	(*CreateSecretRequest)(nil),          // 44: mysterybox.v1.CreateSecretRequest
-	(*GetSecretRequest)(nil),             // 45: mysterybox.v1.GetSecretRequest
-	(*GetSecretByNameRequest)(nil),       // 46: mysterybox.v1.GetSecretByNameRequest
-	(*ListSecretsRequest)(nil),           // 47: mysterybox.v1.ListSecretsRequest
-	(*ListSecretsResponse)(nil),          // 48: mysterybox.v1.ListSecretsResponse
-	(*UpdateSecretRequest)(nil),          // 49: mysterybox.v1.UpdateSecretRequest
-	(*DeleteSecretRequest)(nil),          // 50: mysterybox.v1.DeleteSecretRequest
-	(*UndeleteSecretRequest)(nil),        // 51: mysterybox.v1.UndeleteSecretRequest
-	(*SecretVersion)(nil),                // 52: mysterybox.v1.SecretVersion
-	(*SecretVersionSpec)(nil),            // 53: mysterybox.v1.SecretVersionSpec
-	(*SecretVersionStatus)(nil),          // 54: mysterybox.v1.SecretVersionStatus
-	(*CreateSecretVersionRequest)(nil),   // 55: mysterybox.v1.CreateSecretVersionRequest
-	(*GetSecretVersionRequest)(nil),      // 56: mysterybox.v1.GetSecretVersionRequest
-	(*ListSecretVersionsRequest)(nil),    // 57: mysterybox.v1.ListSecretVersionsRequest
-	(*ListSecretVersionsResponse)(nil),   // 58: mysterybox.v1.ListSecretVersionsResponse
-	(*DeleteSecretVersionRequest)(nil),   // 59: mysterybox.v1.DeleteSecretVersionRequest
-	(*UndeleteSecretVersionRequest)(nil), // 60: mysterybox.v1.UndeleteSecretVersionRequest
-	(*GetPayloadRequest)(nil),            // 61: mysterybox.v1.GetPayloadRequest
-	(*GetPayloadResponse)(nil),           // 62: mysterybox.v1.GetPayloadResponse
-	(*GetPayloadByKeyRequest)(nil),       // 63: mysterybox.v1.GetPayloadByKeyRequest
-	(*GetPayloadByKeyResponse)(nil),      // 64: mysterybox.v1.GetPayloadByKeyResponse
-	(*ClusterStatusRequest)(nil),         // 65: mysterybox.v1.ClusterStatusRequest
-	(*ClusterStatusResponse)(nil),        // 66: mysterybox.v1.ClusterStatusResponse
-	(*Member)(nil),                       // 67: mysterybox.v1.Member
-	(*ListMembersRequest)(nil),           // 68: mysterybox.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),          // 69: mysterybox.v1.ListMembersResponse
-	(*ListRegionsRequest)(nil),           // 70: mysterybox.v1.ListRegionsRequest
-	(*RegionNode)(nil),                   // 71: mysterybox.v1.RegionNode
-	(*Region)(nil),                       // 72: mysterybox.v1.Region
-	(*ListRegionsResponse)(nil),          // 73: mysterybox.v1.ListRegionsResponse
-	(*SnapshotRequest)(nil),              // 74: mysterybox.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),                // 75: mysterybox.v1.SnapshotChunk
-	(*RestoreChunk)(nil),                 // 76: mysterybox.v1.RestoreChunk
-	(*RestoreResponse)(nil),              // 77: mysterybox.v1.RestoreResponse
-	(*JoinRequest)(nil),                  // 78: mysterybox.v1.JoinRequest
-	(*JoinResponse)(nil),                 // 79: mysterybox.v1.JoinResponse
-	(*RemoveNodeRequest)(nil),            // 80: mysterybox.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),           // 81: mysterybox.v1.RemoveNodeResponse
-	(*TransferLeadershipRequest)(nil),    // 82: mysterybox.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil),   // 83: mysterybox.v1.TransferLeadershipResponse
-	(*RewrapRequest)(nil),                // 84: mysterybox.v1.RewrapRequest
-	(*RewrapResponse)(nil),               // 85: mysterybox.v1.RewrapResponse
-	(*AuditRecord)(nil),                  // 86: mysterybox.v1.AuditRecord
-	(*ListAuditRequest)(nil),             // 87: mysterybox.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),            // 88: mysterybox.v1.ListAuditResponse
-	(*VerifyAuditRequest)(nil),           // 89: mysterybox.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),          // 90: mysterybox.v1.VerifyAuditResponse
-	nil,                                  // 91: mysterybox.v1.Metadata.LabelsEntry
-	(*timestamppb.Timestamp)(nil),        // 92: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 93: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),        // 94: google.protobuf.FieldMask
+	(*DeleteTokenRequest)(nil),           // 31: mysterybox.v1.DeleteTokenRequest
+	(*DeleteTokenResponse)(nil),          // 32: mysterybox.v1.DeleteTokenResponse
+	(*AccessBinding)(nil),                // 33: mysterybox.v1.AccessBinding
+	(*AccessBindingSpec)(nil),            // 34: mysterybox.v1.AccessBindingSpec
+	(*CreateAccessBindingRequest)(nil),   // 35: mysterybox.v1.CreateAccessBindingRequest
+	(*GetAccessBindingRequest)(nil),      // 36: mysterybox.v1.GetAccessBindingRequest
+	(*ListAccessBindingsRequest)(nil),    // 37: mysterybox.v1.ListAccessBindingsRequest
+	(*ListAccessBindingsResponse)(nil),   // 38: mysterybox.v1.ListAccessBindingsResponse
+	(*DeleteAccessBindingRequest)(nil),   // 39: mysterybox.v1.DeleteAccessBindingRequest
+	(*DeleteAccessBindingResponse)(nil),  // 40: mysterybox.v1.DeleteAccessBindingResponse
+	(*PayloadEntry)(nil),                 // 41: mysterybox.v1.PayloadEntry
+	(*Payload)(nil),                      // 42: mysterybox.v1.Payload
+	(*Secret)(nil),                       // 43: mysterybox.v1.Secret
+	(*SecretSpec)(nil),                   // 44: mysterybox.v1.SecretSpec
+	(*SecretStatus)(nil),                 // 45: mysterybox.v1.SecretStatus
+	(*CreateSecretRequest)(nil),          // 46: mysterybox.v1.CreateSecretRequest
+	(*GetSecretRequest)(nil),             // 47: mysterybox.v1.GetSecretRequest
+	(*GetSecretByNameRequest)(nil),       // 48: mysterybox.v1.GetSecretByNameRequest
+	(*ListSecretsRequest)(nil),           // 49: mysterybox.v1.ListSecretsRequest
+	(*ListSecretsResponse)(nil),          // 50: mysterybox.v1.ListSecretsResponse
+	(*UpdateSecretRequest)(nil),          // 51: mysterybox.v1.UpdateSecretRequest
+	(*DeleteSecretRequest)(nil),          // 52: mysterybox.v1.DeleteSecretRequest
+	(*UndeleteSecretRequest)(nil),        // 53: mysterybox.v1.UndeleteSecretRequest
+	(*SecretVersion)(nil),                // 54: mysterybox.v1.SecretVersion
+	(*SecretVersionSpec)(nil),            // 55: mysterybox.v1.SecretVersionSpec
+	(*SecretVersionStatus)(nil),          // 56: mysterybox.v1.SecretVersionStatus
+	(*CreateSecretVersionRequest)(nil),   // 57: mysterybox.v1.CreateSecretVersionRequest
+	(*GetSecretVersionRequest)(nil),      // 58: mysterybox.v1.GetSecretVersionRequest
+	(*ListSecretVersionsRequest)(nil),    // 59: mysterybox.v1.ListSecretVersionsRequest
+	(*ListSecretVersionsResponse)(nil),   // 60: mysterybox.v1.ListSecretVersionsResponse
+	(*DeleteSecretVersionRequest)(nil),   // 61: mysterybox.v1.DeleteSecretVersionRequest
+	(*UndeleteSecretVersionRequest)(nil), // 62: mysterybox.v1.UndeleteSecretVersionRequest
+	(*GetPayloadRequest)(nil),            // 63: mysterybox.v1.GetPayloadRequest
+	(*GetPayloadResponse)(nil),           // 64: mysterybox.v1.GetPayloadResponse
+	(*GetPayloadByKeyRequest)(nil),       // 65: mysterybox.v1.GetPayloadByKeyRequest
+	(*GetPayloadByKeyResponse)(nil),      // 66: mysterybox.v1.GetPayloadByKeyResponse
+	(*ClusterStatusRequest)(nil),         // 67: mysterybox.v1.ClusterStatusRequest
+	(*ClusterStatusResponse)(nil),        // 68: mysterybox.v1.ClusterStatusResponse
+	(*Member)(nil),                       // 69: mysterybox.v1.Member
+	(*ListMembersRequest)(nil),           // 70: mysterybox.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),          // 71: mysterybox.v1.ListMembersResponse
+	(*ListRegionsRequest)(nil),           // 72: mysterybox.v1.ListRegionsRequest
+	(*RegionNode)(nil),                   // 73: mysterybox.v1.RegionNode
+	(*Region)(nil),                       // 74: mysterybox.v1.Region
+	(*ListRegionsResponse)(nil),          // 75: mysterybox.v1.ListRegionsResponse
+	(*SnapshotRequest)(nil),              // 76: mysterybox.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),                // 77: mysterybox.v1.SnapshotChunk
+	(*RestoreChunk)(nil),                 // 78: mysterybox.v1.RestoreChunk
+	(*RestoreResponse)(nil),              // 79: mysterybox.v1.RestoreResponse
+	(*JoinRequest)(nil),                  // 80: mysterybox.v1.JoinRequest
+	(*JoinResponse)(nil),                 // 81: mysterybox.v1.JoinResponse
+	(*RemoveNodeRequest)(nil),            // 82: mysterybox.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),           // 83: mysterybox.v1.RemoveNodeResponse
+	(*TransferLeadershipRequest)(nil),    // 84: mysterybox.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil),   // 85: mysterybox.v1.TransferLeadershipResponse
+	(*RewrapRequest)(nil),                // 86: mysterybox.v1.RewrapRequest
+	(*RewrapResponse)(nil),               // 87: mysterybox.v1.RewrapResponse
+	(*AuditRecord)(nil),                  // 88: mysterybox.v1.AuditRecord
+	(*ListAuditRequest)(nil),             // 89: mysterybox.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),            // 90: mysterybox.v1.ListAuditResponse
+	(*VerifyAuditRequest)(nil),           // 91: mysterybox.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),          // 92: mysterybox.v1.VerifyAuditResponse
+	nil,                                  // 93: mysterybox.v1.Metadata.LabelsEntry
+	(*timestamppb.Timestamp)(nil),        // 94: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 95: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),        // 96: google.protobuf.FieldMask
 }
 var file_mysterybox_proto_depIdxs = []int32{
-	92, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
-	92, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
-	91, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
+	94, // 0: mysterybox.v1.Metadata.created_at:type_name -> google.protobuf.Timestamp
+	94, // 1: mysterybox.v1.Metadata.updated_at:type_name -> google.protobuf.Timestamp
+	93, // 2: mysterybox.v1.Metadata.labels:type_name -> mysterybox.v1.Metadata.LabelsEntry
 	2,  // 3: mysterybox.v1.Project.metadata:type_name -> mysterybox.v1.Metadata
 	4,  // 4: mysterybox.v1.Project.spec:type_name -> mysterybox.v1.ProjectSpec
 	5,  // 5: mysterybox.v1.Project.status:type_name -> mysterybox.v1.ProjectStatus
@@ -5559,44 +5646,44 @@ var file_mysterybox_proto_depIdxs = []int32{
 	2,  // 14: mysterybox.v1.Token.metadata:type_name -> mysterybox.v1.Metadata
 	22, // 15: mysterybox.v1.Token.spec:type_name -> mysterybox.v1.TokenSpec
 	23, // 16: mysterybox.v1.Token.status:type_name -> mysterybox.v1.TokenStatus
-	92, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
-	93, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
+	94, // 17: mysterybox.v1.TokenSpec.expires_at:type_name -> google.protobuf.Timestamp
+	95, // 18: mysterybox.v1.CreateTokenRequest.ttl:type_name -> google.protobuf.Duration
 	21, // 19: mysterybox.v1.CreateTokenResponse.token:type_name -> mysterybox.v1.Token
 	21, // 20: mysterybox.v1.ListTokensResponse.tokens:type_name -> mysterybox.v1.Token
 	2,  // 21: mysterybox.v1.AccessBinding.metadata:type_name -> mysterybox.v1.Metadata
-	32, // 22: mysterybox.v1.AccessBinding.spec:type_name -> mysterybox.v1.AccessBindingSpec
-	31, // 23: mysterybox.v1.CreateAccessBindingRequest.binding:type_name -> mysterybox.v1.AccessBinding
-	31, // 24: mysterybox.v1.ListAccessBindingsResponse.bindings:type_name -> mysterybox.v1.AccessBinding
-	39, // 25: mysterybox.v1.Payload.entries:type_name -> mysterybox.v1.PayloadEntry
+	34, // 22: mysterybox.v1.AccessBinding.spec:type_name -> mysterybox.v1.AccessBindingSpec
+	33, // 23: mysterybox.v1.CreateAccessBindingRequest.binding:type_name -> mysterybox.v1.AccessBinding
+	33, // 24: mysterybox.v1.ListAccessBindingsResponse.bindings:type_name -> mysterybox.v1.AccessBinding
+	41, // 25: mysterybox.v1.Payload.entries:type_name -> mysterybox.v1.PayloadEntry
 	2,  // 26: mysterybox.v1.Secret.metadata:type_name -> mysterybox.v1.Metadata
-	42, // 27: mysterybox.v1.Secret.spec:type_name -> mysterybox.v1.SecretSpec
-	43, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
-	53, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
+	44, // 27: mysterybox.v1.Secret.spec:type_name -> mysterybox.v1.SecretSpec
+	45, // 28: mysterybox.v1.Secret.status:type_name -> mysterybox.v1.SecretStatus
+	55, // 29: mysterybox.v1.SecretSpec.secret_version:type_name -> mysterybox.v1.SecretVersionSpec
 	0,  // 30: mysterybox.v1.SecretStatus.state:type_name -> mysterybox.v1.State
-	92, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	92, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
-	41, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	41, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
-	41, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
-	94, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
+	94, // 31: mysterybox.v1.SecretStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	94, // 32: mysterybox.v1.SecretStatus.purge_at:type_name -> google.protobuf.Timestamp
+	43, // 33: mysterybox.v1.CreateSecretRequest.secret:type_name -> mysterybox.v1.Secret
+	43, // 34: mysterybox.v1.ListSecretsResponse.secrets:type_name -> mysterybox.v1.Secret
+	43, // 35: mysterybox.v1.UpdateSecretRequest.secret:type_name -> mysterybox.v1.Secret
+	96, // 36: mysterybox.v1.UpdateSecretRequest.update_mask:type_name -> google.protobuf.FieldMask
 	2,  // 37: mysterybox.v1.SecretVersion.metadata:type_name -> mysterybox.v1.Metadata
-	53, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
-	54, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
-	40, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
+	55, // 38: mysterybox.v1.SecretVersion.spec:type_name -> mysterybox.v1.SecretVersionSpec
+	56, // 39: mysterybox.v1.SecretVersion.status:type_name -> mysterybox.v1.SecretVersionStatus
+	42, // 40: mysterybox.v1.SecretVersionSpec.payload:type_name -> mysterybox.v1.Payload
 	0,  // 41: mysterybox.v1.SecretVersionStatus.state:type_name -> mysterybox.v1.State
-	92, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
-	92, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
-	52, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
-	52, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
-	39, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
-	39, // 47: mysterybox.v1.GetPayloadByKeyResponse.entry:type_name -> mysterybox.v1.PayloadEntry
-	67, // 48: mysterybox.v1.ListMembersResponse.members:type_name -> mysterybox.v1.Member
-	71, // 49: mysterybox.v1.Region.nodes:type_name -> mysterybox.v1.RegionNode
-	72, // 50: mysterybox.v1.ListRegionsResponse.regions:type_name -> mysterybox.v1.Region
-	67, // 51: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
-	92, // 52: mysterybox.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	92, // 53: mysterybox.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
-	86, // 54: mysterybox.v1.ListAuditResponse.records:type_name -> mysterybox.v1.AuditRecord
+	94, // 42: mysterybox.v1.SecretVersionStatus.deleted_at:type_name -> google.protobuf.Timestamp
+	94, // 43: mysterybox.v1.SecretVersionStatus.purge_at:type_name -> google.protobuf.Timestamp
+	54, // 44: mysterybox.v1.CreateSecretVersionRequest.version:type_name -> mysterybox.v1.SecretVersion
+	54, // 45: mysterybox.v1.ListSecretVersionsResponse.versions:type_name -> mysterybox.v1.SecretVersion
+	41, // 46: mysterybox.v1.GetPayloadResponse.entries:type_name -> mysterybox.v1.PayloadEntry
+	41, // 47: mysterybox.v1.GetPayloadByKeyResponse.entry:type_name -> mysterybox.v1.PayloadEntry
+	69, // 48: mysterybox.v1.ListMembersResponse.members:type_name -> mysterybox.v1.Member
+	73, // 49: mysterybox.v1.Region.nodes:type_name -> mysterybox.v1.RegionNode
+	74, // 50: mysterybox.v1.ListRegionsResponse.regions:type_name -> mysterybox.v1.Region
+	69, // 51: mysterybox.v1.JoinResponse.members:type_name -> mysterybox.v1.Member
+	94, // 52: mysterybox.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	94, // 53: mysterybox.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	88, // 54: mysterybox.v1.ListAuditResponse.records:type_name -> mysterybox.v1.AuditRecord
 	6,  // 55: mysterybox.v1.IdentityService.CreateProject:input_type -> mysterybox.v1.CreateProjectRequest
 	7,  // 56: mysterybox.v1.IdentityService.GetProject:input_type -> mysterybox.v1.GetProjectRequest
 	8,  // 57: mysterybox.v1.IdentityService.ListProjects:input_type -> mysterybox.v1.ListProjectsRequest
@@ -5609,78 +5696,80 @@ var file_mysterybox_proto_depIdxs = []int32{
 	26, // 64: mysterybox.v1.IdentityService.GetToken:input_type -> mysterybox.v1.GetTokenRequest
 	27, // 65: mysterybox.v1.IdentityService.ListTokens:input_type -> mysterybox.v1.ListTokensRequest
 	29, // 66: mysterybox.v1.IdentityService.RevokeToken:input_type -> mysterybox.v1.RevokeTokenRequest
-	33, // 67: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
-	34, // 68: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
-	35, // 69: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
-	37, // 70: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
-	44, // 71: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
-	45, // 72: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
-	46, // 73: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
-	47, // 74: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
-	49, // 75: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
-	50, // 76: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
-	51, // 77: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
-	55, // 78: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
-	56, // 79: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
-	57, // 80: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
-	59, // 81: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
-	60, // 82: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
-	61, // 83: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
-	63, // 84: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
-	65, // 85: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
-	68, // 86: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
-	70, // 87: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
-	78, // 88: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
-	80, // 89: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
-	82, // 90: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
-	74, // 91: mysterybox.v1.ClusterService.Snapshot:input_type -> mysterybox.v1.SnapshotRequest
-	76, // 92: mysterybox.v1.ClusterService.Restore:input_type -> mysterybox.v1.RestoreChunk
-	84, // 93: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
-	87, // 94: mysterybox.v1.AuditService.List:input_type -> mysterybox.v1.ListAuditRequest
-	89, // 95: mysterybox.v1.AuditService.Verify:input_type -> mysterybox.v1.VerifyAuditRequest
-	3,  // 96: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
-	3,  // 97: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
-	9,  // 98: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
-	11, // 99: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
-	12, // 100: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
-	12, // 101: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
-	18, // 102: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
-	20, // 103: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
-	25, // 104: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
-	21, // 105: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
-	28, // 106: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
-	30, // 107: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
-	31, // 108: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	31, // 109: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
-	36, // 110: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
-	38, // 111: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
-	41, // 112: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
-	41, // 113: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
-	41, // 114: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
-	48, // 115: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
-	41, // 116: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
-	41, // 117: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
-	41, // 118: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
-	52, // 119: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
-	52, // 120: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
-	58, // 121: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
-	52, // 122: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
-	52, // 123: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
-	62, // 124: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
-	64, // 125: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
-	66, // 126: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
-	69, // 127: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
-	73, // 128: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
-	79, // 129: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
-	81, // 130: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
-	83, // 131: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
-	75, // 132: mysterybox.v1.ClusterService.Snapshot:output_type -> mysterybox.v1.SnapshotChunk
-	77, // 133: mysterybox.v1.ClusterService.Restore:output_type -> mysterybox.v1.RestoreResponse
-	85, // 134: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
-	88, // 135: mysterybox.v1.AuditService.List:output_type -> mysterybox.v1.ListAuditResponse
-	90, // 136: mysterybox.v1.AuditService.Verify:output_type -> mysterybox.v1.VerifyAuditResponse
-	96, // [96:137] is the sub-list for method output_type
-	55, // [55:96] is the sub-list for method input_type
+	31, // 67: mysterybox.v1.IdentityService.DeleteToken:input_type -> mysterybox.v1.DeleteTokenRequest
+	35, // 68: mysterybox.v1.IdentityService.CreateAccessBinding:input_type -> mysterybox.v1.CreateAccessBindingRequest
+	36, // 69: mysterybox.v1.IdentityService.GetAccessBinding:input_type -> mysterybox.v1.GetAccessBindingRequest
+	37, // 70: mysterybox.v1.IdentityService.ListAccessBindings:input_type -> mysterybox.v1.ListAccessBindingsRequest
+	39, // 71: mysterybox.v1.IdentityService.DeleteAccessBinding:input_type -> mysterybox.v1.DeleteAccessBindingRequest
+	46, // 72: mysterybox.v1.SecretService.Create:input_type -> mysterybox.v1.CreateSecretRequest
+	47, // 73: mysterybox.v1.SecretService.Get:input_type -> mysterybox.v1.GetSecretRequest
+	48, // 74: mysterybox.v1.SecretService.GetByName:input_type -> mysterybox.v1.GetSecretByNameRequest
+	49, // 75: mysterybox.v1.SecretService.List:input_type -> mysterybox.v1.ListSecretsRequest
+	51, // 76: mysterybox.v1.SecretService.Update:input_type -> mysterybox.v1.UpdateSecretRequest
+	52, // 77: mysterybox.v1.SecretService.Delete:input_type -> mysterybox.v1.DeleteSecretRequest
+	53, // 78: mysterybox.v1.SecretService.Undelete:input_type -> mysterybox.v1.UndeleteSecretRequest
+	57, // 79: mysterybox.v1.SecretVersionService.Create:input_type -> mysterybox.v1.CreateSecretVersionRequest
+	58, // 80: mysterybox.v1.SecretVersionService.Get:input_type -> mysterybox.v1.GetSecretVersionRequest
+	59, // 81: mysterybox.v1.SecretVersionService.List:input_type -> mysterybox.v1.ListSecretVersionsRequest
+	61, // 82: mysterybox.v1.SecretVersionService.Delete:input_type -> mysterybox.v1.DeleteSecretVersionRequest
+	62, // 83: mysterybox.v1.SecretVersionService.Undelete:input_type -> mysterybox.v1.UndeleteSecretVersionRequest
+	63, // 84: mysterybox.v1.PayloadService.Get:input_type -> mysterybox.v1.GetPayloadRequest
+	65, // 85: mysterybox.v1.PayloadService.GetByKey:input_type -> mysterybox.v1.GetPayloadByKeyRequest
+	67, // 86: mysterybox.v1.ClusterService.Status:input_type -> mysterybox.v1.ClusterStatusRequest
+	70, // 87: mysterybox.v1.ClusterService.Members:input_type -> mysterybox.v1.ListMembersRequest
+	72, // 88: mysterybox.v1.ClusterService.Regions:input_type -> mysterybox.v1.ListRegionsRequest
+	80, // 89: mysterybox.v1.ClusterService.Join:input_type -> mysterybox.v1.JoinRequest
+	82, // 90: mysterybox.v1.ClusterService.RemoveNode:input_type -> mysterybox.v1.RemoveNodeRequest
+	84, // 91: mysterybox.v1.ClusterService.TransferLeadership:input_type -> mysterybox.v1.TransferLeadershipRequest
+	76, // 92: mysterybox.v1.ClusterService.Snapshot:input_type -> mysterybox.v1.SnapshotRequest
+	78, // 93: mysterybox.v1.ClusterService.Restore:input_type -> mysterybox.v1.RestoreChunk
+	86, // 94: mysterybox.v1.AdminService.Rewrap:input_type -> mysterybox.v1.RewrapRequest
+	89, // 95: mysterybox.v1.AuditService.List:input_type -> mysterybox.v1.ListAuditRequest
+	91, // 96: mysterybox.v1.AuditService.Verify:input_type -> mysterybox.v1.VerifyAuditRequest
+	3,  // 97: mysterybox.v1.IdentityService.CreateProject:output_type -> mysterybox.v1.Project
+	3,  // 98: mysterybox.v1.IdentityService.GetProject:output_type -> mysterybox.v1.Project
+	9,  // 99: mysterybox.v1.IdentityService.ListProjects:output_type -> mysterybox.v1.ListProjectsResponse
+	11, // 100: mysterybox.v1.IdentityService.DeleteProject:output_type -> mysterybox.v1.DeleteProjectResponse
+	12, // 101: mysterybox.v1.IdentityService.CreateAccount:output_type -> mysterybox.v1.Account
+	12, // 102: mysterybox.v1.IdentityService.GetAccount:output_type -> mysterybox.v1.Account
+	18, // 103: mysterybox.v1.IdentityService.ListAccounts:output_type -> mysterybox.v1.ListAccountsResponse
+	20, // 104: mysterybox.v1.IdentityService.DeleteAccount:output_type -> mysterybox.v1.DeleteAccountResponse
+	25, // 105: mysterybox.v1.IdentityService.CreateToken:output_type -> mysterybox.v1.CreateTokenResponse
+	21, // 106: mysterybox.v1.IdentityService.GetToken:output_type -> mysterybox.v1.Token
+	28, // 107: mysterybox.v1.IdentityService.ListTokens:output_type -> mysterybox.v1.ListTokensResponse
+	30, // 108: mysterybox.v1.IdentityService.RevokeToken:output_type -> mysterybox.v1.RevokeTokenResponse
+	32, // 109: mysterybox.v1.IdentityService.DeleteToken:output_type -> mysterybox.v1.DeleteTokenResponse
+	33, // 110: mysterybox.v1.IdentityService.CreateAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	33, // 111: mysterybox.v1.IdentityService.GetAccessBinding:output_type -> mysterybox.v1.AccessBinding
+	38, // 112: mysterybox.v1.IdentityService.ListAccessBindings:output_type -> mysterybox.v1.ListAccessBindingsResponse
+	40, // 113: mysterybox.v1.IdentityService.DeleteAccessBinding:output_type -> mysterybox.v1.DeleteAccessBindingResponse
+	43, // 114: mysterybox.v1.SecretService.Create:output_type -> mysterybox.v1.Secret
+	43, // 115: mysterybox.v1.SecretService.Get:output_type -> mysterybox.v1.Secret
+	43, // 116: mysterybox.v1.SecretService.GetByName:output_type -> mysterybox.v1.Secret
+	50, // 117: mysterybox.v1.SecretService.List:output_type -> mysterybox.v1.ListSecretsResponse
+	43, // 118: mysterybox.v1.SecretService.Update:output_type -> mysterybox.v1.Secret
+	43, // 119: mysterybox.v1.SecretService.Delete:output_type -> mysterybox.v1.Secret
+	43, // 120: mysterybox.v1.SecretService.Undelete:output_type -> mysterybox.v1.Secret
+	54, // 121: mysterybox.v1.SecretVersionService.Create:output_type -> mysterybox.v1.SecretVersion
+	54, // 122: mysterybox.v1.SecretVersionService.Get:output_type -> mysterybox.v1.SecretVersion
+	60, // 123: mysterybox.v1.SecretVersionService.List:output_type -> mysterybox.v1.ListSecretVersionsResponse
+	54, // 124: mysterybox.v1.SecretVersionService.Delete:output_type -> mysterybox.v1.SecretVersion
+	54, // 125: mysterybox.v1.SecretVersionService.Undelete:output_type -> mysterybox.v1.SecretVersion
+	64, // 126: mysterybox.v1.PayloadService.Get:output_type -> mysterybox.v1.GetPayloadResponse
+	66, // 127: mysterybox.v1.PayloadService.GetByKey:output_type -> mysterybox.v1.GetPayloadByKeyResponse
+	68, // 128: mysterybox.v1.ClusterService.Status:output_type -> mysterybox.v1.ClusterStatusResponse
+	71, // 129: mysterybox.v1.ClusterService.Members:output_type -> mysterybox.v1.ListMembersResponse
+	75, // 130: mysterybox.v1.ClusterService.Regions:output_type -> mysterybox.v1.ListRegionsResponse
+	81, // 131: mysterybox.v1.ClusterService.Join:output_type -> mysterybox.v1.JoinResponse
+	83, // 132: mysterybox.v1.ClusterService.RemoveNode:output_type -> mysterybox.v1.RemoveNodeResponse
+	85, // 133: mysterybox.v1.ClusterService.TransferLeadership:output_type -> mysterybox.v1.TransferLeadershipResponse
+	77, // 134: mysterybox.v1.ClusterService.Snapshot:output_type -> mysterybox.v1.SnapshotChunk
+	79, // 135: mysterybox.v1.ClusterService.Restore:output_type -> mysterybox.v1.RestoreResponse
+	87, // 136: mysterybox.v1.AdminService.Rewrap:output_type -> mysterybox.v1.RewrapResponse
+	90, // 137: mysterybox.v1.AuditService.List:output_type -> mysterybox.v1.ListAuditResponse
+	92, // 138: mysterybox.v1.AuditService.Verify:output_type -> mysterybox.v1.VerifyAuditResponse
+	97, // [97:139] is the sub-list for method output_type
+	55, // [55:97] is the sub-list for method input_type
 	55, // [55:55] is the sub-list for extension type_name
 	55, // [55:55] is the sub-list for extension extendee
 	0,  // [0:55] is the sub-list for field type_name
@@ -5691,7 +5780,7 @@ func file_mysterybox_proto_init() {
 	if File_mysterybox_proto != nil {
 		return
 	}
-	file_mysterybox_proto_msgTypes[37].OneofWrappers = []any{
+	file_mysterybox_proto_msgTypes[39].OneofWrappers = []any{
 		(*PayloadEntry_StringValue)(nil),
 		(*PayloadEntry_BinaryValue)(nil),
 	}
@@ -5701,7 +5790,7 @@ func file_mysterybox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mysterybox_proto_rawDesc), len(file_mysterybox_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   90,
+			NumMessages:   92,
 			NumExtensions: 0,
 			NumServices:   7,
 		},

@@ -37,6 +37,7 @@ const (
 	IdentityService_GetToken_FullMethodName            = "/mysterybox.v1.IdentityService/GetToken"
 	IdentityService_ListTokens_FullMethodName          = "/mysterybox.v1.IdentityService/ListTokens"
 	IdentityService_RevokeToken_FullMethodName         = "/mysterybox.v1.IdentityService/RevokeToken"
+	IdentityService_DeleteToken_FullMethodName         = "/mysterybox.v1.IdentityService/DeleteToken"
 	IdentityService_CreateAccessBinding_FullMethodName = "/mysterybox.v1.IdentityService/CreateAccessBinding"
 	IdentityService_GetAccessBinding_FullMethodName    = "/mysterybox.v1.IdentityService/GetAccessBinding"
 	IdentityService_ListAccessBindings_FullMethodName  = "/mysterybox.v1.IdentityService/ListAccessBindings"
@@ -62,6 +63,7 @@ type IdentityServiceClient interface {
 	GetToken(ctx context.Context, in *GetTokenRequest, opts ...grpc.CallOption) (*Token, error)
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
+	DeleteToken(ctx context.Context, in *DeleteTokenRequest, opts ...grpc.CallOption) (*DeleteTokenResponse, error)
 	CreateAccessBinding(ctx context.Context, in *CreateAccessBindingRequest, opts ...grpc.CallOption) (*AccessBinding, error)
 	GetAccessBinding(ctx context.Context, in *GetAccessBindingRequest, opts ...grpc.CallOption) (*AccessBinding, error)
 	ListAccessBindings(ctx context.Context, in *ListAccessBindingsRequest, opts ...grpc.CallOption) (*ListAccessBindingsResponse, error)
@@ -196,6 +198,16 @@ func (c *identityServiceClient) RevokeToken(ctx context.Context, in *RevokeToken
 	return out, nil
 }
 
+func (c *identityServiceClient) DeleteToken(ctx context.Context, in *DeleteTokenRequest, opts ...grpc.CallOption) (*DeleteTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteTokenResponse)
+	err := c.cc.Invoke(ctx, IdentityService_DeleteToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *identityServiceClient) CreateAccessBinding(ctx context.Context, in *CreateAccessBindingRequest, opts ...grpc.CallOption) (*AccessBinding, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AccessBinding)
@@ -255,6 +267,7 @@ type IdentityServiceServer interface {
 	GetToken(context.Context, *GetTokenRequest) (*Token, error)
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
 	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
+	DeleteToken(context.Context, *DeleteTokenRequest) (*DeleteTokenResponse, error)
 	CreateAccessBinding(context.Context, *CreateAccessBindingRequest) (*AccessBinding, error)
 	GetAccessBinding(context.Context, *GetAccessBindingRequest) (*AccessBinding, error)
 	ListAccessBindings(context.Context, *ListAccessBindingsRequest) (*ListAccessBindingsResponse, error)
@@ -304,6 +317,9 @@ func (UnimplementedIdentityServiceServer) ListTokens(context.Context, *ListToken
 }
 func (UnimplementedIdentityServiceServer) RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeToken not implemented")
+}
+func (UnimplementedIdentityServiceServer) DeleteToken(context.Context, *DeleteTokenRequest) (*DeleteTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteToken not implemented")
 }
 func (UnimplementedIdentityServiceServer) CreateAccessBinding(context.Context, *CreateAccessBindingRequest) (*AccessBinding, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateAccessBinding not implemented")
@@ -554,6 +570,24 @@ func _IdentityService_RevokeToken_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IdentityService_DeleteToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IdentityServiceServer).DeleteToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IdentityService_DeleteToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IdentityServiceServer).DeleteToken(ctx, req.(*DeleteTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _IdentityService_CreateAccessBinding_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateAccessBindingRequest)
 	if err := dec(in); err != nil {
@@ -680,6 +714,10 @@ var IdentityService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeToken",
 			Handler:    _IdentityService_RevokeToken_Handler,
+		},
+		{
+			MethodName: "DeleteToken",
+			Handler:    _IdentityService_DeleteToken_Handler,
 		},
 		{
 			MethodName: "CreateAccessBinding",

@@ -296,6 +296,20 @@ func (x *identityService) RevokeToken(ctx context.Context, req *pb.RevokeTokenRe
 	})
 }
 
+// DeleteToken is RevokeToken under the name SPEC gives every resource's
+// removal (IdentityService: Create/Get/List/Delete each).
+func (x *identityService) DeleteToken(ctx context.Context, req *pb.DeleteTokenRequest) (*pb.DeleteTokenResponse, error) {
+	if err := validateID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	if _, err := mutate[*pb.RevokeTokenResponse](ctx, x.s, req, x.s.regionChain(), func() (*fsmpb.Command, error) {
+		return &fsmpb.Command{Op: &fsmpb.Command_RevokeToken{RevokeToken: &fsmpb.RevokeToken{Id: req.GetId()}}}, nil
+	}); err != nil {
+		return nil, err
+	}
+	return &pb.DeleteTokenResponse{}, nil
+}
+
 // ---------------------------------------------------------------- bindings
 
 // bindingAccess is what managing bindings on a resource requires; granting

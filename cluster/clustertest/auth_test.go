@@ -245,6 +245,10 @@ func TestAuthorizationMatrix(t *testing.T) {
 			_, err := pb.NewIdentityServiceClient(cc).RevokeToken(ctx, &pb.RevokeTokenRequest{Id: "token-doesnotexist"})
 			return err
 		}},
+		{"IdentityService.DeleteToken", regionOps, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
+			_, err := pb.NewIdentityServiceClient(cc).DeleteToken(ctx, &pb.DeleteTokenRequest{Id: "token-doesnotexist"})
+			return err
+		}},
 		{"IdentityService.CreateAccessBinding on P", bindP, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
 			_, err := pb.NewIdentityServiceClient(cc).CreateAccessBinding(ctx, &pb.CreateAccessBindingRequest{Binding: &pb.AccessBinding{Spec: &pb.AccessBindingSpec{ResourceId: P, AccountId: dummy.accountID, Role: "mysterybox.editor"}}})
 			return err
@@ -405,6 +409,23 @@ func TestRevocationExpiryAndAccountDeletion(t *testing.T) {
 		if err := read(n, ci.token); status.Code(err) != codes.Unauthenticated {
 			t.Fatalf("revoked token via %s right after the revoke: %v, want UNAUTHENTICATED", n.ID, err)
 		}
+	}
+
+	// DeleteToken (SPEC's name: Create/Get/List/Delete each) revokes too.
+	other := newIdentity(t, c, leader, "ci-2", 0, [2]string{projectID, "mysterybox.payload-viewer"})
+	if err := read(f[1], other.token); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewIdentityServiceClient(c.Conn(f[1])).DeleteToken(ctxT(t), &pb.DeleteTokenRequest{Id: strings.Split(other.token, ".")[2]}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Running() {
+		if err := read(n, other.token); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("deleted token via %s right after the delete: %v, want UNAUTHENTICATED", n.ID, err)
+		}
+	}
+	if _, err := pb.NewIdentityServiceClient(c.Conn(f[1])).DeleteToken(ctxT(t), &pb.DeleteTokenRequest{Id: strings.Split(other.token, ".")[2]}); status.Code(err) != codes.NotFound {
+		t.Fatalf("deleting it again: %v, want NOT_FOUND", err)
 	}
 
 	// Deleting an account revokes its tokens and removes its bindings.
