@@ -32,7 +32,12 @@ func TestSnapshotSaveAndOfflineRestore(t *testing.T) {
 	data, _ := os.ReadFile(file)
 	truncated := filepath.Join(dir, "truncated.mbx")
 	os.WriteFile(truncated, data[:len(data)-10], 0o600)
-	fail(t, exitUsage, "USAGE", "snapshot", "restore", truncated)
+	fail(t, exitError, "INVALID_ARGUMENT", "snapshot", "restore", truncated)
+	// -o json describes the saved backup.
+	saved := ok(t, "snapshot", "save", filepath.Join(dir, "again.mbx"), "-o", "json")
+	if jsonField(t, saved, "region") != "local1" || jsonField(t, saved, "file") != filepath.Join(dir, "again.mbx") || !strings.Contains(saved, `"raft_index"`) {
+		t.Fatalf("save -o json: %s", saved)
+	}
 
 	// The audit log recorded the backup's subject calls and verifies.
 	if v := ok(t, "audit", "verify"); !strings.HasPrefix(v, "ok:") {

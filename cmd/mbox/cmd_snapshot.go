@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
@@ -93,8 +94,20 @@ func (a *app) snapshotSaveCmd() *cobra.Command {
 			if sp != nil {
 				sp.hide()
 			}
-			fmt.Fprintf(a.stdout, "saved region %s at raft index %d (%d bytes, keys %v) to %s\n", h.Region, h.RaftIndex, n, h.KeyIDs, args[0])
-			return nil
+			keys := make([]any, len(h.KeyIDs))
+			for i, k := range h.KeyIDs {
+				keys[i] = k
+			}
+			saved, err := structpb.NewStruct(map[string]any{
+				"file": args[0], "region": h.Region, "cluster_id": h.ClusterID, "raft_index": float64(h.RaftIndex),
+				"raft_term": float64(h.RaftTerm), "bytes": float64(n), "key_ids": keys, "created_at": h.CreatedAt,
+			})
+			if err != nil {
+				return localErr(codes.Unknown, "%v", err)
+			}
+			return a.emit(saved, func(w io.Writer) {
+				fmt.Fprintf(w, "saved region %s at raft index %d (%d bytes, keys %v) to %s\n", h.Region, h.RaftIndex, n, h.KeyIDs, args[0])
+			})
 		},
 	}
 }
@@ -113,12 +126,14 @@ func (a *app) snapshotRestoreCmd() *cobra.Command {
 			defer f.Close()
 			// Check the file locally first: a damaged file fails here,
 			// before anything is sent.
+			// A damaged file is bad input, as the server would call it
+			// (INVALID_ARGUMENT, exit 1), not a mistake in the command line.
 			h, err := backup.ReadHeader(f)
 			if err != nil {
-				return usageErr("%s: %v", args[0], err)
+				return localErr(codes.InvalidArgument, "%s: %v", args[0], err)
 			}
 			if _, err := io.Copy(io.Discard, backup.BodyReader(f, h)); err != nil {
-				return usageErr("%s: %v", args[0], err)
+				return localErr(codes.InvalidArgument, "%s: %v", args[0], err)
 			}
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
 				return localErr(codes.Unknown, "%v", err)
