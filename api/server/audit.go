@@ -363,7 +363,7 @@ type auditService struct {
 }
 
 func (x *auditService) List(ctx context.Context, req *pb.ListAuditRequest) (*pb.ListAuditResponse, error) {
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "audit")
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +387,7 @@ func (x *auditService) List(ctx context.Context, req *pb.ListAuditRequest) (*pb.
 				return true, nil
 			}
 			if len(out.Records) == pg.size {
-				out.NextPageToken = pageToken(be8(out.Records[len(out.Records)-1].GetSeq()))
+				out.NextPageToken = pg.next(be8(out.Records[len(out.Records)-1].GetSeq()))
 				return false, nil
 			}
 			out.Records = append(out.Records, r)

@@ -60,7 +60,7 @@ func (x *identityService) GetProject(ctx context.Context, req *pb.GetProjectRequ
 
 // ListProjects lists the projects the caller may view.
 func (x *identityService) ListProjects(ctx context.Context, req *pb.ListProjectsRequest) (*pb.ListProjectsResponse, error) {
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "projects")
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +80,7 @@ func (x *identityService) ListProjects(ctx context.Context, req *pb.ListProjects
 					continue
 				}
 				if len(out.Projects) == pg.size {
-					out.NextPageToken = pageToken(out.Projects[len(out.Projects)-1].GetMetadata().GetId())
+					out.NextPageToken = pg.next(out.Projects[len(out.Projects)-1].GetMetadata().GetId())
 					return out, nil
 				}
 				out.Projects = append(out.Projects, p)
@@ -151,7 +151,7 @@ func (x *identityService) GetAccount(ctx context.Context, req *pb.GetAccountRequ
 }
 
 func (x *identityService) ListAccounts(ctx context.Context, req *pb.ListAccountsRequest) (*pb.ListAccountsResponse, error) {
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "accounts")
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (x *identityService) ListAccounts(ctx context.Context, req *pb.ListAccounts
 		}
 		out := &pb.ListAccountsResponse{Accounts: accts}
 		if more && len(accts) > 0 {
-			out.NextPageToken = pageToken(accts[len(accts)-1].GetMetadata().GetId())
+			out.NextPageToken = pg.next(accts[len(accts)-1].GetMetadata().GetId())
 		}
 		return out, nil
 	})
@@ -259,7 +259,7 @@ func (x *identityService) ListTokens(ctx context.Context, req *pb.ListTokensRequ
 	if err := validateID("account_id", req.GetAccountId()); err != nil {
 		return nil, err
 	}
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "tokens/"+req.GetAccountId())
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +274,7 @@ func (x *identityService) ListTokens(ctx context.Context, req *pb.ListTokensRequ
 		out := &pb.ListTokensResponse{}
 		if len(ids) > pg.size {
 			ids = ids[:pg.size]
-			out.NextPageToken = pageToken(ids[len(ids)-1])
+			out.NextPageToken = pg.next(ids[len(ids)-1])
 		}
 		for _, id := range ids {
 			t, err := v.Token(id)
@@ -396,7 +396,7 @@ func (x *identityService) ListAccessBindings(ctx context.Context, req *pb.ListAc
 	if err := x.s.validateResourceID("resource_id", req.GetResourceId()); err != nil {
 		return nil, err
 	}
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "bindings/"+req.GetResourceId())
 	if err != nil {
 		return nil, err
 	}
@@ -408,7 +408,7 @@ func (x *identityService) ListAccessBindings(ctx context.Context, req *pb.ListAc
 		out := &pb.ListAccessBindingsResponse{}
 		if len(ids) > pg.size {
 			ids = ids[:pg.size]
-			out.NextPageToken = pageToken(ids[len(ids)-1])
+			out.NextPageToken = pg.next(ids[len(ids)-1])
 		}
 		for _, id := range ids {
 			ab, err := v.Binding(id)

@@ -113,7 +113,7 @@ func (x *secretService) List(ctx context.Context, req *pb.ListSecretsRequest) (*
 	if err := validateID("parent_id", req.GetParentId()); err != nil {
 		return nil, err
 	}
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "secrets/"+req.GetParentId())
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +128,7 @@ func (x *secretService) List(ctx context.Context, req *pb.ListSecretsRequest) (*
 				return true, nil
 			}
 			if len(out.Secrets) == pg.size {
-				out.NextPageToken = pageToken(last)
+				out.NextPageToken = pg.next(last)
 				return false, nil
 			}
 			out.Secrets = append(out.Secrets, rec.GetSecret())

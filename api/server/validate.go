@@ -145,10 +145,17 @@ func truncate(s string, n int) string {
 type page struct {
 	size  int
 	after string
+	scope string
 }
 
-func parsePage(size int32, token string) (page, error) {
-	p := page{size: int(size)}
+// A page token names the list it continues (scope: the collection and its
+// parent, as "secrets/<project id>") and the last key that list returned,
+// so that a token of another list, or a made-up one, is refused rather
+// than silently read as a position in this one (and a page skipped).
+const pageScopeEnd = "\x00"
+
+func parsePage(size int32, token, scope string) (page, error) {
+	p := page{size: int(size), scope: scope}
 	if size == 0 {
 		p.size = defaultPageSize
 	} else if size < 0 || size > maxPageSize {
@@ -156,16 +163,18 @@ func parsePage(size int32, token string) (page, error) {
 	}
 	if token != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(token)
-		if err != nil || len(raw) == 0 || len(raw) > maxIDBytes {
-			return p, invalid("page_token", "is not a token from a previous page")
+		s, after, found := strings.Cut(string(raw), pageScopeEnd)
+		if err != nil || !found || s != scope || len(after) == 0 || len(after) > maxIDBytes {
+			return p, invalid("page_token", "is not a token from a previous page of this list")
 		}
-		p.after = string(raw)
+		p.after = after
 	}
 	return p, nil
 }
 
-func pageToken(lastID string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(lastID))
+// next is the token of the page after the one ending at lastID.
+func (p page) next(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(p.scope + pageScopeEnd + lastID))
 }
 
 // ---------------------------------------------------------------- requests

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -91,21 +92,34 @@ func TestValidateNamesAndLabels(t *testing.T) {
 }
 
 func TestParsePage(t *testing.T) {
-	p, err := parsePage(0, "")
+	p, err := parsePage(0, "", "secrets/project-1")
 	if err != nil || p.size != defaultPageSize {
 		t.Fatalf("default page: %+v %v", p, err)
 	}
 	for _, size := range []int32{-1, 1001} {
-		if _, err := parsePage(size, ""); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_size") {
+		if _, err := parsePage(size, "", "secrets/project-1"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_size") {
 			t.Errorf("page_size %d: %v", size, err)
 		}
 	}
-	if _, err := parsePage(10, "!!!"); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_token") {
-		t.Errorf("bad token: %v", err)
-	}
-	p, err = parsePage(10, pageToken("mbsec-abc"))
+	next := p.next("mbsec-abc")
+	p, err = parsePage(10, next, "secrets/project-1")
 	if err != nil || p.after != "mbsec-abc" {
 		t.Fatalf("round trip token: %+v %v", p, err)
+	}
+	// A token of another list, or one not made by the server, is refused
+	// rather than read as a position in this list (a page silently
+	// skipped or empty).
+	for name, c := range map[string]struct{ token, scope string }{
+		"not base64":            {"!!!", "secrets/project-1"},
+		"base64 of an id alone": {base64.RawURLEncoding.EncodeToString([]byte("mbsec-abc")), "secrets/project-1"},
+		"another project's":     {next, "secrets/project-2"},
+		"another collection's":  {next, "projects"},
+		"made up":               {"Z2FyYmFnZQ", "secrets/project-1"},
+		"empty position":        {p.next(""), "secrets/project-1"},
+	} {
+		if _, err := parsePage(10, c.token, c.scope); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_token") {
+			t.Errorf("%s: %v, want INVALID_ARGUMENT naming page_token", name, err)
+		}
 	}
 }
 

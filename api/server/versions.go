@@ -65,7 +65,7 @@ func (x *versionService) List(ctx context.Context, req *pb.ListSecretVersionsReq
 	if err := validateID("parent_id", req.GetParentId()); err != nil {
 		return nil, err
 	}
-	pg, err := parsePage(req.GetPageSize(), req.GetPageToken())
+	pg, err := parsePage(req.GetPageSize(), req.GetPageToken(), "versions/"+req.GetParentId())
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func (x *versionService) List(ctx context.Context, req *pb.ListSecretVersionsReq
 				return true, nil
 			}
 			if len(out.Versions) == pg.size {
-				out.NextPageToken = pageToken(be8(uint64(last)))
+				out.NextPageToken = pg.next(be8(uint64(last)))
 				return false, nil
 			}
 			out.Versions = append(out.Versions, ver)
