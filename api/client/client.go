@@ -20,9 +20,10 @@
 //
 // The nodes are seeded from Config.Endpoints and, unless discovery is
 // disabled, learned from ClusterService.Members (all nodes, the leader) and
-// ClusterService.Status (the leader) in the background. Those calls need the
-// region's admin role; a token without it makes the client fall back to the
-// configured endpoints, which is all failover needs.
+// ClusterService.Status (the leader) in the background, which answer any
+// token of the region. A server that refuses them (PERMISSION_DENIED, as
+// releases before 2026-12-05 did to non-admin tokens) makes the client keep
+// to the configured endpoints, which is all failover needs.
 //
 // Errors returned by calls are always gRPC status errors (status.FromError
 // works on them), including deadline and cancellation errors.

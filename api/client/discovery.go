@@ -14,14 +14,15 @@ import (
 // discoveryLoop learns the region: all members at once and every
 // RefreshInterval; the leader alone (ClusterService.Status, answered locally
 // by any node) when a call kicks it, at most every minRefreshGap. It ends at
-// Close, or when the region refuses discovery (the token is not a region
-// admin's, or the server does not implement it): the client then keeps to the
-// configured endpoints.
+// Close, or when the region refuses discovery (PERMISSION_DENIED from an
+// older server to a non-admin token, or a server that does not implement
+// it): the client then keeps to the configured endpoints.
 func (c *Client) discoveryLoop() {
 	defer c.wg.Done()
 	tick := time.NewTicker(c.cfg.RefreshInterval)
 	defer tick.Stop()
 	full := true
+	retryGap := minRefreshGap
 	for {
 		start := time.Now()
 		var err error
@@ -33,11 +34,26 @@ func (c *Client) discoveryLoop() {
 		if c.discoveryStopped() {
 			return
 		}
-		// A failed full refresh is tried again on the next occasion.
+		// A failed full refresh is tried again on the next occasion, and
+		// soon even without one (a node may not know the token yet), backing
+		// off up to RefreshInterval.
+		var retry <-chan time.Time
+		var retryTimer *time.Timer
+		if full && err != nil {
+			retryTimer = time.NewTimer(retryGap)
+			retry = retryTimer.C
+			retryGap = min(2*retryGap, c.cfg.RefreshInterval)
+		} else if full {
+			retryGap = minRefreshGap
+		}
 		full = full && err != nil
 		select {
 		case <-c.bg.Done():
+			if retryTimer != nil {
+				retryTimer.Stop()
+			}
 			return
+		case <-retry:
 		case <-tick.C:
 			full = true
 		case <-c.kick:
@@ -50,6 +66,9 @@ func (c *Client) discoveryLoop() {
 				case <-t.C:
 				}
 			}
+		}
+		if retryTimer != nil {
+			retryTimer.Stop()
 		}
 	}
 }
@@ -72,8 +91,8 @@ func (c *Client) discoveryStopped() bool {
 // Refresh fetches the region's members now (ClusterService.Members, through
 // the first node that answers) and from then on sends calls to them too, and
 // leader-bound calls to the leader. The configured endpoints are always kept.
-// It returns PERMISSION_DENIED when the token lacks the region's admin role;
-// background discovery then stops.
+// When the server refuses discovery (PERMISSION_DENIED, UNIMPLEMENTED) it
+// returns that error and background discovery stops.
 func (c *Client) Refresh(ctx context.Context) error {
 	return askAnyNode(ctx, c, methodMembers, &mbv1.ListMembersRequest{}, func(resp *mbv1.ListMembersResponse) {
 		c.learnMembers(resp.GetMembers())
@@ -126,10 +145,12 @@ func (c *Client) discoveryCall(ctx context.Context, addr, method string, req, re
 }
 
 // refused reports whether the region will not answer discovery for this
-// client, now or later.
+// client, now or later. UNAUTHENTICATED is not such an answer: ClusterService
+// answers from the node's own state, and a follower may not have applied a
+// token created a moment ago (the next node, or the next round, knows it).
 func refused(err error) bool {
 	switch status.Code(err) {
-	case codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented:
+	case codes.PermissionDenied, codes.Unimplemented:
 		return true
 	}
 	return false

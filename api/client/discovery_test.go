@@ -25,12 +25,15 @@ import (
 type fakeRegion struct {
 	mbv1.UnimplementedClusterServiceServer
 
-	mu      sync.Mutex
-	addrs   []string
-	leader  string // "" during an "election"
-	deny    bool   // answer PERMISSION_DENIED, as for a non-admin token
-	members int    // Members calls seen
-	statusN int    // Status calls seen
+	mu     sync.Mutex
+	addrs  []string
+	leader string // "" during an "election"
+	deny   bool   // answer PERMISSION_DENIED, as for a non-admin token
+	// unknownToken answers this many discovery calls UNAUTHENTICATED, as a
+	// follower that has not applied the token yet.
+	unknownToken int
+	members      int // Members calls seen
+	statusN      int // Status calls seen
 }
 
 func (r *fakeRegion) Members(ctx context.Context, _ *mbv1.ListMembersRequest) (*mbv1.ListMembersResponse, error) {
@@ -39,6 +42,10 @@ func (r *fakeRegion) Members(ctx context.Context, _ *mbv1.ListMembersRequest) (*
 	r.members++
 	if r.deny {
 		return nil, status.Error(codes.PermissionDenied, "account lacks admin on the region")
+	}
+	if r.unknownToken > 0 {
+		r.unknownToken--
+		return nil, status.Error(codes.Unauthenticated, "unknown or revoked token")
 	}
 	out := &mbv1.ListMembersResponse{}
 	for i, a := range r.addrs {
@@ -218,6 +225,34 @@ func TestLeaderFailoverRelearnsLeader(t *testing.T) {
 	if methodCount(nodes[2], "Create") != before+1 {
 		t.Errorf("the write after relearning did not go to the new leader")
 	}
+}
+
+// A node that does not know the token yet (it has not applied its
+// creation) answers UNAUTHENTICATED: discovery asks the next node, and
+// does not give up for good.
+func TestDiscoveryOutlivesAnUnknownToken(t *testing.T) {
+	r := &fakeRegion{unknownToken: 3}
+	nodes := startRegion(t, 3, r)
+	r.setLeader(nodes[2].addr)
+	c := newClient(t, Config{Endpoints: []string{nodes[0].addr}, Token: "viewer"})
+	for i := 0; i < 4 && len(c.Endpoints()) != 3; i++ {
+		if err := c.Refresh(context.Background()); err != nil && status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("Refresh = %v", err)
+		}
+	}
+	if got := c.Endpoints(); len(got) != 3 || c.DiscoveryErr() != nil {
+		t.Fatalf("endpoints %q, discovery error %v: want the region learned once the token is known", got, c.DiscoveryErr())
+	}
+}
+
+// A failed first discovery is tried again soon, without waiting for a
+// call to fail or for the next RefreshInterval (here an hour).
+func TestDiscoveryRetriesAFailedRefreshSoon(t *testing.T) {
+	r := &fakeRegion{unknownToken: 2}
+	nodes := startRegion(t, 3, r)
+	r.setLeader(nodes[2].addr)
+	c := newClient(t, Config{Endpoints: []string{nodes[0].addr}, Token: "viewer", RefreshInterval: time.Hour})
+	waitFor(t, "the region learned after the token became known", func() bool { return len(c.Endpoints()) == 3 })
 }
 
 func TestDiscoveryDeniedFallsBackToEndpoints(t *testing.T) {

@@ -24,23 +24,37 @@ type clusterService struct {
 	s *Server
 }
 
-// Status describes this node; it is always answered locally.
+// regionAdmin authenticates the call and tells whether its account
+// administers the region. Status and Members answer any account of the
+// region with what a client needs to find the nodes and the leader
+// (SPEC: the client learns the region's nodes from ClusterService, whatever
+// its roles), and region admins with the Raft details too.
+func (s *Server) regionAdmin(ctx context.Context) (bool, error) {
+	admin := false
+	err := s.readAuthorized(ctx, access{}, func(_ *store.View, c *caller) error {
+		admin = c.has(permRegionAdmin, []string{s.cfg.Region})
+		return nil
+	})
+	return admin, toStatus(err)
+}
+
+// Status describes this node; it is always answered locally. An account
+// that does not administer the region gets the node and the leader only.
 func (x *clusterService) Status(ctx context.Context, _ *pb.ClusterStatusRequest) (*pb.ClusterStatusResponse, error) {
 	s := x.s
-	if err := s.check(ctx, s.regionChain()); err != nil {
+	admin, err := s.regionAdmin(ctx)
+	if err != nil {
 		return nil, err
 	}
-	stats := s.raft.Stats()
 	leaderID, _ := s.raft.Leader()
-	out := &pb.ClusterStatusResponse{
-		Region:       s.cfg.Region,
-		NodeId:       s.cfg.NodeID,
-		RaftState:    lower(stats["state"]),
-		LeaderId:     leaderID,
-		Term:         parseUint(stats["term"]),
-		CommitIndex:  parseUint(stats["commit_index"]),
-		AppliedIndex: s.raft.AppliedIndex(),
-		LastLogIndex: parseUint(stats["last_log_index"]),
+	out := &pb.ClusterStatusResponse{Region: s.cfg.Region, NodeId: s.cfg.NodeID, LeaderId: leaderID}
+	if admin {
+		stats := s.raft.Stats()
+		out.RaftState = lower(stats["state"])
+		out.Term = parseUint(stats["term"])
+		out.CommitIndex = parseUint(stats["commit_index"])
+		out.AppliedIndex = s.raft.AppliedIndex()
+		out.LastLogIndex = parseUint(stats["last_log_index"])
 	}
 	if leaderID != "" {
 		_ = s.store.Read(func(v *store.View) error {
@@ -50,7 +64,7 @@ func (x *clusterService) Status(ctx context.Context, _ *pb.ClusterStatusRequest)
 			return nil
 		})
 	}
-	if servers, err := s.raft.Servers(); err == nil {
+	if servers, err := s.raft.Servers(); err == nil && admin {
 		for _, sv := range servers {
 			if sv.Voter {
 				out.Voters++
@@ -76,10 +90,13 @@ func parseUint(s string) uint64 {
 }
 
 // Members lists the region's Raft configuration with each node's addresses
-// and, where the node answers within a second, its applied index.
+// and, where the node answers within a second, its applied index. An
+// account that does not administer the region gets each node's id, role,
+// gRPC address and health: enough for a client to fail over.
 func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest) (*pb.ListMembersResponse, error) {
 	s := x.s
-	if err := s.check(ctx, s.regionChain()); err != nil {
+	admin, err := s.regionAdmin(ctx)
+	if err != nil {
 		return nil, err
 	}
 	servers, err := s.raft.Servers()
@@ -124,6 +141,10 @@ func (x *clusterService) Members(ctx context.Context, req *pb.ListMembersRequest
 			}
 		}
 		out.Members = append(out.Members, m)
+		if !admin {
+			m.RaftAddress = ""
+			continue
+		}
 		if sv.ID == s.cfg.NodeID {
 			m.AppliedIndex = s.raft.AppliedIndex()
 			continue

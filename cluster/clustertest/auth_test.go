@@ -277,11 +277,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 			_, err := pb.NewIdentityServiceClient(cc).DeleteAccessBinding(ctx, &pb.DeleteAccessBindingRequest{Id: "accessbinding-missing"})
 			return err
 		}},
-		{"ClusterService.Status", regionOps, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
+		// Any account finds the nodes and the leader (a client fails over
+		// with what it learns); Raft details are for region admins (below).
+		{"ClusterService.Status", auth, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
 			_, err := pb.NewClusterServiceClient(cc).Status(ctx, &pb.ClusterStatusRequest{})
 			return err
 		}},
-		{"ClusterService.Members", regionOps, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
+		{"ClusterService.Members", auth, func(ctx context.Context, cc *grpc.ClientConn, _ int) error {
 			_, err := pb.NewClusterServiceClient(cc).Members(ctx, &pb.ListMembersRequest{})
 			return err
 		}},
@@ -322,6 +324,23 @@ func TestAuthorizationMatrix(t *testing.T) {
 		}
 	}
 	t.Logf("%d calls expected allowed, %d denied", allowedCount, deniedCount)
+	// Status and Members: the nodes and the leader for any account, the
+	// Raft details for region admins only.
+	for _, who := range []string{"none", "region-admin"} {
+		cl := pb.NewClusterServiceClient(c.Dial(n, callers[who].token))
+		st, err := cl.Status(ctxT(t), &pb.ClusterStatusRequest{})
+		if err != nil || st.GetLeaderId() == "" || st.GetLeaderGrpcAddress() == "" {
+			t.Fatalf("status as %s: %v %v, want the leader", who, st, err)
+		}
+		ms, err := cl.Members(ctxT(t), &pb.ListMembersRequest{})
+		if err != nil || len(ms.GetMembers()) != 1 || ms.GetMembers()[0].GetGrpcAddress() == "" || ms.GetMembers()[0].GetRaftRole() != "leader" {
+			t.Fatalf("members as %s: %v %v, want the node's gRPC address and role", who, ms, err)
+		}
+		details := st.GetTerm() != 0 && st.GetAppliedIndex() != 0 && ms.GetMembers()[0].GetRaftAddress() != "" && ms.GetMembers()[0].GetAppliedIndex() != 0
+		if details != (who == "region-admin") {
+			t.Errorf("as %s: Raft details shown = %v (status %v, members %v)", who, details, st, ms)
+		}
+	}
 	// ListProjects shows only what the caller may view.
 	got, err := pb.NewIdentityServiceClient(c.Dial(n, callers["viewer@P"].token)).ListProjects(ctxT(t), &pb.ListProjectsRequest{})
 	if err != nil || len(got.GetProjects()) != 1 || got.GetProjects()[0].GetMetadata().GetId() != P {

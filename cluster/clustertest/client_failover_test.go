@@ -437,3 +437,31 @@ func TestClientFailoverLostResponse(t *testing.T) {
 		})
 	}
 }
+
+// TestClientOfAnyAccountLearnsTheRegion: a client whose token has no role
+// on the region (a CI job's service account) and one endpoint learns the
+// other nodes and the leader (SPEC: from ClusterService), and keeps reading
+// when its only configured node stops.
+func TestClientOfAnyAccountLearnsTheRegion(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	leader := c.WaitLeader()
+	projectID, secret := setup(t, c, leader)
+	ci := newIdentity(t, c, leader, "ci", 0, [2]string{projectID, "mysterybox.payload-viewer"})
+	seed := c.Followers()[0]
+	cl, err := client.New(context.Background(), client.Config{Endpoints: []string{seed.Cfg.GRPCAddr}, Token: ci.token, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	Eventually(t, 15*time.Second, "the client to learn the region", func() error {
+		if eps := cl.Endpoints(); len(eps) != 3 {
+			return fmt.Errorf("endpoints %q (discovery error %v)", eps, cl.DiscoveryErr())
+		}
+		return nil
+	})
+	c.Stop(seed)
+	got, err := cl.Payloads().GetByKey(ctxT(t), &pb.GetPayloadByKeyRequest{SecretId: secret.GetMetadata().GetId(), Key: "password"})
+	if err != nil || got.GetEntry().GetStringValue() != "v1" {
+		t.Fatalf("read with its only configured node stopped: %v %v", got, err)
+	}
+}
