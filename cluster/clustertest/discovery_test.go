@@ -316,3 +316,40 @@ func TestBootstrapExpectLateNodeJoinsTheFormedRegion(t *testing.T) {
 		t.Fatalf("nodes that bootstrapped: %v; want some of node2..node4 and not %s", bootstrapped, late.ID)
 	}
 }
+
+// TestDiscoveryNeverMergesAnotherCluster: two Raft clusters of one region
+// (as bootstrap-expect with views that stayed apart would form) meet in
+// gossip. Neither leader may add the other's node: its log was written by
+// another history, and entries of the two at the same index and term
+// would pass Raft's log matching as one.
+func TestDiscoveryNeverMergesAnotherCluster(t *testing.T) {
+	logs := &syncBuffer{}
+	c := New(t, Options{Nodes: 3, Gossip: true, LogSink: logs, LogLevel: hclog.Info})
+	c.WaitMembers(3)
+	leader := c.WaitLeader()
+	other := Prepare(t, Options{Nodes: 1, Gossip: true, BootstrapExpect: 1, Region: c.Region})
+	x := other.Nodes[0]
+	x.ID, x.Cfg.NodeID = "stray1", "stray1"
+	other.Start(x)
+	Eventually(t, 20*time.Second, "the stray cluster to form", func() error {
+		if !x.N.Raft.IsLeader() {
+			return errors.New("no leader yet")
+		}
+		return nil
+	})
+	if _, err := x.N.Gossip.Join([]string{c.GossipAddr(c.Nodes[0])}); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 20*time.Second, "the region's leader to refuse stray1", func() error {
+		if ids := raftIDs(t, leader); contains(ids, "stray1") {
+			t.Fatalf("stray1, of another cluster, was added: %v", ids)
+		}
+		if !strings.Contains(string(logs.Bytes()), "already belongs to a Raft cluster this region never had it in: wipe its data directory to add it as a new node, or join it explicitly (mbox cluster join) if it is a former member: node_id=stray1") {
+			return errors.New("no refusal logged yet")
+		}
+		return nil
+	})
+	if ids := raftIDs(t, x); len(ids) != 1 {
+		t.Fatalf("the stray cluster took in nodes of the region: %v", ids)
+	}
+}
