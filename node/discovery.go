@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mysterybox/mysterybox/cluster"
+	"github.com/mysterybox/mysterybox/tlsutil"
 )
 
 // gossipState is the part of the node's gossip metadata that changes; it
@@ -192,7 +195,7 @@ func (n *Node) maybeBootstrap() {
 		if s.ID == n.cfg.NodeID {
 			continue
 		}
-		if err := n.checkPeerCertificate(s.Address); err != nil {
+		if err := n.checkPeerCertificate(s.ID, s.Address); err != nil {
 			n.logger.Warn("bootstrap-expect: not bootstrapping: a node of the initial set does not present a valid certificate of this region on its Raft port", "node_id", s.ID, "raft", s.Address, "error", err)
 			n.bootstrap = bootstrapChoice{}
 			return
@@ -329,7 +332,7 @@ func (n *Node) reconcile(ctx context.Context) {
 				continue
 			}
 		}
-		if err := n.checkPeerCertificate(m.Meta.RaftAddr); err != nil {
+		if err := n.checkPeerCertificate(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("not adding a discovered node: its Raft port does not present a valid certificate of this region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr, "error", err)
 			continue
 		}
@@ -419,10 +422,11 @@ func (n *Node) replaceStaleHolder(ctx context.Context, servers []cluster.ServerI
 }
 
 // checkPeerCertificate: with mutual TLS, a node enters Raft only if its Raft
-// port proves a certificate of the cluster CA naming this region. Being in
-// gossip (having the gossip key) is not enough: an unreachable voter would
-// weaken the quorum.
-func (n *Node) checkPeerCertificate(raftAddr string) error {
+// port proves a certificate of the cluster CA naming this region and the
+// node id it claims. Being in gossip (having the gossip key, which all
+// regions share) is not enough: an unreachable voter would weaken the
+// quorum, and a stranger one would read the region's log.
+func (n *Node) checkPeerCertificate(nodeID, raftAddr string) error {
 	cfg := n.peerClientTLS()
 	if cfg == nil {
 		return nil
@@ -433,5 +437,19 @@ func (n *Node) checkPeerCertificate(raftAddr string) error {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(2 * time.Second))
-	return conn.Handshake()
+	if err := conn.Handshake(); err != nil {
+		return err
+	}
+	return certNames(conn.ConnectionState().PeerCertificates, nodeID)
+}
+
+// certNames checks that a verified peer chain's leaf names node id.
+func certNames(chain []*x509.Certificate, nodeID string) error {
+	if len(chain) == 0 {
+		return errors.New("no certificate")
+	}
+	if _, node, ok := tlsutil.Identity(chain[0]); !ok || node != nodeID {
+		return fmt.Errorf("its certificate names node %q, not %q", node, nodeID)
+	}
+	return nil
 }

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"crypto/x509"
+	"net/url"
 	"testing"
 	"time"
 
@@ -102,5 +104,32 @@ func TestPendingAdminComesFromAMemberOfTheConfiguration(t *testing.T) {
 	}
 	if got := pickPendingAdmin(nil, "n2", "eu1", []cluster.GossipMember{advertising("aaa", "10.9.9.9:7001", "token-rogue")}, servers); got != nil {
 		t.Errorf("only a rogue advertises: chose %v, want none", got)
+	}
+}
+
+// A node enters Raft only if the certificate on its Raft port names the
+// node id it claims in gossip: a node certificate of the region held by
+// someone else does not let them pose as a new node.
+func TestPeerCertificateMustNameTheNode(t *testing.T) {
+	cert := func(uri string) []*x509.Certificate {
+		c := &x509.Certificate{}
+		if uri != "" {
+			u, _ := url.Parse(uri)
+			c.URIs = []*url.URL{u}
+		}
+		return []*x509.Certificate{c}
+	}
+	if err := certNames(cert("mysterybox://eu1/n2"), "n2"); err != nil {
+		t.Fatalf("its own certificate: %v", err)
+	}
+	for name, chain := range map[string][]*x509.Certificate{
+		"another node's":    cert("mysterybox://eu1/n3"),
+		"naming no node":    cert(""),
+		"no certificate":    nil,
+		"the region's only": cert("mysterybox://eu1"),
+	} {
+		if err := certNames(chain, "n2"); err == nil {
+			t.Errorf("%s certificate accepted for n2", name)
+		}
 	}
 }

@@ -476,11 +476,13 @@ func (n *Node) peerServerTLS() *tls.Config {
 	return n.TLS.PeerServerConfig()
 }
 
+// peerClientTLS is the TLS of Raft connections and of the checks made
+// before a node enters Raft (tlsutil.Manager.RaftClientConfig).
 func (n *Node) peerClientTLS() *tls.Config {
 	if n.TLS == nil || n.cfg.TLS.PeerCertFile == "" {
 		return nil
 	}
-	return n.TLS.PeerClientConfig()
+	return n.TLS.RaftClientConfig()
 }
 
 // ReloadTLS re-reads the certificates (SIGHUP); new connections use them.

@@ -59,8 +59,9 @@ type Issued struct {
 	Cert            *x509.Certificate
 }
 
-// Issue signs a certificate for server and client use. region and node
-// (optional) go into the mysterybox URI SAN; hosts become DNS or IP SANs.
+// Issue signs a certificate for server and client use, or for client use
+// only when it names no region. region and node (optional) go into the
+// mysterybox URI SAN; hosts become DNS or IP SANs.
 func (ca *CA) Issue(commonName, region, node string, hosts []string, notBefore, notAfter time.Time) (*Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -73,6 +74,10 @@ func (ca *CA) Issue(commonName, region, node string, hosts []string, notBefore, 
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	if region == "" {
+		// Not a node's: a client's only, so it cannot serve as one.
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
 	if region != "" {
 		tmpl.URIs = append(tmpl.URIs, IdentityURI(region, node))

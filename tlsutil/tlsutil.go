@@ -162,8 +162,10 @@ func IdentityURI(region, node string) *url.URL {
 	return &url.URL{Scheme: URIScheme, Host: region, Path: "/" + node}
 }
 
-// checkPeer verifies a peer chain against the cluster CA and its region.
-func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool) error {
+// checkPeer verifies a peer chain against the cluster CA, for usage (the
+// server's certificate when dialing, the client's when accepting), and its
+// region.
+func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool, usage x509.ExtKeyUsage) error {
 	mat := m.cur.Load()
 	if len(rawCerts) == 0 {
 		return errors.New("tls: peer presented no certificate")
@@ -180,7 +182,7 @@ func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool) error {
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: mat.peerCAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: mat.peerCAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 		return fmt.Errorf("tls: peer certificate is not from this cluster's CA: %w", err)
 	}
 	region, node, ok := Identity(certs[0])
@@ -244,7 +246,7 @@ func (m *Manager) PeerServerConfig() *tls.Config {
 		},
 		ClientAuth: tls.RequireAnyClientCert, // verified below, against the current CA
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if err := m.checkPeer(raw, true); err != nil {
+			if err := m.checkPeer(raw, true, x509.ExtKeyUsageClientAuth); err != nil {
 				m.logger.Warn("refused a peer connection", "error", err)
 				return err
 			}
@@ -253,12 +255,21 @@ func (m *Manager) PeerServerConfig() *tls.Config {
 	}
 }
 
-// PeerClientConfig is the TLS a node dials its peers with (Raft,
-// forwarding, joins): it presents its peer certificate and accepts only
-// servers whose certificate chains to the cluster CA (or, for the
-// client-facing gRPC port, the server CA) and names this region if it names
-// one.
-func (m *Manager) PeerClientConfig() *tls.Config {
+// PeerClientConfig is the TLS a node dials its peers' client-facing gRPC
+// port with (forwarding, joins, status): it presents its peer certificate
+// and accepts only servers whose certificate chains to the cluster CA and
+// names this region if it names one (a gRPC server certificate need not
+// name a node).
+func (m *Manager) PeerClientConfig() *tls.Config { return m.dialConfig(false) }
+
+// RaftClientConfig is the TLS a node dials its peers' Raft port with, and
+// checks a node with before it enters the Raft configuration: the peer must
+// present a node certificate of the cluster CA naming this region. A
+// certificate of the CA that names no region (a client certificate, say)
+// is refused: its holder would otherwise be taken for a voter.
+func (m *Manager) RaftClientConfig() *tls.Config { return m.dialConfig(true) }
+
+func (m *Manager) dialConfig(needRegion bool) *tls.Config {
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS12,
 		InsecureSkipVerify: true, // verified in VerifyPeerCertificate against the current CA
@@ -269,7 +280,7 @@ func (m *Manager) PeerClientConfig() *tls.Config {
 			return &tls.Certificate{}, nil
 		},
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if err := m.checkPeer(raw, false); err != nil {
+			if err := m.checkPeer(raw, needRegion, x509.ExtKeyUsageServerAuth); err != nil {
 				m.logger.Warn("refused to talk to a peer", "error", err)
 				return err
 			}

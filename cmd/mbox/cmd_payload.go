@@ -96,12 +96,19 @@ func entryBytes(e *mbv1.PayloadEntry) []byte {
 }
 
 // writeValue writes a value to stdout exactly; on a terminal it adds a final
-// newline for readability and refuses binary values that could garble it.
+// newline for readability and refuses binary values, and text with control
+// characters other than tab and newline: a terminal acts on escape
+// sequences (it can be made to set its title, write the clipboard, or
+// answer with input of its own), and whoever may write a version would
+// choose them for whoever reads it.
 func writeValue(w io.Writer, tty bool, e *mbv1.PayloadEntry) error {
 	b := entryBytes(e)
 	if tty {
 		if _, bin := e.GetValue().(*mbv1.PayloadEntry_BinaryValue); bin {
 			return localErr(codes.FailedPrecondition, "value of key %q is binary: use --out-file or redirect stdout", e.GetKey())
+		}
+		if hasTerminalControls(string(b)) {
+			return localErr(codes.FailedPrecondition, "value of key %q contains control characters a terminal would act on: use --out-file or redirect stdout", e.GetKey())
 		}
 		if !strings.HasSuffix(string(b), "\n") {
 			b = append(b, '\n')
@@ -111,6 +118,17 @@ func writeValue(w io.Writer, tty bool, e *mbv1.PayloadEntry) error {
 		return localErr(codes.Unknown, "write stdout: %v", err)
 	}
 	return nil
+}
+
+// hasTerminalControls reports whether s has a C0 control other than tab and
+// newline, DEL, or a C1 control (U+0080-U+009F).
+func hasTerminalControls(s string) bool {
+	for _, r := range s {
+		if (r < 0x20 && r != '\t' && r != '\n') || r == 0x7f || (r >= 0x80 && r <= 0x9f) {
+			return true
+		}
+	}
+	return false
 }
 
 // writeSecretFile writes b to path with mode 0600, also when the file already

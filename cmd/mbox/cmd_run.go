@@ -63,6 +63,35 @@ func parseEnvMapping(s string) (envMapping, error) {
 }
 
 // validEnvName reports whether s is [A-Za-z_][A-Za-z0-9_]*.
+// execControlPrefixes and execControlNames are environment variables that
+// change what a command loads or runs (the dynamic loader, shells,
+// language runtimes, git, mbox itself). mbox run exports a whole secret's
+// keys only when none is one of them: writing a version (the editor role)
+// must not be a way to run code in whoever runs the secret (who may read
+// payloads). An explicit --env mapping still sets them.
+var (
+	execControlPrefixes = []string{"LD_", "DYLD_", "PYTHON", "PERL5", "PERL_", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_", "GIT_", "BASH_", "MYSTERYBOX_"}
+	execControlNames    = map[string]bool{
+		"PATH": true, "IFS": true, "ENV": true, "SHELLOPTS": true, "BASHOPTS": true, "PS4": true, "PROMPT_COMMAND": true,
+		"CDPATH": true, "HOME": true, "ZDOTDIR": true, "PERLLIB": true, "CLASSPATH": true, "GCONV_PATH": true, "LOCPATH": true,
+		"HOSTALIASES": true, "RESOLV_HOST_CONF": true, "SSL_CERT_FILE": true, "SSL_CERT_DIR": true, "SSH_ASKPASS": true,
+		"EDITOR": true, "VISUAL": true, "PAGER": true, "TMPDIR": true,
+	}
+)
+
+func controlsExecution(name string) bool {
+	up := strings.ToUpper(name)
+	if execControlNames[up] {
+		return true
+	}
+	for _, p := range execControlPrefixes {
+		if strings.HasPrefix(up, p) {
+			return true
+		}
+	}
+	return false
+}
+
 func validEnvName(s string) bool {
 	if s == "" {
 		return false
@@ -125,6 +154,10 @@ func buildRunEnv(refs []secretRef, maps []envMapping, payloads map[secretRef][]*
 			if !validEnvName(e.GetKey()) {
 				return nil, usageErr("key %q of %s is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*); map it with --env NAME=%s:%s",
 					e.GetKey(), ref, ref, e.GetKey())
+			}
+			if controlsExecution(e.GetKey()) {
+				return nil, localErr(codes.FailedPrecondition, "key %q of %s would change how COMMAND runs (a loader, shell or interpreter variable, or mbox's own), so it is not exported from a whole secret: anyone who may add a version could otherwise run code with every secret of the run in reach; if it is meant, map it with --env %s=%s:%s",
+					e.GetKey(), ref, e.GetKey(), ref, e.GetKey())
 			}
 			v, err := envValue(ref, e)
 			if err != nil {

@@ -459,6 +459,23 @@ func TestBuildRunEnv(t *testing.T) {
 		t.Errorf("warnings = %q, want one (Y)", warnings)
 	}
 
+	// Variables that change how COMMAND runs are not exported from a whole
+	// secret (an editor, who may not read payloads, could otherwise run
+	// code with every secret of the run in reach); --env maps them.
+	for _, key := range []string{"LD_PRELOAD", "PATH", "BASH_ENV", "PYTHONPATH", "NODE_OPTIONS", "MYSTERYBOX_ENDPOINTS", "ld_preload"} {
+		_, err := buildRunEnv([]secretRef{a}, nil, map[secretRef][]*mbv1.PayloadEntry{a: {strEntry(key, "/tmp/x")}}, warn)
+		if err == nil || !strings.Contains(err.Error(), "FAILED_PRECONDITION") || !strings.Contains(err.Error(), "--env "+key) {
+			t.Errorf("key %s exported from a whole secret: %v", key, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "/tmp/x") {
+			t.Errorf("the refusal prints the value: %v", err)
+		}
+	}
+	env, err = buildRunEnv(nil, []envMapping{{name: "PATH", ref: a, key: "P"}}, map[secretRef][]*mbv1.PayloadEntry{a: {strEntry("P", "/opt/bin")}}, warn)
+	if err != nil || env.values["PATH"] != "/opt/bin" {
+		t.Errorf("an explicit --env PATH mapping: %v %v", env, err)
+	}
+
 	for name, p := range map[string][]*mbv1.PayloadEntry{
 		"binary":  {binEntry("B", []byte{0xff})},
 		"nul":     {binEntry("B", []byte("a\x00b"))},

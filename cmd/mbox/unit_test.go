@@ -149,6 +149,12 @@ func TestWriteValue(t *testing.T) {
 		{str("v\n"), true, "v\n", false},
 		{bin, false, "\x00\xff", false},
 		{bin, true, "", true},
+		// Text a terminal would act on (an OSC 52 clipboard write, a C1
+		// control) is refused there and written as is to a pipe.
+		{str("pw\x1b]52;c;ZXZpbA==\x07"), true, "", true},
+		{str("pw\u009b31m"), true, "", true},
+		{str("pw\x1b]52;c;ZXZpbA==\x07"), false, "pw\x1b]52;c;ZXZpbA==\x07", false},
+		{str("line 1\n\tline 2 é"), true, "line 1\n\tline 2 é\n", false},
 	}
 	for i, c := range cases {
 		var buf bytes.Buffer
