@@ -59,10 +59,19 @@ type Issued struct {
 	Cert            *x509.Certificate
 }
 
-// Issue signs a certificate for server and client use, or for client use
-// only when it names no region. region and node (optional) go into the
-// mysterybox URI SAN; hosts become DNS or IP SANs.
+// Issue signs a certificate for server and client use. region and node
+// (optional) go into the mysterybox URI SAN; hosts become DNS or IP SANs.
 func (ca *CA) Issue(commonName, region, node string, hosts []string, notBefore, notAfter time.Time) (*Issued, error) {
+	return ca.issue(commonName, region, node, hosts, notBefore, notAfter, x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+}
+
+// IssueClient signs a certificate for client use only: it cannot serve as
+// a node's or a server's.
+func (ca *CA) IssueClient(commonName string, notBefore, notAfter time.Time) (*Issued, error) {
+	return ca.issue(commonName, "", "", nil, notBefore, notAfter, x509.ExtKeyUsageClientAuth)
+}
+
+func (ca *CA) issue(commonName, region, node string, hosts []string, notBefore, notAfter time.Time, usage ...x509.ExtKeyUsage) (*Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -73,11 +82,7 @@ func (ca *CA) Issue(commonName, region, node string, hosts []string, notBefore, 
 		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	if region == "" {
-		// Not a node's: a client's only, so it cannot serve as one.
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		ExtKeyUsage:  usage,
 	}
 	if region != "" {
 		tmpl.URIs = append(tmpl.URIs, IdentityURI(region, node))
@@ -144,7 +149,7 @@ func Init(dir, region string, nodes, hosts []string, validFor time.Duration) err
 		}
 		files[n+".pem"], files[n+"-key.pem"] = is.CertPEM, is.KeyPEM
 	}
-	cl, err := ca.Issue("client", "", "", nil, now, now.Add(validFor))
+	cl, err := ca.IssueClient("client", now, now.Add(validFor))
 	if err != nil {
 		return err
 	}

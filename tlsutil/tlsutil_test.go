@@ -38,6 +38,17 @@ func TestInitAndIdentity(t *testing.T) {
 	if !ok || region != "eu-north1" || node != "n2" {
 		t.Fatalf("identity %q %q %v", region, node, ok)
 	}
+	// The client certificate is for client use only: it cannot serve as a
+	// node's or a server's.
+	rawClient, _ := os.ReadFile(filepath.Join(dir, "client.pem"))
+	cb, _ := pem.Decode(rawClient)
+	clientCert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(clientCert.ExtKeyUsage) != 1 || clientCert.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth || len(clientCert.URIs) != 0 {
+		t.Fatalf("client.pem: usages %v, URIs %v; want client auth only and no identity", clientCert.ExtKeyUsage, clientCert.URIs)
+	}
 	if len(cert.IPAddresses) < 2 || !strings.Contains(strings.Join(cert.DNSNames, ","), "mb.example.com") {
 		t.Fatalf("SANs: %v %v", cert.IPAddresses, cert.DNSNames)
 	}
@@ -79,7 +90,11 @@ func TestDialingAPeerNeedsANodeCertificate(t *testing.T) {
 		}
 		return is
 	}
-	n1, n2, client := issue("n1", "eu-north1", "n1"), issue("n2", "eu-north1", "n2"), issue("client", "", "")
+	n1, n2 := issue("n1", "eu-north1", "n1"), issue("n2", "eu-north1", "n2")
+	client, err := ca.IssueClient("client", time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for f, b := range map[string][]byte{"ca.pem": caPEM, "n1.pem": n1.CertPEM, "n1-key.pem": n1.KeyPEM} {
 		if err := os.WriteFile(p(f), b, 0o600); err != nil {
 			t.Fatal(err)
