@@ -309,17 +309,6 @@ func (n *Node) reconcile(ctx context.Context) {
 		if !known && n.API.Removed(m.Meta.NodeID) {
 			continue // removed by an operator; only an explicit join brings it back
 		}
-		if !known && m.Meta.HasState && !n.API.Registered(m.Meta.NodeID) {
-			// Its log was written by another cluster: adding it would let
-			// entries of two histories at the same index and term pass
-			// Raft's log matching as one. Two clusters of one region
-			// (bootstrap-expect with diverging views), or a node reaped
-			// long ago that kept its data.
-			if _, logged := n.foreignLogged.LoadOrStore(m.Meta.NodeID, true); !logged {
-				n.logger.Error("not adding a discovered node that already belongs to a Raft cluster this region never had it in: wipe its data directory to add it as a new node, or join it explicitly (mbox cluster join) if it is a former member", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr)
-			}
-			continue
-		}
 		if known && s.Address == m.Meta.RaftAddr {
 			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
 			continue

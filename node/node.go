@@ -134,13 +134,10 @@ type Node struct {
 	// region has no admin yet.
 	pendingAdmin atomic.Pointer[pendingAdmin]
 	// bootstrap is bootstrap-expect's pending choice (discovery loop only).
-	bootstrap bootstrapChoice
-	// foreignLogged: ids of nodes of another Raft cluster that discovery
-	// refused to add and has said so once.
-	foreignLogged sync.Map
-	stopGossip    context.CancelFunc
-	adminToken    string
-	served        chan struct{}
+	bootstrap  bootstrapChoice
+	stopGossip context.CancelFunc
+	adminToken string
+	served     chan struct{}
 }
 
 // raftAdapter gives the API the FSM's applied index (which counts entries

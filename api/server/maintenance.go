@@ -84,19 +84,6 @@ func (s *Server) GossipAddresses(nodeIDs []string) []string {
 	return out
 }
 
-// Registered reports whether the replicated node registry has nodeID: it
-// has every node this region added (tombstoned ones included) that was not
-// reaped or replaced since.
-func (s *Server) Registered(nodeID string) bool {
-	found := false
-	_ = s.store.Read(func(v *store.View) error {
-		_, err := v.Node(nodeID)
-		found = err == nil
-		return nil
-	})
-	return found
-}
-
 // Removed reports whether an operator removed nodeID (RemoveNode): then
 // discovery must not add it back until it joins explicitly.
 func (s *Server) Removed(nodeID string) bool {
