@@ -162,10 +162,10 @@ func IdentityURI(region, node string) *url.URL {
 	return &url.URL{Scheme: URIScheme, Host: region, Path: "/" + node}
 }
 
-// checkPeer verifies a peer chain against the cluster CA, for usage (the
-// server's certificate when dialing, the client's when accepting), and its
-// region.
-func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool, usage x509.ExtKeyUsage) error {
+// checkPeer verifies a peer chain against the cluster CA and its region.
+// Any key usage is accepted: an operator's PKI may issue node certificates
+// for server use only, and what identifies a peer is its URI SAN.
+func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool) error {
 	mat := m.cur.Load()
 	if len(rawCerts) == 0 {
 		return errors.New("tls: peer presented no certificate")
@@ -182,7 +182,7 @@ func (m *Manager) checkPeer(rawCerts [][]byte, needRegion bool, usage x509.ExtKe
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: mat.peerCAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: mat.peerCAs, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return fmt.Errorf("tls: peer certificate is not from this cluster's CA: %w", err)
 	}
 	region, node, ok := Identity(certs[0])
@@ -246,7 +246,7 @@ func (m *Manager) PeerServerConfig() *tls.Config {
 		},
 		ClientAuth: tls.RequireAnyClientCert, // verified below, against the current CA
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if err := m.checkPeer(raw, true, x509.ExtKeyUsageClientAuth); err != nil {
+			if err := m.checkPeer(raw, true); err != nil {
 				m.logger.Warn("refused a peer connection", "error", err)
 				return err
 			}
@@ -280,7 +280,7 @@ func (m *Manager) dialConfig(needRegion bool) *tls.Config {
 			return &tls.Certificate{}, nil
 		},
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if err := m.checkPeer(raw, needRegion, x509.ExtKeyUsageServerAuth); err != nil {
+			if err := m.checkPeer(raw, needRegion); err != nil {
 				m.logger.Warn("refused to talk to a peer", "error", err)
 				return err
 			}
