@@ -432,12 +432,18 @@ func (n *Node) checkPeerCertificate(nodeID, raftAddr string) error {
 	return certNames(conn.ConnectionState().PeerCertificates, nodeID)
 }
 
-// certNames checks that a verified peer chain's leaf names node id.
+// certNames checks that a verified peer chain's leaf names node id, or no
+// node (a certificate of the region alone, which an operator's PKI may
+// issue; the region itself was checked in the handshake).
 func certNames(chain []*x509.Certificate, nodeID string) error {
 	if len(chain) == 0 {
 		return errors.New("no certificate")
 	}
-	if _, node, ok := tlsutil.Identity(chain[0]); !ok || node != nodeID {
+	_, node, ok := tlsutil.Identity(chain[0])
+	if !ok {
+		return errors.New("its certificate names no region")
+	}
+	if node != "" && node != nodeID {
 		return fmt.Errorf("its certificate names node %q, not %q", node, nodeID)
 	}
 	return nil

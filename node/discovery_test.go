@@ -122,11 +122,13 @@ func TestPeerCertificateMustNameTheNode(t *testing.T) {
 	if err := certNames(cert("mysterybox://eu1/n2"), "n2"); err != nil {
 		t.Fatalf("its own certificate: %v", err)
 	}
+	if err := certNames(cert("mysterybox://eu1"), "n2"); err != nil {
+		t.Fatalf("a certificate of the region naming no node: %v", err)
+	}
 	for name, chain := range map[string][]*x509.Certificate{
-		"another node's":    cert("mysterybox://eu1/n3"),
-		"naming no node":    cert(""),
-		"no certificate":    nil,
-		"the region's only": cert("mysterybox://eu1"),
+		"another node's":   cert("mysterybox://eu1/n3"),
+		"naming no region": cert(""),
+		"no certificate":   nil,
 	} {
 		if err := certNames(chain, "n2"); err == nil {
 			t.Errorf("%s certificate accepted for n2", name)
