@@ -151,8 +151,14 @@ type page struct {
 // A page token names the list it continues (scope: the collection and its
 // parent, as "secrets/<project id>") and the last key that list returned,
 // so that a token of another list, or a made-up one, is refused rather
-// than silently read as a position in this one (and a page skipped).
-const pageScopeEnd = "\x00"
+// than silently read as a position in this one (and a page skipped). Its
+// text starts with pageTokenTag, which is not base64url: a node of an
+// older release, which read tokens as the bare base64url of the last key,
+// refuses it instead of reading it as a position past the end.
+const (
+	pageScopeEnd = "\x00"
+	pageTokenTag = "p1."
+)
 
 func parsePage(size int32, token, scope string) (page, error) {
 	p := page{size: int(size), scope: scope}
@@ -161,20 +167,56 @@ func parsePage(size int32, token, scope string) (page, error) {
 	} else if size < 0 || size > maxPageSize {
 		return p, invalid("page_size", "must be 1-%d, got %d", maxPageSize, size)
 	}
-	if token != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(token)
+	if token == "" {
+		return p, nil
+	}
+	bad := invalid("page_token", "is not a token from a previous page of this list")
+	if rest, ok := strings.CutPrefix(token, pageTokenTag); ok {
+		raw, err := base64.RawURLEncoding.DecodeString(rest)
 		s, after, found := strings.Cut(string(raw), pageScopeEnd)
 		if err != nil || !found || s != scope || len(after) == 0 || len(after) > maxIDBytes {
-			return p, invalid("page_token", "is not a token from a previous page of this list")
+			return p, bad
 		}
 		p.after = after
+		return p, nil
 	}
+	// A token of an older release (during and just after an upgrade): the
+	// bare last key, accepted when it has the shape of this list's keys.
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || !legacyPosition(scope, string(raw)) {
+		return p, bad
+	}
+	p.after = string(raw)
 	return p, nil
+}
+
+// legacyPosition reports whether key has the shape of the keys of the list
+// scope names, as tokens of older releases carried them.
+func legacyPosition(scope, key string) bool {
+	if len(key) == 0 || len(key) > maxIDBytes {
+		return false
+	}
+	kind, _, _ := strings.Cut(scope, "/")
+	switch kind {
+	case "versions", "audit":
+		return len(key) == 8 // a big-endian sequence number
+	case "secrets":
+		return strings.HasPrefix(key, prefixSecret)
+	case "projects":
+		return strings.HasPrefix(key, prefixProject)
+	case "accounts":
+		return strings.HasPrefix(key, prefixAccountService) || strings.HasPrefix(key, prefixAccountUser)
+	case "tokens":
+		return strings.HasPrefix(key, prefixToken)
+	case "bindings":
+		return strings.HasPrefix(key, prefixBinding)
+	}
+	return false
 }
 
 // next is the token of the page after the one ending at lastID.
 func (p page) next(lastID string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(p.scope + pageScopeEnd + lastID))
+	return pageTokenTag + base64.RawURLEncoding.EncodeToString([]byte(p.scope+pageScopeEnd+lastID))
 }
 
 // ---------------------------------------------------------------- requests

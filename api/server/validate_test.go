@@ -109,13 +109,23 @@ func TestParsePage(t *testing.T) {
 	// A token of another list, or one not made by the server, is refused
 	// rather than read as a position in this list (a page silently
 	// skipped or empty).
+	// A token of an older release (the bare base64url of the last key) is
+	// still read during an upgrade, if it has the shape of this list's keys.
+	legacy, err := parsePage(10, base64.RawURLEncoding.EncodeToString([]byte("mbsec-abc")), "secrets/project-1")
+	if err != nil || legacy.after != "mbsec-abc" {
+		t.Fatalf("a token of an older release: %+v %v", legacy, err)
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(next); err == nil {
+		t.Fatalf("token %q: an older node (which decoded tokens as bare base64url) must fail on it, not read it as a position", next)
+	}
 	for name, c := range map[string]struct{ token, scope string }{
-		"not base64":            {"!!!", "secrets/project-1"},
-		"base64 of an id alone": {base64.RawURLEncoding.EncodeToString([]byte("mbsec-abc")), "secrets/project-1"},
-		"another project's":     {next, "secrets/project-2"},
-		"another collection's":  {next, "projects"},
-		"made up":               {"Z2FyYmFnZQ", "secrets/project-1"},
-		"empty position":        {p.next(""), "secrets/project-1"},
+		"not base64":               {"!!!", "secrets/project-1"},
+		"another project's":        {next, "secrets/project-2"},
+		"another collection's":     {next, "projects"},
+		"made up":                  {"Z2FyYmFnZQ", "secrets/project-1"},
+		"empty position":           {p.next(""), "secrets/project-1"},
+		"old form, another list":   {base64.RawURLEncoding.EncodeToString([]byte("project-abc")), "secrets/project-1"},
+		"old form, 8-byte for ids": {base64.RawURLEncoding.EncodeToString([]byte("12345678")), "accounts"},
 	} {
 		if _, err := parsePage(10, c.token, c.scope); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "page_token") {
 			t.Errorf("%s: %v, want INVALID_ARGUMENT naming page_token", name, err)
