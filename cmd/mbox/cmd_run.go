@@ -63,29 +63,34 @@ func parseEnvMapping(s string) (envMapping, error) {
 }
 
 // validEnvName reports whether s is [A-Za-z_][A-Za-z0-9_]*.
-// execControlPrefixes and execControlNames are environment variables that
-// change what a command loads or runs (the dynamic loader, shells,
-// language runtimes, git, mbox itself). mbox run exports a whole secret's
-// keys only when none is one of them: writing a version (the editor role)
-// must not be a way to run code in whoever runs the secret (who may read
-// payloads). An explicit --env mapping still sets them.
+// execControlPrefixes and execControlNames are environment variables with
+// which common loaders, shells and runtimes load or run code, or change
+// whom they trust (the dynamic loader, sh and bash, Python, Perl, Ruby,
+// Node.js, the JVM, Go, git, TLS roots, mbox itself). mbox run exports a
+// whole secret's keys only when none is one of them: writing a version
+// (the editor role) must not be a way to run code in whoever runs the
+// secret (who may read payloads). An explicit --env mapping still sets
+// them. Names are matched exactly, as the programs read them; the list is
+// a safeguard for the usual suspects, not a sandbox.
 var (
-	execControlPrefixes = []string{"LD_", "DYLD_", "PYTHON", "PERL5", "PERL_", "RUBY", "NODE_", "JAVA_", "_JAVA_", "JDK_", "GIT_", "BASH_", "MYSTERYBOX_"}
+	execControlPrefixes = []string{"LD_", "DYLD_", "MYSTERYBOX_", "GIT_CONFIG"}
 	execControlNames    = map[string]bool{
-		"PATH": true, "IFS": true, "ENV": true, "SHELLOPTS": true, "BASHOPTS": true, "PS4": true, "PROMPT_COMMAND": true,
-		"CDPATH": true, "HOME": true, "ZDOTDIR": true, "PERLLIB": true, "CLASSPATH": true, "GCONV_PATH": true, "LOCPATH": true,
-		"HOSTALIASES": true, "RESOLV_HOST_CONF": true, "SSL_CERT_FILE": true, "SSL_CERT_DIR": true, "SSH_ASKPASS": true,
-		"EDITOR": true, "VISUAL": true, "PAGER": true, "TMPDIR": true,
+		"PATH": true, "IFS": true, "ENV": true, "BASH_ENV": true, "SHELLOPTS": true, "BASHOPTS": true, "PS4": true,
+		"PROMPT_COMMAND": true, "CDPATH": true, "ZDOTDIR": true,
+		"PYTHONPATH": true, "PYTHONHOME": true, "PYTHONSTARTUP": true, "PYTHONUSERBASE": true,
+		"PERL5LIB": true, "PERL5OPT": true, "PERLLIB": true, "PERL5DB": true, "RUBYOPT": true, "RUBYLIB": true,
+		"NODE_OPTIONS": true, "NODE_PATH": true, "JAVA_TOOL_OPTIONS": true, "_JAVA_OPTIONS": true, "JDK_JAVA_OPTIONS": true,
+		"CLASSPATH": true, "GOFLAGS": true, "GIT_SSH": true, "GIT_SSH_COMMAND": true, "GIT_EXEC_PATH": true, "GIT_ASKPASS": true,
+		"GCONV_PATH": true, "LOCPATH": true, "SSL_CERT_FILE": true, "SSL_CERT_DIR": true,
 	}
 )
 
 func controlsExecution(name string) bool {
-	up := strings.ToUpper(name)
-	if execControlNames[up] {
+	if execControlNames[name] {
 		return true
 	}
 	for _, p := range execControlPrefixes {
-		if strings.HasPrefix(up, p) {
+		if strings.HasPrefix(name, p) {
 			return true
 		}
 	}

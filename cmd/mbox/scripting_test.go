@@ -462,7 +462,7 @@ func TestBuildRunEnv(t *testing.T) {
 	// Variables that change how COMMAND runs are not exported from a whole
 	// secret (an editor, who may not read payloads, could otherwise run
 	// code with every secret of the run in reach); --env maps them.
-	for _, key := range []string{"LD_PRELOAD", "PATH", "BASH_ENV", "PYTHONPATH", "NODE_OPTIONS", "MYSTERYBOX_ENDPOINTS", "ld_preload"} {
+	for _, key := range []string{"LD_PRELOAD", "PATH", "BASH_ENV", "PYTHONPATH", "NODE_OPTIONS", "GOFLAGS", "MYSTERYBOX_ENDPOINTS"} {
 		_, err := buildRunEnv([]secretRef{a}, nil, map[secretRef][]*mbv1.PayloadEntry{a: {strEntry(key, "/tmp/x")}}, warn)
 		if err == nil || !strings.Contains(err.Error(), "FAILED_PRECONDITION") || !strings.Contains(err.Error(), "--env "+key) {
 			t.Errorf("key %s exported from a whole secret: %v", key, err)
@@ -470,6 +470,14 @@ func TestBuildRunEnv(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "/tmp/x") {
 			t.Errorf("the refusal prints the value: %v", err)
 		}
+	}
+	// Ordinary names a CI job keeps in secrets are exported as before.
+	var ordinary []*mbv1.PayloadEntry
+	for _, key := range []string{"NODE_ENV", "JAVA_HOME", "PAGER", "HOME", "env", "node_id", "git_branch", "PYTHON_VERSION"} {
+		ordinary = append(ordinary, strEntry(key, "v"))
+	}
+	if _, err := buildRunEnv([]secretRef{a}, nil, map[secretRef][]*mbv1.PayloadEntry{a: ordinary}, warn); err != nil {
+		t.Errorf("ordinary names refused: %v", err)
 	}
 	env, err = buildRunEnv(nil, []envMapping{{name: "PATH", ref: a, key: "P"}}, map[secretRef][]*mbv1.PayloadEntry{a: {strEntry("P", "/opt/bin")}}, warn)
 	if err != nil || env.values["PATH"] != "/opt/bin" {
