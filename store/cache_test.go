@@ -182,26 +182,11 @@ func TestCacheValuesAreCopies(t *testing.T) {
 	}
 }
 
-// snapshotOf is st's snapshot stream, as Raft would send it.
-func snapshotOf(t *testing.T, st *Store) *bytes.Buffer {
-	t.Helper()
-	ck, err := st.Checkpoint()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ck.Remove()
-	var buf bytes.Buffer
-	if _, err := ck.WriteTo(&buf); err != nil {
-		t.Fatal(err)
-	}
-	return &buf
-}
-
 // A restore replaces the database; nothing cached from before survives.
 func TestCacheForgetsEverythingOnRestore(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{"k": []byte("from the snapshot")})
-	buf := snapshotOf(t, src)
+	buf := bytes.NewBuffer(snapshotStream(t, src))
 
 	st := openTestStore(t)
 	commitSet(t, st, map[string][]byte{"k": []byte("before the restore")})

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -161,7 +162,7 @@ func TestIdempotencyKeysFollowARestore(t *testing.T) {
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	buf := snapshotOf(t, src)
+	buf := bytes.NewBuffer(snapshotStream(t, src))
 
 	st := openTestStore(t)
 	b = st.NewBatch()
