@@ -389,25 +389,28 @@ func (s *Server) proposeAuthorized(ctx context.Context, req proto.Message, acc a
 	if err := s.awaitBarrier(ctx); err != nil {
 		return nil, err
 	}
-	for _, replay := range []bool{true, false} {
-		g, err := s.authorizeMutation(ctx, acc, replay)
-		if err != nil {
-			return nil, err
-		}
-		cmd, err := build()
-		if err != nil {
-			return nil, toStatus(err)
-		}
-		resp, err := s.propose(ctx, req, cmd, g)
-		if errors.Is(err, fsm.ErrReplayGone) && replay {
-			continue // the record expired before the command applied
-		}
-		if errors.Is(err, fsm.ErrReplayGone) {
-			return nil, status.Error(codes.Internal, "a call proposed as new was refused as a replay")
-		}
-		return resp, err
+	resp, err := s.authorizeAndPropose(ctx, req, acc, build, true)
+	if errors.Is(err, fsm.ErrReplayGone) {
+		// The record expired before the command applied: a new call.
+		resp, err = s.authorizeAndPropose(ctx, req, acc, build, false)
 	}
-	panic("unreachable")
+	if errors.Is(err, fsm.ErrReplayGone) {
+		return nil, status.Error(codes.Internal, "a call proposed as new was refused as a replay")
+	}
+	return resp, err
+}
+
+// authorizeAndPropose is one attempt of proposeAuthorized.
+func (s *Server) authorizeAndPropose(ctx context.Context, req proto.Message, acc access, build func() (*fsmpb.Command, error), replay bool) (proto.Message, error) {
+	g, err := s.authorizeMutation(ctx, acc, replay)
+	if err != nil {
+		return nil, err
+	}
+	cmd, err := build()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return s.propose(ctx, req, cmd, g)
 }
 
 // leaderCheck authorizes a call about to be served by this leader, once
