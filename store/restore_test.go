@@ -102,8 +102,8 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{keyApplied: {1, 2, 3}, prefixKekCheck + "k1": []byte("check")})
 	stream := snapshotStream(t, src)
-	if _, err := VerifySnapshot(bytes.NewReader(stream)); err == nil || !strings.Contains(err.Error(), "applied index") {
-		t.Fatalf("VerifySnapshot: %v, want a refusal naming the applied index", err)
+	if _, _, err := ReplaceNodeRegistry(bytes.NewReader(stream), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "applied index") {
+		t.Fatalf("verifying the stream: %v, want a refusal naming the applied index", err)
 	}
 	dst := openTestStore(t)
 	commitSet(t, dst, map[string][]byte{"m/original": []byte("yes")})
@@ -113,9 +113,9 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	assertKeys(t, dst, "after the refused restore", "m/original")
 }
 
-// VerifySnapshot returns the key check values and the applied index a
+// A verifying read returns the key check values and the applied index a
 // snapshot holds.
-func TestVerifySnapshotReturnsKeyChecksAndAppliedIndex(t *testing.T) {
+func TestSnapshotInfoHasKeyChecksAndAppliedIndex(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{prefixKekCheck + "k1": []byte("c1"), prefixKekCheck + "k2": []byte("c2"), "m/other": []byte("x")})
 	b := src.NewBatch()
@@ -126,7 +126,7 @@ func TestVerifySnapshotReturnsKeyChecksAndAppliedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	stream := snapshotStream(t, src)
-	info, err := VerifySnapshot(bytes.NewReader(stream))
+	_, info, err := ReplaceNodeRegistry(bytes.NewReader(stream), io.Discard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestReplaceNodeRegistry(t *testing.T) {
 	stream := snapshotStream(t, src)
 	current := []*fsmpb.NodeRecord{{NodeId: "now-2", RaftAddress: "10.0.0.2:7001"}, {NodeId: "now-1", Removed: true}}
 	var out bytes.Buffer
-	n, err := ReplaceNodeRegistry(bytes.NewReader(stream), &out, current)
+	n, _, err := ReplaceNodeRegistry(bytes.NewReader(stream), &out, current)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestReplaceNodeRegistry(t *testing.T) {
 	}
 	corrupt := append([]byte(nil), stream...)
 	corrupt[len(corrupt)/2] ^= 0xff
-	if _, err := ReplaceNodeRegistry(bytes.NewReader(corrupt), io.Discard, current); err == nil {
+	if _, _, err := ReplaceNodeRegistry(bytes.NewReader(corrupt), io.Discard, current); err == nil {
 		t.Fatal("a corrupt stream was rewritten")
 	}
 }

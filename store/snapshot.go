@@ -205,7 +205,10 @@ func (s *Store) restore(r io.Reader, newRegion bool) error {
 	return nil
 }
 
-// SnapshotInfo is what VerifySnapshot reads from a snapshot stream.
+// SnapshotInfo is what a verifying read of a snapshot stream found in it
+// (ReplaceNodeRegistry). Only what the stream's checksum covers is in it;
+// nothing else said about a stream (a backup's header) should be trusted
+// over it.
 type SnapshotInfo struct {
 	// KeyChecks are the check values the stream records for its
 	// key-encryption keys, by key id, so that a restore can make sure the
@@ -217,21 +220,30 @@ type SnapshotInfo struct {
 	AppliedIndex, AppliedTerm uint64
 }
 
-// VerifySnapshot reads a whole snapshot stream and checks its structure
-// and checksum without storing anything. Only what it returns is covered
-// by the stream's checksum; nothing else said about a stream (a backup's
-// header) should be trusted over it.
-func VerifySnapshot(r io.Reader) (SnapshotInfo, error) {
-	info := SnapshotInfo{KeyChecks: map[string][]byte{}}
-	if err := loadSnapshot(nil, r, loadOptions{info: &info}); err != nil {
-		return SnapshotInfo{}, err
+// inspect checks one record of a stream that the store must be able to
+// read back (the applied index is read at start and after every restore;
+// a bad one must fail before Raft or CURRENT see the stream), and notes in
+// info (when not nil) what SnapshotInfo reports.
+func inspect(k, v []byte, info *SnapshotInfo) error {
+	if string(k) == keyApplied {
+		if len(v) != 16 {
+			return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
+		}
+		if info != nil {
+			info.AppliedIndex, info.AppliedTerm = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
+		}
 	}
-	return info, nil
+	if info != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
+		if info.KeyChecks == nil {
+			info.KeyChecks = map[string][]byte{}
+		}
+		info.KeyChecks[string(k[len(prefixKekCheck):])] = v
+	}
+	return nil
 }
 
 // loadOptions: what loadSnapshot does besides verifying and loading.
 type loadOptions struct {
-	info *SnapshotInfo // filled in from the stream (KeyChecks made by the caller)
 	// newRegion: load the applied index as zero and leave the node
 	// registry out (RestoreForNewRegion).
 	newRegion bool
@@ -254,21 +266,11 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 	defer closeBatch()
 	newBatch()
 	err := readSnapshotStream(r, func(k, v []byte) error {
-		// The applied index is read at start and after every restore; a
-		// bad one must fail here, before Raft or CURRENT see the stream.
-		if string(k) == keyApplied {
-			if len(v) != 16 {
-				return fmt.Errorf("store: corrupt snapshot: applied index of %d bytes", len(v))
-			}
-			if o.info != nil {
-				o.info.AppliedIndex, o.info.AppliedTerm = binary.BigEndian.Uint64(v[:8]), binary.BigEndian.Uint64(v[8:])
-			}
-			if o.newRegion {
-				v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
-			}
+		if err := inspect(k, v, nil); err != nil {
+			return err
 		}
-		if o.info != nil && bytes.HasPrefix(k, []byte(prefixKekCheck)) {
-			o.info.KeyChecks[string(k[len(prefixKekCheck):])] = v
+		if o.newRegion && string(k) == keyApplied {
+			v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
 		}
 		if batch == nil || (o.newRegion && bytes.HasPrefix(k, []byte(prefixNode))) {
 			return nil
@@ -344,18 +346,20 @@ func readSnapshotStream(r io.Reader, fn func(k, v []byte) error) error {
 }
 
 // ReplaceNodeRegistry copies the snapshot stream r to w with nodes in
-// place of the node registry r holds, and returns w's length. The registry
-// describes the region a store runs in, not its data: a backup restored
-// into a running region keeps that region's registry (its removal
-// tombstones above all: discovery must not add back a node an operator
-// removed after the backup was taken). w is complete only if it returns
-// no error; r is verified as it is read.
-func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (int64, error) {
+// place of the node registry r holds, and returns w's length and what the
+// stream holds (SnapshotInfo). The registry describes the region a store
+// runs in, not its data: a backup restored into a running region keeps
+// that region's registry (its removal tombstones above all: discovery must
+// not add back a node an operator removed after the backup was taken). r
+// is verified as it is read, and w is complete only if it returns no
+// error: with io.Discard it verifies, measures and inspects a stream.
+func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (int64, SnapshotInfo, error) {
+	var info SnapshotInfo
 	recs := make([][2][]byte, 0, len(nodes))
 	for _, n := range nodes {
 		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(n)
 		if err != nil {
-			return 0, err
+			return 0, info, err
 		}
 		recs = append(recs, [2][]byte{[]byte(prefixNode + n.GetNodeId()), v})
 	}
@@ -371,6 +375,9 @@ func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (i
 		return nil
 	}
 	err := readSnapshotStream(r, func(k, v []byte) error {
+		if err := inspect(k, v, &info); err != nil {
+			return err
+		}
 		if bytes.HasPrefix(k, []byte(prefixNode)) {
 			return nil
 		}
@@ -385,9 +392,10 @@ func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (i
 		err = putNodes()
 	}
 	if err != nil {
-		return 0, err
+		return 0, info, err
 	}
-	return sw.finish()
+	n, err := sw.finish()
+	return n, info, err
 }
 
 // ContentHash is Hash without the applied index, the node registry and

@@ -262,7 +262,28 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	body, err := store.VerifySnapshot(tmp)
+	// The region keeps its own node registry: the backup's describes the
+	// nodes of its time (or of another region), and would bring back
+	// removed nodes for discovery to add again. Registry changes wait
+	// until the restore is done (Server.registry), and the read barrier
+	// brings every change acknowledged so far into the registry read.
+	s.registry.Lock()
+	defer s.registry.Unlock()
+	if err := s.raft.ReadBarrier(ctx); err != nil {
+		return toStatus(err)
+	}
+	var nodes []*fsmpb.NodeRecord
+	if err := s.store.Read(func(v *store.View) error {
+		var err error
+		nodes, err = v.Nodes()
+		return err
+	}); err != nil {
+		return toStatus(err)
+	}
+	// One pass verifies the body, reads what it holds, and measures the
+	// stream Raft will get (Raft takes its length first); the next hands
+	// that stream over, with no second copy on disk.
+	size, body, err := store.ReplaceNodeRegistry(tmp, io.Discard, nodes)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "backup body: %v", err)
 	}
@@ -285,38 +306,11 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	// The region keeps its own node registry: the backup's describes the
-	// nodes of its time (or of another region), and would bring back
-	// removed nodes for discovery to add again. Registry changes wait
-	// until the restore is done (Server.registry), and the read barrier
-	// brings every change acknowledged so far into the registry read.
-	s.registry.Lock()
-	defer s.registry.Unlock()
-	if err := s.raft.ReadBarrier(ctx); err != nil {
-		return toStatus(err)
-	}
-	var nodes []*fsmpb.NodeRecord
-	if err := s.store.Read(func(v *store.View) error {
-		var err error
-		nodes, err = v.Nodes()
-		return err
-	}); err != nil {
-		return toStatus(err)
-	}
-	// Raft takes the stream's length first: one pass measures it, the
-	// next hands the stream over (no second copy on disk).
-	size, err := store.ReplaceNodeRegistry(tmp, io.Discard, nodes)
-	if err != nil {
-		return toStatus(fmt.Errorf("keep the region's node registry: %w", err))
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return toStatus(err)
-	}
 	pr, pw := io.Pipe()
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		_, err := store.ReplaceNodeRegistry(tmp, pw, nodes)
+		_, _, err := store.ReplaceNodeRegistry(tmp, pw, nodes)
 		pw.CloseWithError(err)
 	}()
 	err = s.raft.RestoreBackup(body.AppliedIndex, size, pr)
