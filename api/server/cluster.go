@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -277,18 +276,11 @@ func (x *clusterService) RemoveNode(ctx context.Context, req *pb.RemoveNodeReque
 	for _, sv := range servers {
 		member = member || sv.ID == req.GetNodeId()
 	}
-	registered := false
-	if err := s.store.Read(func(v *store.View) error {
-		_, err := v.Node(req.GetNodeId())
-		registered = err == nil
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		return err
-	}); err != nil {
+	rec, err := s.nodeRecord(req.GetNodeId())
+	if err != nil {
 		return nil, toStatus(err)
 	}
-	if !member && !registered {
+	if !member && rec == nil {
 		return nil, status.Errorf(codes.NotFound, "node %s is not a member of region %s", req.GetNodeId(), s.cfg.Region)
 	}
 	// The tombstone first: a leader that removes itself stops leading as

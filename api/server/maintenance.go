@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"time"
 
@@ -55,11 +56,10 @@ func (s *Server) EnsureRegistered(ctx context.Context, nodeID, raftAddr, grpcAdd
 	}
 	defer s.registry.Unlock()
 	want := &fsmpb.NodeRecord{NodeId: nodeID, RaftAddress: raftAddr, GrpcAddress: grpcAddr, GossipAddress: gossipAddr}
-	var have *fsmpb.NodeRecord
-	_ = s.store.Read(func(v *store.View) error {
-		have, _ = v.Node(nodeID)
-		return nil
-	})
+	have, err := s.nodeRecord(nodeID)
+	if err != nil {
+		return // the next round tries again
+	}
 	// A removal tombstone stays until an explicit Join: discovery calls
 	// this from a view of the Raft configuration that may predate the
 	// removal, and clearing the tombstone would let it add the node back.
@@ -84,17 +84,26 @@ func (s *Server) GossipAddresses(nodeIDs []string) []string {
 	return out
 }
 
+// nodeRecord is nodeID's record in the replicated node registry, nil when
+// it has none.
+func (s *Server) nodeRecord(nodeID string) (*fsmpb.NodeRecord, error) {
+	var rec *fsmpb.NodeRecord
+	err := s.store.Read(func(v *store.View) error {
+		n, err := v.Node(nodeID)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		rec = n
+		return err
+	})
+	return rec, err
+}
+
 // Removed reports whether an operator removed nodeID (RemoveNode): then
 // discovery must not add it back until it joins explicitly.
 func (s *Server) Removed(nodeID string) bool {
-	removed := false
-	_ = s.store.Read(func(v *store.View) error {
-		if n, err := v.Node(nodeID); err == nil {
-			removed = n.GetRemoved()
-		}
-		return nil
-	})
-	return removed
+	rec, _ := s.nodeRecord(nodeID)
+	return rec.GetRemoved()
 }
 
 // Deregister forgets a node removed from the region (leader only).
