@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
+	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
@@ -339,4 +341,38 @@ func registryIDs(t *testing.T, st *store.Store) string {
 		t.Fatal(err)
 	}
 	return strings.Join(ids, ",")
+}
+
+// TestRestoreRefusedByRaftEndsCleanly: Raft refuses a restore before
+// reading its stream (the node stopped leading). The call answers
+// UNAVAILABLE at once — the copy feeding Raft the stream must not be left
+// blocked on it — the store is untouched, and the registry lock is free.
+func TestRestoreRefusedByRaftEndsCleanly(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	adminCtx := as(t, reg.admin(), "")
+	reg.project(adminCtx, "kept")
+	clusters := &clusterService{s: reg.s}
+	saved := &backupClient{ctx: adminCtx}
+	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
+		t.Fatal(err)
+	}
+	reg.project(adminCtx, "after")
+	reg.r.refuseRestore = fmt.Errorf("%w: raft: node is not the leader", cluster.ErrUnknownOutcome)
+	done := make(chan error, 1)
+	go func() { done <- clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}) }()
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("restore refused by Raft: %v, want UNAVAILABLE", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a restore Raft refused did not return")
+	}
+	if !hasProject(t, reg.st, "after") {
+		t.Fatal("a refused restore changed the store")
+	}
+	if !reg.s.registry.TryLock() {
+		t.Fatal("a refused restore left the registry locked")
+	}
+	reg.s.registry.Unlock()
 }

@@ -37,6 +37,9 @@ type soloRaft struct {
 	// duringRestore, when set, runs inside RestoreBackup before the FSM
 	// restores (as entries committed while Raft reads the stream).
 	duringRestore func()
+	// refuseRestore, when set, is RestoreBackup's answer, given before it
+	// reads anything (as Raft's when the node stopped leading).
+	refuseRestore error
 }
 
 func (r *soloRaft) ID() string                                      { return "node-1" }
@@ -55,6 +58,9 @@ func (r *soloRaft) RestoreBackup(index uint64, _ int64, rd io.Reader) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.restores = append(r.restores, index)
+	if r.refuseRestore != nil {
+		return r.refuseRestore
+	}
 	if r.duringRestore != nil {
 		r.mu.Unlock() // it may propose
 		r.duringRestore()
