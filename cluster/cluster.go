@@ -88,6 +88,9 @@ type Node struct {
 	readyTerm atomic.Uint64 // term whose post-election barrier has returned
 	reads     readBarrier
 
+	progress        replicationProgress // peers' logs, as this node's replication saw them
+	promoteInterval time.Duration       // how often a leader looks for non-voters to promote
+
 	mu         sync.Mutex
 	onLeader   []func(ctx context.Context)
 	leaderStop context.CancelFunc
@@ -218,7 +221,9 @@ func New(cfg Config, fsm FSM, logger hclog.Logger) (*Node, error) {
 		n.logStore.Close()
 		return nil, fmt.Errorf("cluster: raft log cache: %w", err)
 	}
-	n.raft, err = raft.NewRaft(rc, fsm, gapLog{LogStore: logs, hold: hold}, n.logStore, n.snapshots, noPipelineTransport{n.transport})
+	n.promoteInterval = rc.HeartbeatTimeout
+	n.onLeader = append(n.onLeader, n.promoteCaughtUp)
+	n.raft, err = raft.NewRaft(rc, fsm, gapLog{LogStore: logs, hold: hold}, n.logStore, n.snapshots, replicationTransport{n.transport, &n.progress})
 	if err != nil {
 		n.closeStores()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
@@ -424,12 +429,14 @@ func (n *Node) Servers() ([]ServerInfo, error) {
 	return out, nil
 }
 
-// AddVoter adds (or keeps) a voter; the leader only.
-func (n *Node) AddVoter(id, addr string) error {
+// AddNode adds a node as a non-voter, which this leader makes a voter once
+// it has caught up (staging.go); a member already in the configuration
+// keeps its suffrage and takes addr. The leader only.
+func (n *Node) AddNode(id, addr string) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
-	return n.mapMembershipErr(n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error())
+	return n.mapMembershipErr(n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error())
 }
 
 // RemoveServer removes a node from the configuration; the leader only.
@@ -625,18 +632,4 @@ func restoreOutcome(err error) error {
 		}
 	}
 	return err
-}
-
-// noPipelineTransport turns off hashicorp/raft's pipelined replication.
-// In raft v1.7.2 a pipeline whose response consumer has stopped (a follower
-// that errored, e.g. after a partition heals) blocks pipelineSend forever:
-// the follower stops receiving entries and Shutdown hangs (found by the
-// chaos campaign: `make chaos NODES=5`, a drain that never finished). Plain
-// AppendEntries with large batches (MaxAppendEntries) keep throughput.
-type noPipelineTransport struct {
-	*raft.NetworkTransport
-}
-
-func (noPipelineTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
-	return nil, raft.ErrPipelineReplicationNotSupported
 }

@@ -320,6 +320,9 @@ func (n *Node) reconcile(ctx context.Context) {
 				n.logger.Warn("removing a node with a stale address failed", "node_id", m.Meta.NodeID, "error", err)
 				continue
 			}
+			if s.Voter {
+				voters--
+			}
 		}
 		if err := n.checkPeerCertificate(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("not adding a discovered node: its Raft port does not present a valid certificate of this region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr, "error", err)
@@ -335,13 +338,14 @@ func (n *Node) reconcile(ctx context.Context) {
 				}
 			}
 		}
-		if err := n.Raft.AddVoter(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
+		if err := n.Raft.AddNode(m.Meta.NodeID, m.Meta.RaftAddr); err != nil {
 			n.logger.Warn("adding a discovered node failed", "node_id", m.Meta.NodeID, "error", err)
 			continue
 		}
-		n.logger.Info("added a discovered node to the region", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr)
+		// A non-voter until it has caught up: it does not count towards
+		// the quorum below yet.
+		n.logger.Info("added a discovered node to the region; it becomes a voter once it has caught up", "node_id", m.Meta.NodeID, "raft", m.Meta.RaftAddr)
 		n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
-		voters++
 	}
 	if n.cfg.DeadNodeReapAfter <= 0 {
 		return

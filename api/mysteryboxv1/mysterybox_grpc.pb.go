@@ -1483,7 +1483,8 @@ type ClusterServiceClient interface {
 	Members(ctx context.Context, in *ListMembersRequest, opts ...grpc.CallOption) (*ListMembersResponse, error)
 	// Every region gossip knows, with its nodes and current leader.
 	Regions(ctx context.Context, in *ListRegionsRequest, opts ...grpc.CallOption) (*ListRegionsResponse, error)
-	// Adds a node to this region's Raft configuration as a voter.
+	// Adds a node to this region's Raft configuration as a non-voter; the
+	// leader makes it a voter once its log has caught up.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
@@ -1603,7 +1604,8 @@ type ClusterServiceServer interface {
 	Members(context.Context, *ListMembersRequest) (*ListMembersResponse, error)
 	// Every region gossip knows, with its nodes and current leader.
 	Regions(context.Context, *ListRegionsRequest) (*ListRegionsResponse, error)
-	// Adds a node to this region's Raft configuration as a voter.
+	// Adds a node to this region's Raft configuration as a non-voter; the
+	// leader makes it a voter once its log has caught up.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)

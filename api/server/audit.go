@@ -277,7 +277,7 @@ func (s *Server) AuditStreamInterceptor(srv any, ss grpc.ServerStream, info *grp
 
 // callRecord returns the audit record to carry in the command an audited
 // call is about to propose (nil when the call is not audited, was already
-// recorded, or some voter cannot apply such a command yet). The FSM
+// recorded, or some node cannot apply such a command yet). The FSM
 // completes it with the outcome; markRecorded then stops the interceptor
 // from writing a second one.
 func (s *Server) callRecord(ctx context.Context, req proto.Message) *pb.AuditRecord {

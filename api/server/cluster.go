@@ -211,7 +211,8 @@ func (x *clusterService) Regions(ctx context.Context, _ *pb.ListRegionsRequest) 
 	return out, nil
 }
 
-// Join adds a node to the region as a voter and records its addresses.
+// Join adds a node to the region and records its addresses. It enters as a
+// non-voter; the leader promotes it once it has caught up.
 func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	if err := validateID("node_id", req.GetNodeId()); err != nil {
 		return nil, err
@@ -235,7 +236,7 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 		return nil, errRestoring
 	}
 	defer s.registry.Unlock()
-	if err := s.raft.AddVoter(req.GetNodeId(), req.GetRaftAddress()); err != nil {
+	if err := s.raft.AddNode(req.GetNodeId(), req.GetRaftAddress()); err != nil {
 		return nil, toStatus(err)
 	}
 	node := &fsmpb.NodeRecord{NodeId: req.GetNodeId(), RaftAddress: req.GetRaftAddress(), GrpcAddress: req.GetGrpcAddress()}

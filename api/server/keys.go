@@ -99,7 +99,7 @@ func (x *adminService) Rewrap(ctx context.Context, req *pb.RewrapRequest) (*pb.R
 	if err != nil {
 		return nil, err
 	}
-	// Refuse up front, even with nothing to rewrap, while some voter
+	// Refuse up front, even with nothing to rewrap, while some node
 	// cannot apply the command.
 	if err := s.checkVersions(&fsmpb.Command{Op: &fsmpb.Command_RewrapVersions{RewrapVersions: &fsmpb.RewrapVersions{}}}); err != nil {
 		return nil, err

@@ -49,7 +49,7 @@ func (r *soloRaft) Leader() (string, string)                        { return "no
 func (r *soloRaft) ReadBarrier(context.Context) error               { return nil }
 func (r *soloRaft) ReadyTerm() (uint64, bool)                       { return 1, true }
 func (r *soloRaft) ReadBarrierInTerm(context.Context, uint64) error { return nil }
-func (r *soloRaft) AddVoter(string, string) error                   { return errors.New("solo") }
+func (r *soloRaft) AddNode(string, string) error                    { return errors.New("solo") }
 func (r *soloRaft) RemoveServer(string) error                       { return errors.New("solo") }
 func (r *soloRaft) TransferLeadership(string) error                 { return errors.New("solo") }
 func (r *soloRaft) Stats() map[string]string                        { return nil }

@@ -53,7 +53,8 @@ type Raft interface {
 	// ReadBarrierInTerm: ReadBarrier for a read already made in term.
 	ReadBarrierInTerm(ctx context.Context, term uint64) error
 	Servers() ([]cluster.ServerInfo, error)
-	AddVoter(id, addr string) error
+	// AddNode adds a non-voter that the leader promotes once caught up.
+	AddNode(id, addr string) error
 	RemoveServer(id string) error
 	TransferLeadership(id string) error
 	Stats() map[string]string
@@ -269,15 +270,16 @@ func (s *Server) propose(ctx context.Context, req proto.Message, cmd *fsmpb.Comm
 	}
 }
 
-// checkVersions refuses a command type some voter does not support yet
-// (it would stop that node), as far as gossip tells. Without gossip the
+// checkVersions refuses a command type some member of the Raft
+// configuration does not support yet (it would stop that node), as far as
+// gossip tells. Without gossip the
 // operator upgrades every node before using new features.
 func (s *Server) checkVersions(cmd *fsmpb.Command) error {
 	need := fsm.RequiredVersion(cmd)
 	if need <= 1 || s.dir == nil {
 		return nil
 	}
-	id, v, err := s.oldestVoter()
+	id, v, err := s.oldestMember()
 	if err != nil {
 		return toStatus(err)
 	}
@@ -287,10 +289,12 @@ func (s *Server) checkVersions(cmd *fsmpb.Command) error {
 	return nil
 }
 
-// oldestVoter returns the voter that advertises the lowest command version
-// in gossip, and that version (0 for a voter gossip does not know). The
-// caller checks that gossip runs (s.dir != nil).
-func (s *Server) oldestVoter() (id string, version int, err error) {
+// oldestMember returns the member of the Raft configuration that
+// advertises the lowest command version in gossip, and that version (0 for
+// a member gossip does not know). Non-voters count: they apply every
+// command too (a new node is one until it has caught up). The caller
+// checks that gossip runs (s.dir != nil).
+func (s *Server) oldestMember() (id string, version int, err error) {
 	servers, err := s.raft.Servers()
 	if err != nil {
 		return "", 0, err
@@ -303,7 +307,7 @@ func (s *Server) oldestVoter() (id string, version int, err error) {
 	}
 	version = -1
 	for _, sv := range servers {
-		if v := have[sv.ID]; sv.Voter && (version < 0 || v < version) {
+		if v := have[sv.ID]; version < 0 || v < version {
 			id, version = sv.ID, v
 		}
 	}
@@ -311,9 +315,9 @@ func (s *Server) oldestVoter() (id string, version int, err error) {
 }
 
 // versionCache answers whether every node of the region applies a command
-// version, from a check at most a second old: the voters, and every node
-// gossip shows in the region, so a node that is joining counts before it
-// becomes a voter. Without gossip the versions are unknown and the answer
+// version, from a check at most a second old: the members of the Raft
+// configuration, and every node gossip shows in the region, so a node
+// that is joining counts before Raft adds it. Without gossip the versions are unknown and the answer
 // is no: features that need them stay off.
 type versionCache struct {
 	s       *Server
@@ -330,7 +334,7 @@ func (c *versionCache) supports(version int) bool {
 	defer c.mu.Unlock()
 	if time.Since(c.checked) > time.Second {
 		c.oldest = 0
-		if _, v, err := c.s.oldestVoter(); err == nil {
+		if _, v, err := c.s.oldestMember(); err == nil {
 			c.oldest = v
 			for _, m := range c.s.dir.Members() {
 				if m.Meta.Region == c.s.cfg.Region && m.Health != cluster.HealthDead && m.Health != cluster.HealthLeft {

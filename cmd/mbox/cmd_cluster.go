@@ -99,7 +99,7 @@ func (a *app) clusterJoinCmd() *cobra.Command {
 	var nodeID, raftAddr, grpcAddr string
 	cmd := &cobra.Command{
 		Use:   "join --node-id ID --raft-addr A --grpc-addr G",
-		Short: "Add a node to the region's Raft configuration as a voter",
+		Short: "Add a node to the region's Raft configuration (a voter once it has caught up)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cl, err := a.client(cmd.Context())

@@ -137,6 +137,12 @@ func TestThreeNodeRegionByHand(t *testing.T) {
 		r := execMbox(t, all, nil, "cluster", "members")
 		return r.code == 0 && strings.Count(r.stdout, "127.0.0.1") == 6
 	})
+	// Joined nodes vote once they have caught up; the leader is killed
+	// below, and two voters of three must remain.
+	waitFor(t, 30*time.Second, "three voters", func() bool {
+		r := execMbox(t, all, nil, "cluster", "status", "-o", "json")
+		return r.code == 0 && strings.Contains(r.stdout, `"voters": 3`)
+	})
 
 	// A write sent to any node succeeds; a read on any node right after sees it.
 	p := execMbox(t, env(endpoints[2]), nil, "project", "create", "--name", "demo", "-o", "json")

@@ -1,0 +1,156 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// A node enters the region as a non-voter and becomes a voter only once it
+// has caught up with the leader's log (the "learner" of etcd, the staging
+// of Consul's autopilot). Added as a voter straight away, a node that
+// still has to receive a snapshot — seconds at a million versions — would
+// count towards the quorum without being able to acknowledge anything: in
+// a region of three with one dead voter not yet reaped, the two live ones
+// would stop committing until the newcomer caught up.
+//
+// hashicorp/raft does not tell how far a follower's log matches the
+// leader's, so the leader's transport records it from the replies to its
+// own AppendEntries and InstallSnapshot calls (replicationTransport), and
+// a leader task promotes each non-voter whose log has reached where the
+// leader's was one check earlier (promoteCaughtUp).
+
+// peerMatch is how far a peer's log is known to match this node's, learnt
+// in term while this node led.
+type peerMatch struct {
+	term, index uint64
+}
+
+// replicationProgress records, per peer, the highest index of this node's
+// log the peer has acknowledged holding.
+type replicationProgress struct {
+	mu    sync.Mutex
+	match map[raft.ServerID]peerMatch
+}
+
+func (p *replicationProgress) record(id raft.ServerID, term, index uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.match == nil {
+		p.match = map[raft.ServerID]peerMatch{}
+	}
+	p.match[id] = peerMatch{term: term, index: index}
+}
+
+// matched returns how far id's log matches this node's, as learnt in term
+// (0 when nothing was learnt in that term).
+func (p *replicationProgress) matched(id raft.ServerID, term uint64) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m := p.match[id]; m.term == term {
+		return m.index
+	}
+	return 0
+}
+
+// replicationTransport is the transport Raft uses: it turns off pipelined
+// replication, and records each peer's progress from the replies to this
+// node's replication calls.
+//
+// No pipeline: in raft v1.7.2 a pipeline whose response consumer has
+// stopped (a follower that errored, e.g. after a partition heals) blocks
+// pipelineSend forever: the follower stops receiving entries and Shutdown
+// hangs (found by the chaos campaign: `make chaos NODES=5`, a drain that
+// never finished). Plain AppendEntries with large batches
+// (MaxAppendEntries) keep throughput.
+type replicationTransport struct {
+	*raft.NetworkTransport
+	progress *replicationProgress
+}
+
+func (replicationTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
+
+// AppendEntries sends one batch (or a heartbeat). Raft replicates to a
+// peer one call at a time, so the latest reply is the peer's state. A
+// success means the peer's log matches up to the batch's last entry;
+// heartbeats carry no position and say nothing. A refusal means the logs
+// differ somewhere after the peer's last match: nothing is known.
+func (t replicationTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	err := t.NetworkTransport.AppendEntries(id, target, args, resp)
+	if err != nil || resp.Term > args.Term {
+		return err
+	}
+	switch {
+	case !resp.Success:
+		t.progress.record(id, args.Term, 0)
+	case args.PrevLogEntry > 0 || len(args.Entries) > 0:
+		t.progress.record(id, args.Term, args.PrevLogEntry+uint64(len(args.Entries)))
+	}
+	return err
+}
+
+// InstallSnapshot sends a snapshot; once the peer has installed it, its
+// log matches up to the snapshot's index.
+func (t replicationTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	err := t.NetworkTransport.InstallSnapshot(id, target, args, resp, data)
+	if err == nil && resp.Success && resp.Term <= args.Term {
+		t.progress.record(id, args.Term, args.LastLogIndex)
+	}
+	return err
+}
+
+// promoteCaughtUp runs while this node leads: every check interval, each
+// non-voter whose log matches the leader's up to the leader's last index
+// at the previous check becomes a voter. A node that keeps up reaches
+// that within an interval under any load; one still receiving a snapshot,
+// or unreachable, does not, and stays out of the quorum.
+func (n *Node) promoteCaughtUp(ctx context.Context) {
+	tick := time.NewTicker(n.promoteInterval)
+	defer tick.Stop()
+	var target, targetTerm uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		term := n.raft.CurrentTerm()
+		if n.raft.State() != raft.Leader {
+			return
+		}
+		if targetTerm == term && target > 0 {
+			n.promote(term, target)
+		}
+		target, targetTerm = n.raft.LastIndex(), term
+	}
+}
+
+// promote makes voters of the non-voters that have reached target in term.
+// The configuration's index guards each change: a node removed, or the
+// configuration changed otherwise, since it was read is left alone.
+func (n *Node) promote(term, target uint64) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	index := f.Index()
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Nonvoter {
+			continue
+		}
+		if got := n.progress.matched(s.ID, term); got < target {
+			continue
+		}
+		if err := n.raft.AddVoter(s.ID, s.Address, index, 10*time.Second).Error(); err != nil {
+			n.logger.Warn("promoting a caught-up non-voter failed; the next check retries", "node_id", s.ID, "error", err)
+			return
+		}
+		n.logger.Info("a new node has caught up and is now a voter", "node_id", s.ID, "raft_address", s.Address)
+		return // the configuration's index moved on: one change per check
+	}
+}

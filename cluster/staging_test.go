@@ -1,0 +1,76 @@
+package cluster
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The leader learns how far a peer's log matches its own only from the
+// replies to its replication calls; a wrong reading would promote a node
+// that has not caught up (or never promote one that has).
+func TestReplicationTransportRecordsWhatPeersAcknowledge(t *testing.T) {
+	peer, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 2*time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	replies := make(chan any, 1) // the peer's next answer
+	go func() {
+		for rpc := range peer.Consumer() {
+			if rpc.Reader != nil {
+				io.Copy(io.Discard, rpc.Reader)
+			}
+			rpc.Respond(<-replies, nil)
+		}
+	}()
+	local, err := raft.NewTCPTransport("127.0.0.1:0", nil, 1, 2*time.Second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	progress := &replicationProgress{}
+	tr := replicationTransport{local, progress}
+	const id = raft.ServerID("peer")
+
+	entries := func(n int) []*raft.Log { return make([]*raft.Log, n) }
+	append_ := func(req raft.AppendEntriesRequest, reply raft.AppendEntriesResponse) {
+		t.Helper()
+		replies <- &reply
+		var resp raft.AppendEntriesResponse
+		if err := tr.AppendEntries(id, peer.LocalAddr(), &req, &resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(what string, term, want uint64) {
+		t.Helper()
+		if got := progress.matched(id, term); got != want {
+			t.Fatalf("%s: matched %d in term %d, want %d", what, got, term, want)
+		}
+	}
+
+	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 10, Entries: entries(5)}, raft.AppendEntriesResponse{Term: 3, Success: true})
+	expect("a batch of 5 after index 10", 3, 15)
+	expect("another term", 2, 0)
+	append_(raft.AppendEntriesRequest{Term: 3}, raft.AppendEntriesResponse{Term: 3, Success: true})
+	expect("a heartbeat says nothing of the log", 3, 15)
+	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 15, Entries: entries(1)}, raft.AppendEntriesResponse{Term: 4, Success: false})
+	expect("a reply from a later term", 3, 15)
+	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 15, Entries: entries(1)}, raft.AppendEntriesResponse{Term: 3, Success: false})
+	expect("a refusal: the logs differ after the last match", 3, 0)
+
+	replies <- &raft.InstallSnapshotResponse{Term: 3, Success: true}
+	var resp raft.InstallSnapshotResponse
+	if err := tr.InstallSnapshot(id, peer.LocalAddr(), &raft.InstallSnapshotRequest{Term: 3, LastLogIndex: 100, Size: 3}, &resp, bytes.NewReader([]byte("abc"))); err != nil {
+		t.Fatal(err)
+	}
+	expect("an installed snapshot", 3, 100)
+	replies <- &raft.InstallSnapshotResponse{Term: 3, Success: false}
+	if err := tr.InstallSnapshot(id, peer.LocalAddr(), &raft.InstallSnapshotRequest{Term: 3, LastLogIndex: 200, Size: 3}, &resp, bytes.NewReader([]byte("abc"))); err != nil {
+		t.Fatal(err)
+	}
+	expect("a snapshot the peer refused", 3, 100)
+}
