@@ -31,6 +31,14 @@ type NodeMeta struct {
 	// Leader and Term: the node's own Raft state, so that any node can tell
 	// every region's leader.
 	Leader bool `json:"l,omitempty"`
+	// LeaderID is the leader the node follows (itself when it leads),
+	// empty while it knows none; ClusterID is the random id its region's
+	// store was bootstrapped with, empty before. A region's leader does
+	// not add a node that shows it belongs to another cluster formed under
+	// the same region name: another cluster id, or a leader outside the
+	// leader's own Raft configuration.
+	LeaderID  string `json:"li,omitempty"`
+	ClusterID string `json:"ci,omitempty"`
 	// CommandVersion is the newest replicated command set the node applies.
 	CommandVersion int    `json:"cv,omitempty"`
 	Term           uint64 `json:"t,omitempty"`

@@ -22,6 +22,8 @@ import (
 type gossipState struct {
 	hasState, leader bool
 	term             uint64
+	leaderID         string
+	clusterID        string
 }
 
 // startGossip joins the gossip of all regions and runs discovery:
@@ -35,7 +37,7 @@ func (n *Node) startGossip() error {
 		m := cluster.NodeMeta{
 			Proto: cluster.GossipProtocol, NodeID: n.cfg.NodeID, Region: n.cfg.Region,
 			RaftAddr: n.Raft.RaftAddr(), GRPCAddr: n.grpcAddr,
-			HasState: s.hasState, Leader: s.leader, Term: s.term,
+			HasState: s.hasState, Leader: s.leader, Term: s.term, LeaderID: s.leaderID, ClusterID: s.clusterID,
 			CommandVersion: n.commandVersion(),
 		}
 		if p := n.pendingAdmin.Load(); p != nil {
@@ -61,7 +63,9 @@ func (n *Node) startGossip() error {
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			s := &gossipState{hasState: n.Raft.HasState(), leader: n.Raft.AcceptsWrites(), term: n.Raft.Term()}
+			leaderID, _ := n.Raft.Leader()
+			clusterID, _ := n.API.ClusterID()
+			s := &gossipState{hasState: n.Raft.HasState(), leader: n.Raft.AcceptsWrites(), term: n.Raft.Term(), leaderID: leaderID, clusterID: clusterID}
 			if *s != *st.Load() {
 				st.Store(s)
 			}
@@ -262,10 +266,11 @@ func (c *bootstrapChoice) decide(peers []cluster.GossipMember, expect int, self 
 // that gossip knows and Raft does not, and reaps nodes dead for longer than
 // DeadNodeReapAfter without going below a quorum of the configured size.
 func (n *Node) reconcileLoop(ctx context.Context) {
+	foreign := map[string]time.Time{} // nodes of another cluster: when last warned of
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		n.reconcile(ctx)
+		n.reconcile(ctx, foreign)
 		select {
 		case <-ctx.Done():
 			return
@@ -275,7 +280,7 @@ func (n *Node) reconcileLoop(ctx context.Context) {
 	}
 }
 
-func (n *Node) reconcile(ctx context.Context) {
+func (n *Node) reconcile(ctx context.Context, foreign map[string]time.Time) {
 	servers, err := n.Raft.Servers()
 	if err != nil {
 		return
@@ -287,6 +292,10 @@ func (n *Node) reconcile(ctx context.Context) {
 		if s.Voter {
 			voters++
 		}
+	}
+	clusterID, err := n.API.ClusterID()
+	if err != nil {
+		return
 	}
 	members := n.Gossip.Members()
 	health := map[string]string{} // gossip health by node id, this region only
@@ -308,6 +317,16 @@ func (n *Node) reconcile(ctx context.Context) {
 		s, known := inRaft[m.Meta.NodeID]
 		if !known && n.API.Removed(m.Meta.NodeID) {
 			continue // removed by an operator; only an explicit join brings it back
+		}
+		if !known && otherCluster(m.Meta, clusterID, inRaft) {
+			// Two clusters under one region name (bootstrap-expect with
+			// gossip views that stayed apart): adding the node would mix
+			// two histories that both start at index 1, term 1.
+			if time.Since(foreign[m.Meta.NodeID]) > 5*time.Minute {
+				foreign[m.Meta.NodeID] = time.Now()
+				n.logger.Warn("not adding a node of this region that belongs to another cluster: two clusters run under the same region name; remove one (wipe its nodes' data) and join its nodes to the other", "node_id", m.Meta.NodeID, "its_cluster", m.Meta.ClusterID, "this_cluster", clusterID, "its_leader", m.Meta.LeaderID)
+			}
+			continue
 		}
 		if known && s.Address == m.Meta.RaftAddr {
 			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
@@ -379,6 +398,19 @@ func (n *Node) reconcile(ctx context.Context) {
 		n.logger.Info("reaped a dead node", "node_id", m.Meta.NodeID, "dead_for", time.Since(m.Since).Round(time.Second))
 		voters = remaining
 	}
+}
+
+// otherCluster reports whether gossip shows m, a node of this region
+// outside its Raft configuration (inRaft), as part of another cluster:
+// another cluster id than this one's (ours), or a leader that is not in
+// this configuration. A node that shows neither is a new node, a wiped
+// one, or one of this cluster's that was reaped and came back.
+func otherCluster(m cluster.NodeMeta, ours string, inRaft map[string]cluster.ServerInfo) bool {
+	if m.ClusterID != "" && ours != "" && m.ClusterID != ours {
+		return true
+	}
+	_, leaderHere := inRaft[m.LeaderID]
+	return m.LeaderID != "" && !leaderHere
 }
 
 // replaceStaleHolder makes room for m, an alive member not in Raft, when

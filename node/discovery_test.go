@@ -135,3 +135,27 @@ func TestPeerCertificateMustNameTheNode(t *testing.T) {
 		}
 	}
 }
+
+// A leader adds a node outside its configuration only when nothing shows
+// that the node belongs to another cluster of the same region name.
+func TestOtherClusterNeedsPositiveEvidence(t *testing.T) {
+	ours := map[string]cluster.ServerInfo{"n1": {ID: "n1"}, "n2": {ID: "n2"}, "n3": {ID: "n3"}}
+	for _, tc := range []struct {
+		what      string
+		meta      cluster.NodeMeta
+		clusterID string // this cluster's
+		other     bool
+	}{
+		{"a new node (no state, no leader, no cluster id)", cluster.NodeMeta{NodeID: "n4"}, "cluster-a", false},
+		{"a wiped node replacing a dead one, already following this leader", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n1"}, "cluster-a", false},
+		{"a reaped node of this cluster, back and following nobody", cluster.NodeMeta{NodeID: "n4", HasState: true, ClusterID: "cluster-a"}, "cluster-a", false},
+		{"another cluster's node, between elections", cluster.NodeMeta{NodeID: "n4", HasState: true, ClusterID: "cluster-b"}, "cluster-a", true},
+		{"another cluster's leader", cluster.NodeMeta{NodeID: "n4", HasState: true, Leader: true, LeaderID: "n4", ClusterID: "cluster-b"}, "cluster-a", true},
+		{"another cluster's node before it has an admin (no cluster id yet)", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n5"}, "cluster-a", true},
+		{"this cluster before it has an admin, and a node following a leader here", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n2", ClusterID: "cluster-b"}, "", false},
+	} {
+		if got := otherCluster(tc.meta, tc.clusterID, ours); got != tc.other {
+			t.Errorf("%s: otherCluster = %v, want %v", tc.what, got, tc.other)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -102,7 +103,7 @@ func TestSnapshotWithACorruptAppliedIndexIsRefused(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{keyApplied: {1, 2, 3}, prefixKekCheck + "k1": []byte("check")})
 	stream := snapshotStream(t, src)
-	if _, _, err := ReplaceNodeRegistry(bytes.NewReader(stream), io.Discard, nil); err == nil || !strings.Contains(err.Error(), "applied index") {
+	if _, _, err := ReplaceRegionIdentity(bytes.NewReader(stream), io.Discard, RegionIdentity{}); err == nil || !strings.Contains(err.Error(), "applied index") {
 		t.Fatalf("verifying the stream: %v, want a refusal naming the applied index", err)
 	}
 	dst := openTestStore(t)
@@ -126,7 +127,7 @@ func TestSnapshotInfoHasKeyChecksAndAppliedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	stream := snapshotStream(t, src)
-	_, info, err := ReplaceNodeRegistry(bytes.NewReader(stream), io.Discard, nil)
+	_, info, err := ReplaceRegionIdentity(bytes.NewReader(stream), io.Discard, RegionIdentity{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,8 +141,9 @@ func TestSnapshotInfoHasKeyChecksAndAppliedIndex(t *testing.T) {
 
 // RestoreForNewRegion loads the applied index as zero in the restored
 // database itself (a separate reset after the restore could be lost to a
-// crash, and the FSM would skip the new region's first entries); Restore
-// keeps it.
+// crash, and the FSM would skip the new region's first entries), leaves
+// the old registry out and records the new cluster's id; Restore keeps
+// all three.
 func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 	src := openTestStore(t)
 	b := src.NewBatch()
@@ -154,19 +156,24 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 	if err := b.PutNode(&fsmpb.NodeRecord{NodeId: "old-4", Removed: true}); err != nil {
 		t.Fatal(err)
 	}
+	if err := b.SetBootstrapped("cluster-old"); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
 	}
 	stream := snapshotStream(t, src)
+	newRegion := func(st *Store, r io.Reader) error { return st.RestoreForNewRegion(r, "cluster-new") }
 
 	for _, c := range []struct {
 		name              string
 		restore           func(*Store, io.Reader) error
 		wantIndex, wantTm uint64
 		wantNodes         int // the old region's registry (a removal tombstone)
+		wantCluster       string
 	}{
-		{"Restore", (*Store).Restore, 42, 7, 1},
-		{"RestoreForNewRegion", (*Store).RestoreForNewRegion, 0, 0, 0},
+		{"Restore", (*Store).Restore, 42, 7, 1, "cluster-old"},
+		{"RestoreForNewRegion", newRegion, 0, 0, 0, "cluster-new"},
 	} {
 		dst := openTestStore(t)
 		if err := c.restore(dst, bytes.NewReader(stream)); err != nil {
@@ -180,6 +187,18 @@ func TestRestoreForNewRegionStartsAtIndexZero(t *testing.T) {
 		if n := len(nodesOf(t, dst)); n != c.wantNodes {
 			t.Fatalf("%s: %d node records, want %d", c.name, n, c.wantNodes)
 		}
+		if err := dst.Read(func(v *View) error {
+			id, err := v.ClusterID()
+			if err == nil && id != c.wantCluster {
+				err = fmt.Errorf("cluster id %q, want %q", id, c.wantCluster)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+	}
+	if err := openTestStore(t).RestoreForNewRegion(bytes.NewReader(stream), ""); err == nil {
+		t.Fatal("a new region restored without a cluster id")
 	}
 }
 
@@ -196,13 +215,16 @@ func nodesOf(t *testing.T, st *Store) []*fsmpb.NodeRecord {
 	return nodes
 }
 
-// ReplaceNodeRegistry puts the given registry in place of the stream's
+// ReplaceRegionIdentity puts the given registry and cluster id in place of the stream's
 // own, keeps everything else, and writes a stream that verifies; a
 // corrupt input is refused.
-func TestReplaceNodeRegistry(t *testing.T) {
+func TestReplaceRegionIdentity(t *testing.T) {
 	src := openTestStore(t)
 	commitSet(t, src, map[string][]byte{"a/first": []byte("1"), "z/last": []byte("2"), "m/restored": []byte("yes")})
 	b := src.NewBatch()
+	if err := b.SetBootstrapped("cluster-of-the-backup"); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []*fsmpb.NodeRecord{{NodeId: "backup-1", RaftAddress: "10.0.0.1:7001"}, {NodeId: "gone", Removed: true}} {
 		if err := b.PutNode(n); err != nil {
 			t.Fatal(err)
@@ -214,7 +236,7 @@ func TestReplaceNodeRegistry(t *testing.T) {
 	stream := snapshotStream(t, src)
 	current := []*fsmpb.NodeRecord{{NodeId: "now-2", RaftAddress: "10.0.0.2:7001"}, {NodeId: "now-1", Removed: true}}
 	var out bytes.Buffer
-	n, _, err := ReplaceNodeRegistry(bytes.NewReader(stream), &out, current)
+	n, _, err := ReplaceRegionIdentity(bytes.NewReader(stream), &out, RegionIdentity{ClusterID: "cluster-here", Nodes: current})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,6 +250,15 @@ func TestReplaceNodeRegistry(t *testing.T) {
 	got := nodesOf(t, dst)
 	if len(got) != 2 || got[0].GetNodeId() != "now-1" || !got[0].GetRemoved() || got[1].GetNodeId() != "now-2" || got[1].GetRaftAddress() != "10.0.0.2:7001" {
 		t.Fatalf("registry after the rewrite: %v, want now-1 (removed) and now-2", got)
+	}
+	if err := dst.Read(func(v *View) error {
+		id, err := v.ClusterID()
+		if err == nil && id != "cluster-here" {
+			err = fmt.Errorf("cluster id %q, want cluster-here", id)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("after the rewrite: %v", err)
 	}
 	for _, k := range []string{"a/first", "z/last", "m/restored"} {
 		if err := dst.Read(func(v *View) error { _, err := v.get(k); return err }); err != nil {
@@ -248,7 +279,7 @@ func TestReplaceNodeRegistry(t *testing.T) {
 	}
 	corrupt := append([]byte(nil), stream...)
 	corrupt[len(corrupt)/2] ^= 0xff
-	if _, _, err := ReplaceNodeRegistry(bytes.NewReader(corrupt), io.Discard, current); err == nil {
+	if _, _, err := ReplaceRegionIdentity(bytes.NewReader(corrupt), io.Discard, RegionIdentity{Nodes: current}); err == nil {
 		t.Fatal("a corrupt stream was rewritten")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -134,7 +135,7 @@ func (hr *hashingReader) Read(p []byte) (int, error) {
 // content is written to a fresh database and verified; only then does
 // CURRENT switch to it, so a crash at any point leaves either the old or the
 // new store, never a mix. It must not run concurrently with a Batch.
-func (s *Store) Restore(r io.Reader) error { return s.restore(r, false) }
+func (s *Store) Restore(r io.Reader) error { return s.restore(r, loadOptions{}) }
 
 // RestoreForNewRegion is Restore for a store seeded from a backup into a
 // new region, whose Raft log starts again at 1: the content's applied
@@ -143,10 +144,17 @@ func (s *Store) Restore(r io.Reader) error { return s.restore(r, false) }
 // FSM would skip the new log's first entries up to it). The old region's
 // node registry is left out: the new region's nodes register themselves,
 // and a removal tombstone of the old region's must not keep a node of the
-// same id out of the new one.
-func (s *Store) RestoreForNewRegion(r io.Reader) error { return s.restore(r, true) }
+// same id out of the new one. clusterID replaces the old cluster's id:
+// discovery must tell the new cluster from the old one's nodes, should
+// any come back under the same region name.
+func (s *Store) RestoreForNewRegion(r io.Reader, clusterID string) error {
+	if clusterID == "" {
+		return errors.New("store: a new region needs a cluster id")
+	}
+	return s.restore(r, loadOptions{newRegion: true, clusterID: clusterID})
+}
 
-func (s *Store) restore(r io.Reader, newRegion bool) error {
+func (s *Store) restore(r io.Reader, o loadOptions) error {
 	s.mu.RLock()
 	newNo := s.dbNo + 1
 	s.mu.RUnlock()
@@ -158,7 +166,7 @@ func (s *Store) restore(r io.Reader, newRegion bool) error {
 	if err != nil {
 		return err
 	}
-	if err := loadSnapshot(db, r, loadOptions{newRegion: newRegion}); err != nil {
+	if err := loadSnapshot(db, r, o); err != nil {
 		db.Close()
 		os.RemoveAll(dir)
 		return err
@@ -206,7 +214,7 @@ func (s *Store) restore(r io.Reader, newRegion bool) error {
 }
 
 // SnapshotInfo is what a verifying read of a snapshot stream found in it
-// (ReplaceNodeRegistry). Only what the stream's checksum covers is in it;
+// (ReplaceRegionIdentity). Only what the stream's checksum covers is in it;
 // nothing else said about a stream (a backup's header) should be trusted
 // over it.
 type SnapshotInfo struct {
@@ -244,9 +252,10 @@ func inspect(k, v []byte, info *SnapshotInfo) error {
 
 // loadOptions: what loadSnapshot does besides verifying and loading.
 type loadOptions struct {
-	// newRegion: load the applied index as zero and leave the node
-	// registry out (RestoreForNewRegion).
+	// newRegion: load the applied index as zero, leave the node registry
+	// out and record clusterID as the cluster's (RestoreForNewRegion).
 	newRegion bool
+	clusterID string
 }
 
 // loadSnapshot reads a snapshot stream into db (nil: only verify it).
@@ -271,6 +280,9 @@ func loadSnapshot(db *pebble.DB, r io.Reader, o loadOptions) error {
 		}
 		if o.newRegion && string(k) == keyApplied {
 			v = make([]byte, 16) // index 0, term 0 (the stream's checksum covers what was read)
+		}
+		if o.newRegion && string(k) == keyBootstrapped {
+			v = []byte(o.clusterID)
 		}
 		if batch == nil || (o.newRegion && bytes.HasPrefix(k, []byte(prefixNode))) {
 			return nil
@@ -345,51 +357,62 @@ func readSnapshotStream(r io.Reader, fn func(k, v []byte) error) error {
 	return nil
 }
 
-// ReplaceNodeRegistry copies the snapshot stream r to w with nodes in
-// place of the node registry r holds, and returns w's length and what the
-// stream holds (SnapshotInfo). The registry describes the region a store
-// runs in, not its data: a backup restored into a running region keeps
-// that region's registry (its removal tombstones above all: discovery must
-// not add back a node an operator removed after the backup was taken). r
-// is verified as it is read, and w is complete only if it returns no
-// error: with io.Discard it verifies, measures and inspects a stream.
-func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (int64, SnapshotInfo, error) {
+// RegionIdentity is what a store says of the region it runs in rather
+// than of its data: the cluster id recorded when the region got its first
+// admin (discovery tells clusters apart by it) and the node registry (its
+// removal tombstones above all: discovery must not add back a node an
+// operator removed after a backup was taken).
+type RegionIdentity struct {
+	ClusterID string // "" keeps the stream's
+	Nodes     []*fsmpb.NodeRecord
+}
+
+// ReplaceRegionIdentity copies the snapshot stream r to w with id in
+// place of the region identity r holds, and returns w's length and what
+// the stream holds (SnapshotInfo): a backup restored into a running
+// region keeps that region's identity. r is verified as it is read, and w
+// is complete only if it returns no error: with io.Discard it verifies,
+// measures and inspects a stream.
+func ReplaceRegionIdentity(r io.Reader, w io.Writer, id RegionIdentity) (int64, SnapshotInfo, error) {
 	var info SnapshotInfo
-	recs := make([][2][]byte, 0, len(nodes))
-	for _, n := range nodes {
+	recs := make([][2][]byte, 0, len(id.Nodes)+1)
+	for _, n := range id.Nodes {
 		v, err := proto.MarshalOptions{Deterministic: true}.Marshal(n)
 		if err != nil {
 			return 0, info, err
 		}
 		recs = append(recs, [2][]byte{[]byte(prefixNode + n.GetNodeId()), v})
 	}
+	if id.ClusterID != "" {
+		recs = append(recs, [2][]byte{[]byte(keyBootstrapped), []byte(id.ClusterID)})
+	}
 	sort.Slice(recs, func(i, j int) bool { return bytes.Compare(recs[i][0], recs[j][0]) < 0 })
 	sw := newSnapshotWriter(w)
-	putNodes := func() error { // where the registry sorts, to keep the stream in key order
-		for _, kv := range recs {
-			if err := sw.put(kv[0], kv[1]); err != nil {
+	// putBefore writes the identity's records that sort before k (all of
+	// them for nil), keeping the stream in key order.
+	putBefore := func(k []byte) error {
+		for len(recs) > 0 && (k == nil || bytes.Compare(recs[0][0], k) < 0) {
+			if err := sw.put(recs[0][0], recs[0][1]); err != nil {
 				return err
 			}
+			recs = recs[1:]
 		}
-		recs = nil
 		return nil
 	}
 	err := readSnapshotStream(r, func(k, v []byte) error {
 		if err := inspect(k, v, &info); err != nil {
 			return err
 		}
-		if bytes.HasPrefix(k, []byte(prefixNode)) {
+		if bytes.HasPrefix(k, []byte(prefixNode)) || (id.ClusterID != "" && string(k) == keyBootstrapped) {
 			return nil
 		}
-		if len(recs) > 0 && bytes.Compare(k, []byte(prefixNode)) > 0 {
-			if err := putNodes(); err != nil {
-				return err
-			}
+		if err := putBefore(k); err != nil {
+			return err
 		}
 		return sw.put(k, v)
 	})
 	if err == nil {
-		err = putNodes()
+		err = putBefore(nil)
 	}
 	if err != nil {
 		return 0, info, err
@@ -398,10 +421,11 @@ func ReplaceNodeRegistry(r io.Reader, w io.Writer, nodes []*fsmpb.NodeRecord) (i
 	return n, info, err
 }
 
-// ContentHash is Hash without the applied index, the node registry and
-// the audit log: equal for two stores with the same data at different Raft
-// positions, on different nodes, with different access histories (a backup
-// and the region it was restored into, whose restore was itself audited).
+// ContentHash is Hash without the applied index, the region identity
+// (cluster id, node registry) and the audit log: equal for two stores with
+// the same data at different Raft positions, on different nodes, in
+// different regions, with different access histories (a backup and the
+// region it was restored into, whose restore was itself audited).
 func (s *Store) ContentHash() (string, error) { return s.hash(false) }
 
 // Hash returns the SHA-256 of every key and value in the store, for
@@ -413,7 +437,7 @@ func (s *Store) hash(withApplied bool) (string, error) {
 	var lenBuf [8]byte
 	err := s.Read(func(v *View) error {
 		return v.ForEach(func(k, val []byte) error {
-			if !withApplied && (string(k) == keyApplied || string(k) == keyAuditHead ||
+			if !withApplied && (string(k) == keyApplied || string(k) == keyAuditHead || string(k) == keyBootstrapped ||
 				bytes.HasPrefix(k, []byte(prefixNode)) || bytes.HasPrefix(k, []byte(prefixAudit))) {
 				return nil
 			}

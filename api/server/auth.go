@@ -451,7 +451,7 @@ func (s *Server) BootstrapAdmin(ctx context.Context, tokenID string, secretHash 
 		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
 		Spec:     &pb.AccessBindingSpec{ResourceId: s.cfg.Region, AccountId: acct.GetMetadata().GetId(), Role: RoleRegionAdmin},
 	}
-	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: newID("cluster-")}}}, grant{})
+	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: NewClusterID()}}}, grant{})
 	if err != nil {
 		return false, err
 	}
@@ -479,4 +479,16 @@ func (s *Server) Bootstrapped() (bool, error) {
 		return err
 	})
 	return done, err
+}
+
+// ClusterID is the random id the region's first admin was created with,
+// the same on every node of one cluster ("" before that).
+func (s *Server) ClusterID() (string, error) {
+	var id string
+	err := s.store.Read(func(v *store.View) error {
+		var err error
+		id, err = v.ClusterID()
+		return err
+	})
+	return id, err
 }

@@ -17,7 +17,6 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
-	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
 
@@ -262,20 +261,26 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return toStatus(err)
 	}
-	// The region keeps its own node registry: the backup's describes the
-	// nodes of its time (or of another region), and would bring back
-	// removed nodes for discovery to add again. Registry changes wait
-	// until the restore is done (Server.registry), and the read barrier
-	// brings every change acknowledged so far into the registry read.
+	// The region keeps its own identity (store.RegionIdentity): the
+	// backup's node registry describes the nodes of its time (or of
+	// another region), and would bring back removed nodes for discovery to
+	// add again; its cluster id is another cluster's, or this one's of
+	// old, which discovery would take for a sibling cluster, or let merge
+	// with one. Registry changes wait until the restore is done
+	// (Server.registry), and the read barrier brings every change
+	// acknowledged so far into the registry read.
 	s.registry.Lock()
 	defer s.registry.Unlock()
 	if err := s.raft.ReadBarrier(ctx); err != nil {
 		return toStatus(err)
 	}
-	var nodes []*fsmpb.NodeRecord
+	var identity store.RegionIdentity
 	if err := s.store.Read(func(v *store.View) error {
 		var err error
-		nodes, err = v.Nodes()
+		if identity.Nodes, err = v.Nodes(); err != nil {
+			return err
+		}
+		identity.ClusterID, err = v.ClusterID()
 		return err
 	}); err != nil {
 		return toStatus(err)
@@ -283,7 +288,7 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	// One pass verifies the body, reads what it holds, and measures the
 	// stream Raft will get (Raft takes its length first); the next hands
 	// that stream over, with no second copy on disk.
-	size, body, err := store.ReplaceNodeRegistry(tmp, io.Discard, nodes)
+	size, body, err := store.ReplaceRegionIdentity(tmp, io.Discard, identity)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "backup body: %v", err)
 	}
@@ -310,7 +315,7 @@ func (x *clusterService) Restore(stream pb.ClusterService_RestoreServer) error {
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		_, _, err := store.ReplaceNodeRegistry(tmp, pw, nodes)
+		_, _, err := store.ReplaceRegionIdentity(tmp, pw, identity)
 		pw.CloseWithError(err)
 	}()
 	err = s.raft.RestoreBackup(body.AppliedIndex, size, pr)

@@ -248,11 +248,13 @@ func TestRestoreTrustsOnlyTheBackupsCheckedBody(t *testing.T) {
 	}
 }
 
-// TestRestoreKeepsTheRegionsNodeRegistry: a node removed after a backup
-// was taken stays removed when the backup is restored — the registry, with
-// its removal tombstones, describes the running region, not the backup's
-// data, and discovery adds back any node it does not see removed.
-func TestRestoreKeepsTheRegionsNodeRegistry(t *testing.T) {
+// TestRestoreKeepsTheRegionsIdentity: a backup's node registry and cluster
+// id are those of the region it was taken in, at its time; the region
+// restored into keeps its own (store.RegionIdentity). A node removed after
+// the backup was taken stays removed — discovery adds back any node it
+// does not see removed — and discovery still tells this cluster from the
+// backup's.
+func TestRestoreKeepsTheRegionsIdentity(t *testing.T) {
 	reg := newSoloRegion(t, 0)
 	adminCtx := as(t, reg.admin(), "")
 	apply := func(cmd *fsmpb.Command) {
@@ -270,9 +272,21 @@ func TestRestoreKeepsTheRegionsNodeRegistry(t *testing.T) {
 	// Then the operator removes node-2 and a new node joins.
 	apply(&fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: "node-2", Tombstone: true}}})
 	apply(&fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: &fsmpb.NodeRecord{NodeId: "node-3", RaftAddress: "10.0.0.3:7001"}}}})
+	// And the backup goes to another cluster: one with another id.
+	backupCluster, _ := reg.s.ClusterID()
+	b := reg.st.NewBatch()
+	if err := b.SetBootstrapped("cluster-restored-into"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
 
 	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}); err != nil {
 		t.Fatal(err)
+	}
+	if id, err := reg.s.ClusterID(); err != nil || id != "cluster-restored-into" {
+		t.Fatalf("cluster id after restoring a backup of %s: %q (%v), want the region's own", backupCluster, id, err)
 	}
 	if len(reg.r.restores) != 1 {
 		t.Fatalf("restores: %v", reg.r.restores)

@@ -65,6 +65,9 @@ type Options struct {
 	// OldNodes advertise command version 1, as nodes of the previous
 	// release would (mixed-version tests): the first OldNodes nodes.
 	OldNodes int
+	// FirstNodeID numbers the nodes from node<FirstNodeID> instead of
+	// node1 (two clusters in one region need distinct ids).
+	FirstNodeID int
 }
 
 // Cluster is a running test region.
@@ -146,6 +149,7 @@ func Prepare(t testing.TB, opts Options) *Cluster {
 	// The temporary directory is made before Close is registered: cleanups
 	// run last-in first-out, so the nodes stop before their data goes.
 	c := &Cluster{t: t, opts: opts, Region: opts.Region, Keyring: kr, base: t.TempDir(), log: &testLog{t: t}}
+	c.nextID = max(opts.FirstNodeID-1, 0)
 	// Registered before Close, so it runs after the nodes have stopped.
 	t.Cleanup(c.log.end)
 	t.Cleanup(c.Close)
@@ -276,7 +280,7 @@ func (c *Cluster) newNode() *Node {
 	if c.opts.TLS {
 		cfg.TLS = c.IssueNodeCert(id, c.Region, dir, time.Now().Add(-time.Minute), time.Now().Add(time.Hour))
 	}
-	if c.nextID <= c.opts.OldNodes {
+	if len(c.Nodes) < c.opts.OldNodes { // this node is one of the first OldNodes
 		cfg.AdvertiseCommandVersion = 1
 	}
 	switch {

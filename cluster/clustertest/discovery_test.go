@@ -316,3 +316,59 @@ func TestBootstrapExpectLateNodeJoinsTheFormedRegion(t *testing.T) {
 		t.Fatalf("nodes that bootstrapped: %v; want some of node2..node4 and not %s", bootstrapped, late.ID)
 	}
 }
+
+// Two clusters formed apart under one region name (bootstrap-expect with
+// seeds that could not see each other) must not merge when their gossip
+// meets: each leader would add the other's nodes, mixing two histories
+// that both start at index 1, term 1. Each refuses the nodes that follow
+// a leader outside its own configuration.
+func TestClustersOfOneRegionFormedApartDoNotMerge(t *testing.T) {
+	var sink syncBuffer
+	a := New(t, Options{Nodes: 3, Gossip: true, Region: "eu-north1", LogSink: &sink})
+	b := New(t, Options{Nodes: 1, Gossip: true, Region: "eu-north1", FirstNodeID: 4, LogSink: &sink})
+	// The clusters meet once each advertises its cluster id (an id is
+	// recorded with the first admin; nodes meeting before that are told
+	// apart by the leader they follow, which the node test covers).
+	for _, n := range []*Node{a.WaitLeader(), b.Nodes[0]} {
+		Eventually(t, 10*time.Second, n.ID+" to advertise its cluster id", func() error {
+			for _, m := range n.N.Gossip.Members() {
+				if m.Meta.NodeID == n.ID && m.Meta.ClusterID != "" {
+					return nil
+				}
+			}
+			return errors.New("not yet")
+		})
+	}
+	if _, err := b.Nodes[0].N.Gossip.Join([]string{a.GossipAddr(a.Nodes[0])}); err != nil {
+		t.Fatal(err)
+	}
+	refused := func(id string) bool {
+		for _, line := range strings.Split(string(sink.Bytes()), "\n") {
+			if strings.Contains(line, "belongs to another cluster") && strings.Contains(line, "node_id="+id+" ") {
+				return true
+			}
+		}
+		return false
+	}
+	unmerged := func() {
+		t.Helper()
+		for _, n := range a.Nodes {
+			if ids := raftIDs(t, n); strings.Join(ids, ",") != "node1,node2,node3" {
+				t.Fatalf("%s's configuration %v after meeting the other cluster", n.ID, ids)
+			}
+		}
+		if ids := raftIDs(t, b.Nodes[0]); strings.Join(ids, ",") != "node4" {
+			t.Fatalf("node4's configuration %v after meeting the other cluster", ids)
+		}
+	}
+	Eventually(t, 20*time.Second, "each leader to refuse the other cluster's nodes", func() error {
+		unmerged()
+		for _, id := range []string{"node1", "node2", "node3", "node4"} {
+			if !refused(id) {
+				return fmt.Errorf("%s not refused yet", id)
+			}
+		}
+		return nil
+	})
+	unmerged()
+}
