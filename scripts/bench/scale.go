@@ -166,8 +166,45 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 	catchup := time.Since(t0)
 	pid, _ = readPID(c.dir, newNode)
 	fmt.Fprintf(w, "| new node %s: start to serving the last write | %v (target < 60s) |\n", newNode, catchup.Round(10*time.Millisecond))
+	// It joined as a non-voter; the leader promotes it once caught up.
+	if err := waitVoter(ctx, ep, c.token, newNode, time.Minute); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "| new node %s: start to voter | %v |\n", newNode, time.Since(t0).Round(10*time.Millisecond))
 	fmt.Fprintf(w, "| RSS of %s after catch-up | %s |\n", newNode, rss(pid))
 	return nil
+}
+
+// waitVoter waits until the region's members, as ep answers, show id as a
+// voter.
+func waitVoter(ctx context.Context, ep, token, id string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	cl, err := client.New(ctx, client.Config{Endpoints: []string{ep}, Token: token, MaxAttempts: 1, Timeout: time.Second})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	last := "not a member"
+	for {
+		ms, err := cl.Cluster().Members(ctx, &mbv1.ListMembersRequest{})
+		if err != nil {
+			last = err.Error()
+		}
+		for _, m := range ms.GetMembers() {
+			if m.GetNodeId() == id {
+				if m.GetRaftRole() != "nonvoter" {
+					return nil
+				}
+				last = "a non-voter"
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not become a voter: %s", id, last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func role(i int) string {
