@@ -37,6 +37,8 @@ var (
 	ErrUnknownOutcome = errors.New("leadership lost while committing; outcome unknown")
 	// ErrTimeout: the call's deadline passed while waiting for Raft.
 	ErrTimeout = errors.New("timed out waiting for raft")
+	// ErrNotVoter: the call needs a voter, and the node named is not one.
+	ErrNotVoter = errors.New("not a voter")
 
 	// errLeadershipChanged: a read barrier saw another term, or none.
 	errLeadershipChanged = fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
@@ -90,6 +92,7 @@ type Node struct {
 
 	progress        replicationProgress // peers' logs, as this node's replication saw them
 	promoteInterval time.Duration       // how often a leader looks for non-voters to promote
+	membership      sync.Mutex          // one configuration change at a time from this node
 
 	mu         sync.Mutex
 	onLeader   []func(ctx context.Context)
@@ -436,7 +439,14 @@ func (n *Node) AddNode(id, addr string) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
-	return n.mapMembershipErr(n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second).Error())
+	n.membership.Lock()
+	defer n.membership.Unlock()
+	f := n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, 10*time.Second)
+	if err := f.Error(); err != nil {
+		return n.mapMembershipErr(err)
+	}
+	n.progress.added(raft.ServerID(id), f.Index())
+	return nil
 }
 
 // RemoveServer removes a node from the configuration; the leader only.
@@ -444,6 +454,8 @@ func (n *Node) RemoveServer(id string) error {
 	if n.raft.State() != raft.Leader {
 		return ErrNotLeader
 	}
+	n.membership.Lock()
+	defer n.membership.Unlock()
 	return n.mapMembershipErr(n.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error())
 }
 
@@ -461,6 +473,12 @@ func (n *Node) TransferLeadership(id string) error {
 		return err
 	}
 	for _, s := range servers {
+		if s.ID == id && !s.Voter {
+			// Raft would send it TimeoutNow: its campaign, in a higher
+			// term, makes the leader step down, and the voters then refuse
+			// it — an election with no candidate that can win it.
+			return fmt.Errorf("%w: node %q is not a voter yet (it becomes one once it has caught up)", ErrNotVoter, id)
+		}
 		if s.ID == id {
 			return n.mapMembershipErr(n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(s.Address)).Error())
 		}

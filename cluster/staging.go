@@ -30,10 +30,33 @@ type peerMatch struct {
 }
 
 // replicationProgress records, per peer, the highest index of this node's
-// log the peer has acknowledged holding.
+// log the peer has acknowledged holding, and the index from which an
+// acknowledgement counts for promotion (the peer's latest addition).
 type replicationProgress struct {
 	mu    sync.Mutex
 	match map[raft.ServerID]peerMatch
+	floor map[raft.ServerID]uint64
+}
+
+// added notes that id entered (or re-entered) the configuration at index:
+// what it acknowledged before, as another incarnation or at another
+// address, does not make it caught up.
+func (p *replicationProgress) added(id raft.ServerID, index uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.floor == nil {
+		p.floor = map[raft.ServerID]uint64{}
+	}
+	p.floor[id] = index
+}
+
+// caughtUp reports whether id has acknowledged, in term, this node's log
+// up to target, and at least up to its own latest addition.
+func (p *replicationProgress) caughtUp(id raft.ServerID, term, target uint64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.match[id]
+	return m.term == term && m.index >= target && m.index >= p.floor[id]
 }
 
 func (p *replicationProgress) record(id raft.ServerID, term, index uint64) {
@@ -130,27 +153,27 @@ func (n *Node) promoteCaughtUp(ctx context.Context) {
 	}
 }
 
-// promote makes voters of the non-voters that have reached target in term.
-// The configuration's index guards each change: a node removed, or the
-// configuration changed otherwise, since it was read is left alone.
+// promote makes a voter of a non-voter that has reached target in term.
+// It holds the membership lock from reading the configuration to the
+// change, so that no removal or re-addition slips in between: AddVoter
+// would add back a node just removed (hashicorp/raft's prevIndex guard
+// cannot help: GetConfiguration's future reports index 0).
 func (n *Node) promote(term, target uint64) {
+	n.membership.Lock()
+	defer n.membership.Unlock()
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
 	}
-	index := f.Index()
 	for _, s := range f.Configuration().Servers {
-		if s.Suffrage != raft.Nonvoter {
+		if s.Suffrage != raft.Nonvoter || !n.progress.caughtUp(s.ID, term, target) {
 			continue
 		}
-		if got := n.progress.matched(s.ID, term); got < target {
-			continue
-		}
-		if err := n.raft.AddVoter(s.ID, s.Address, index, 10*time.Second).Error(); err != nil {
+		if err := n.raft.AddVoter(s.ID, s.Address, 0, 10*time.Second).Error(); err != nil {
 			n.logger.Warn("promoting a caught-up non-voter failed; the next check retries", "node_id", s.ID, "error", err)
 			return
 		}
 		n.logger.Info("a new node has caught up and is now a voter", "node_id", s.ID, "raft_address", s.Address)
-		return // the configuration's index moved on: one change per check
+		return // one change per check
 	}
 }

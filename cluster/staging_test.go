@@ -57,6 +57,8 @@ func TestReplicationTransportRecordsWhatPeersAcknowledge(t *testing.T) {
 	expect("another term", 2, 0)
 	append_(raft.AppendEntriesRequest{Term: 3}, raft.AppendEntriesResponse{Term: 3, Success: true})
 	expect("a heartbeat says nothing of the log", 3, 15)
+	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 15}, raft.AppendEntriesResponse{Term: 3, Success: true})
+	expect("an empty probe at the leader's last index (an idle region)", 3, 15)
 	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 15, Entries: entries(1)}, raft.AppendEntriesResponse{Term: 4, Success: false})
 	expect("a reply from a later term", 3, 15)
 	append_(raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 15, Entries: entries(1)}, raft.AppendEntriesResponse{Term: 3, Success: false})
@@ -73,4 +75,24 @@ func TestReplicationTransportRecordsWhatPeersAcknowledge(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("a snapshot the peer refused", 3, 100)
+}
+
+// A node counts as caught up only with what it acknowledged in this term,
+// up to the target, and since it was last added: a node removed and added
+// again (wiped, or at another address) starts over.
+func TestCaughtUpCountsOnlyAcknowledgementsSinceTheNodeWasAdded(t *testing.T) {
+	var p replicationProgress
+	const id = raft.ServerID("x")
+	p.record(id, 3, 19)
+	if !p.caughtUp(id, 3, 17) || p.caughtUp(id, 3, 20) || p.caughtUp(id, 4, 17) {
+		t.Fatal("match 19 in term 3: caught up to 17 in term 3 only")
+	}
+	p.added(id, 20) // removed, then added again at index 20
+	if p.caughtUp(id, 3, 17) {
+		t.Fatal("caught up on what it acknowledged before it was added again")
+	}
+	p.record(id, 3, 21)
+	if !p.caughtUp(id, 3, 17) {
+		t.Fatal("not caught up after acknowledging past its addition")
+	}
 }

@@ -2,14 +2,18 @@ package clustertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 )
@@ -101,6 +105,14 @@ func TestNewNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 	if role, err := raftRole(ctx, c, leader, n.ID); err != nil || role != "nonvoter" {
 		t.Fatalf("%s before it has caught up: role %q (%v), want nonvoter", n.ID, role, err)
 	}
+	// Leadership cannot go to it: its campaign would only unseat the
+	// leader, since no voter would vote for it.
+	if _, err := pb.NewClusterServiceClient(c.Conn(leader)).TransferLeadership(ctx, &pb.TransferLeadershipRequest{NodeId: n.ID}); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "not a voter") {
+		t.Fatalf("leadership transfer to a non-voter: %v, want FAILED_PRECONDITION", err)
+	}
+	if !leader.N.Raft.IsLeader() {
+		t.Fatal("the leader lost leadership to a refused transfer")
+	}
 
 	g.open()
 	Eventually(t, 30*time.Second, n.ID+" to become a voter once caught up", func() error {
@@ -115,15 +127,65 @@ func TestNewNodeVotesOnlyOnceCaughtUp(t *testing.T) {
 		}
 		return nil
 	})
-	// Its own store holds the write made while it was out of reach.
+	// Its own store holds the write made while it was out of reach (a
+	// node counts as caught up once its log has an entry; it applies it
+	// right after).
 	n.conn = c.Dial(n, c.AdminToken)
-	stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
-	got, err := pb.NewSecretVersionServiceClient(c.Conn(n)).Get(stale, &pb.GetSecretVersionRequest{Id: v.GetMetadata().GetId()})
-	if err != nil || got.GetMetadata().GetId() != v.GetMetadata().GetId() {
-		t.Fatalf("read of the version written before %s caught up: %v %v", n.ID, got, err)
-	}
+	Eventually(t, 5*time.Second, n.ID+" to serve the write made before it caught up", func() error {
+		stale := metadata.AppendToOutgoingContext(ctxT(t), "x-consistency", "stale")
+		got, err := pb.NewSecretVersionServiceClient(c.Conn(n)).Get(stale, &pb.GetSecretVersionRequest{Id: v.GetMetadata().GetId()})
+		if err == nil && got.GetMetadata().GetId() != v.GetMetadata().GetId() {
+			err = fmt.Errorf("got version %s", got.GetMetadata().GetId())
+		}
+		return err
+	})
 	st, err := pb.NewClusterServiceClient(c.Conn(leader)).Status(ctxT(t), &pb.ClusterStatusRequest{})
 	if err != nil || st.GetVoters() != 4 {
 		t.Fatalf("status after the promotion: %d voters (%v), want 4", st.GetVoters(), err)
 	}
+}
+
+// A node removed and added again is a new member: what it acknowledged
+// before says nothing of its log now (it may be a wiped node, or behind a
+// port that no longer answers). Promoted on that old progress, it became a
+// voter at once, without acknowledging anything.
+func TestReaddedNodeMustCatchUpAgain(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	leader := c.WaitLeader()
+	setup(t, c, leader)
+	f := c.Followers()[0]
+	cl := pb.NewClusterServiceClient(c.Conn(leader))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Its progress as a voter is recorded up to the leader's last entry.
+	Eventually(t, 5*time.Second, f.ID+" to apply everything", func() error {
+		if got, want := f.N.FSM.AppliedIndex(), leader.N.FSM.AppliedIndex(); got < want {
+			return fmt.Errorf("applied %d of %d", got, want)
+		}
+		return nil
+	})
+	if _, err := cl.RemoveNode(ctx, &pb.RemoveNodeRequest{NodeId: f.ID}); err != nil {
+		t.Fatal(err)
+	}
+	g := newGate(t, f.Cfg.RaftAddr)
+	if _, err := cl.Join(ctx, &pb.JoinRequest{NodeId: f.ID, RaftAddress: g.addr(), GrpcAddress: f.Cfg.GRPCAddr}); err != nil {
+		t.Fatal(err)
+	}
+	// Ten promotion checks (one per heartbeat timeout, 300 ms here), with
+	// nothing acknowledged since the join.
+	until := time.Now().Add(3 * time.Second)
+	for time.Now().Before(until) {
+		if role, err := raftRole(ctx, c, leader, f.ID); err != nil || role != "nonvoter" {
+			t.Fatalf("%s, added again behind a closed port: role %q (%v), want nonvoter", f.ID, role, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	g.open()
+	Eventually(t, 30*time.Second, f.ID+" to become a voter once it answers", func() error {
+		role, err := raftRole(ctx, c, leader, f.ID)
+		if err == nil && role == "nonvoter" {
+			err = errors.New("still a non-voter")
+		}
+		return err
+	})
 }
