@@ -40,6 +40,16 @@ type Header struct {
 	CreatedAt string   `json:"created_at"`
 }
 
+// SeededClusterID is the cluster id of a new region seeded from this
+// backup (`mysteryboxd restore`): not the backup's own, so that discovery
+// tells the new cluster from the old one's nodes should any come back
+// under the same region name, and the same for every node seeded from
+// this file, so that their stores agree.
+func (h Header) SeededClusterID() string {
+	sum := sha256.Sum256([]byte("mysterybox seeded region\x00" + h.Region + "\x00" + h.ClusterID + "\x00" + h.BodySHA))
+	return "cluster-s" + hex.EncodeToString(sum[:10])
+}
+
 // ErrCorrupt marks a file that is not a complete, intact backup.
 var ErrCorrupt = errors.New("backup is corrupt or truncated")
 

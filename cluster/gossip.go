@@ -7,6 +7,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,6 +48,49 @@ type NodeMeta struct {
 	// the token) so that whichever node leads can create the admin.
 	AdminTokenID   string `json:"at,omitempty"`
 	AdminTokenHash []byte `json:"ah,omitempty"`
+}
+
+// OtherCluster reports whether m, a node of this region, shows that it
+// belongs to another cluster than this one, whose cluster id is ours:
+//   - it advertises a cluster id and this cluster has none or another (the
+//     id is recorded with a region's first admin; a node seeded from a
+//     backup by `mysteryboxd restore` advertises the id of the region
+//     that backup seeds);
+//   - or it follows a leader that this cluster has never had (isOurs says
+//     whether a node id is in the configuration or the registry,
+//     tombstones included: a node may follow a leader removed a moment
+//     ago until its heartbeat timeout clears that).
+//
+// A node that shows neither is a new node, a wiped one, or one of this
+// cluster's that was reaped and came back.
+func (m NodeMeta) OtherCluster(ours string, isOurs func(nodeID string) bool) bool {
+	if m.ClusterID != "" && m.ClusterID != ours {
+		return true
+	}
+	return m.LeaderID != "" && !isOurs(m.LeaderID)
+}
+
+// MaxNameLen bounds node ids and region names, which every gossip message
+// carries (the node's own, and the id of the leader it follows).
+const MaxNameLen = 64
+
+// metaFits checks that m can grow to its largest (following a leader with
+// the longest id, a pending admin token, a cluster id, any term) and still
+// fit in limit bytes: metadata that does not fit is not sent at all.
+func metaFits(m NodeMeta, limit int) error {
+	m.HasState, m.Leader = true, true
+	m.CommandVersion, m.Term = 1<<20, ^uint64(0)
+	m.LeaderID = strings.Repeat("n", MaxNameLen)
+	m.ClusterID = "cluster-06h4en2dgc7c7uku32b1a-seeded"
+	m.AdminTokenID, m.AdminTokenHash = "token-06h4emf7kcit8kohgqobu", make([]byte, 32)
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(raw) > limit {
+		return fmt.Errorf("gossip: this node's metadata can reach %d bytes, over memberlist's %d: shorten its id, region or advertised addresses (raft %q, grpc %q)", len(raw), limit, m.RaftAddr, m.GRPCAddr)
+	}
+	return nil
 }
 
 // Health of a gossip member.
@@ -108,6 +152,9 @@ func NewGossip(cfg GossipConfig, logger hclog.Logger) (*Gossip, error) {
 		mc.SuspicionMult = 2
 	}
 	meta := cfg.Meta()
+	if err := metaFits(meta, memberlist.MetaMaxSize); err != nil {
+		return nil, err
+	}
 	mc.Name = meta.Region + "/" + meta.NodeID
 	host, port, err := splitHostPort(cfg.BindAddr)
 	if err != nil {

@@ -266,7 +266,10 @@ func (c *bootstrapChoice) decide(peers []cluster.GossipMember, expect int, self 
 // that gossip knows and Raft does not, and reaps nodes dead for longer than
 // DeadNodeReapAfter without going below a quorum of the configured size.
 func (n *Node) reconcileLoop(ctx context.Context) {
-	foreign := map[string]time.Time{} // nodes of another cluster: when last warned of
+	foreign := &foreignNodes{warnAfter: 10 * time.Second}
+	if n.cfg.FastGossip {
+		foreign.warnAfter = time.Second
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -280,7 +283,7 @@ func (n *Node) reconcileLoop(ctx context.Context) {
 	}
 }
 
-func (n *Node) reconcile(ctx context.Context, foreign map[string]time.Time) {
+func (n *Node) reconcile(ctx context.Context, foreign *foreignNodes) {
 	servers, err := n.Raft.Servers()
 	if err != nil {
 		return
@@ -293,10 +296,12 @@ func (n *Node) reconcile(ctx context.Context, foreign map[string]time.Time) {
 			voters++
 		}
 	}
-	clusterID, err := n.API.ClusterID()
-	if err != nil {
-		return
+	clusterID, idErr := n.API.ClusterID()
+	isOurs := func(id string) bool {
+		_, in := inRaft[id]
+		return in || n.API.KnownNode(id)
 	}
+	defer foreign.endRound()
 	members := n.Gossip.Members()
 	health := map[string]string{} // gossip health by node id, this region only
 	for _, m := range members {
@@ -318,18 +323,21 @@ func (n *Node) reconcile(ctx context.Context, foreign map[string]time.Time) {
 		if !known && n.API.Removed(m.Meta.NodeID) {
 			continue // removed by an operator; only an explicit join brings it back
 		}
-		if !known && otherCluster(m.Meta, clusterID, inRaft) {
+		if known && s.Address == m.Meta.RaftAddr {
+			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
+			continue
+		}
+		// From here on the node is added, or re-added at a new address.
+		if idErr != nil {
+			continue // not without this cluster's id; reaping below goes on
+		}
+		if m.Meta.OtherCluster(clusterID, isOurs) {
 			// Two clusters under one region name (bootstrap-expect with
 			// gossip views that stayed apart): adding the node would mix
 			// two histories that both start at index 1, term 1.
-			if time.Since(foreign[m.Meta.NodeID]) > 5*time.Minute {
-				foreign[m.Meta.NodeID] = time.Now()
+			if foreign.refused(m.Meta.NodeID, time.Now()) {
 				n.logger.Warn("not adding a node of this region that belongs to another cluster: two clusters run under the same region name; remove one (wipe its nodes' data) and join its nodes to the other", "node_id", m.Meta.NodeID, "its_cluster", m.Meta.ClusterID, "this_cluster", clusterID, "its_leader", m.Meta.LeaderID)
 			}
-			continue
-		}
-		if known && s.Address == m.Meta.RaftAddr {
-			n.API.EnsureRegistered(ctx, m.Meta.NodeID, m.Meta.RaftAddr, m.Meta.GRPCAddr, m.Addr)
 			continue
 		}
 		if known {
@@ -400,18 +408,40 @@ func (n *Node) reconcile(ctx context.Context, foreign map[string]time.Time) {
 	}
 }
 
-// otherCluster reports whether gossip shows m, a node of this region
-// outside its Raft configuration (inRaft), as part of another cluster:
-// another cluster id than this one's (ours), or a leader that is not in
-// this configuration. A node that shows neither is a new node, a wiped
-// one, or one of this cluster's that was reaped and came back.
-func otherCluster(m cluster.NodeMeta, ours string, inRaft map[string]cluster.ServerInfo) bool {
-	if m.ClusterID != "" && ours != "" && m.ClusterID != ours {
-		return true
-	}
-	_, leaderHere := inRaft[m.LeaderID]
-	return m.LeaderID != "" && !leaderHere
+// foreignNodes remembers, across a leader's reconcile rounds, the nodes
+// refused as another cluster's, so that the warning comes once the
+// evidence has lasted (a node may follow a departed leader for a heartbeat
+// timeout or two) and then every 5 minutes, not every round.
+type foreignNodes struct {
+	warnAfter time.Duration
+	seen, now map[string]*foreignSighting
 }
+
+type foreignSighting struct{ first, warned time.Time }
+
+const foreignWarnEvery = 5 * time.Minute
+
+// refused notes that id was refused in this round; it reports whether to
+// warn of it now.
+func (f *foreignNodes) refused(id string, now time.Time) bool {
+	if f.now == nil {
+		f.now = map[string]*foreignSighting{}
+	}
+	s := f.seen[id]
+	if s == nil {
+		s = &foreignSighting{first: now}
+	}
+	f.now[id] = s
+	if now.Sub(s.first) < f.warnAfter || now.Sub(s.warned) < foreignWarnEvery {
+		return false
+	}
+	s.warned = now
+	return true
+}
+
+// endRound forgets the nodes not refused in the round that ends: evidence
+// that comes back later starts a new wait.
+func (f *foreignNodes) endRound() { f.seen, f.now = f.now, nil }
 
 // replaceStaleHolder makes room for m, an alive member not in Raft, when
 // another id in the Raft configuration holds m's Raft address: a node

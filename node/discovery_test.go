@@ -2,6 +2,7 @@ package node
 
 import (
 	"crypto/x509"
+	"fmt"
 	"net/url"
 	"testing"
 	"time"
@@ -136,26 +137,37 @@ func TestPeerCertificateMustNameTheNode(t *testing.T) {
 	}
 }
 
-// A leader adds a node outside its configuration only when nothing shows
-// that the node belongs to another cluster of the same region name.
-func TestOtherClusterNeedsPositiveEvidence(t *testing.T) {
-	ours := map[string]cluster.ServerInfo{"n1": {ID: "n1"}, "n2": {ID: "n2"}, "n3": {ID: "n3"}}
-	for _, tc := range []struct {
-		what      string
-		meta      cluster.NodeMeta
-		clusterID string // this cluster's
-		other     bool
+// A node refused as another cluster's is warned of once the evidence has
+// lasted, then every 5 minutes; evidence that goes away and comes back
+// waits again (a node may follow a departed leader for a moment).
+func TestForeignNodeWarningsWaitForLastingEvidence(t *testing.T) {
+	f := &foreignNodes{warnAfter: 10 * time.Second}
+	t0 := time.Unix(1000, 0)
+	round := func(at time.Duration, ids ...string) (warned []string) {
+		for _, id := range ids {
+			if f.refused(id, t0.Add(at)) {
+				warned = append(warned, id)
+			}
+		}
+		f.endRound()
+		return warned
+	}
+	steps := []struct {
+		at   time.Duration
+		ids  []string
+		want string
 	}{
-		{"a new node (no state, no leader, no cluster id)", cluster.NodeMeta{NodeID: "n4"}, "cluster-a", false},
-		{"a wiped node replacing a dead one, already following this leader", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n1"}, "cluster-a", false},
-		{"a reaped node of this cluster, back and following nobody", cluster.NodeMeta{NodeID: "n4", HasState: true, ClusterID: "cluster-a"}, "cluster-a", false},
-		{"another cluster's node, between elections", cluster.NodeMeta{NodeID: "n4", HasState: true, ClusterID: "cluster-b"}, "cluster-a", true},
-		{"another cluster's leader", cluster.NodeMeta{NodeID: "n4", HasState: true, Leader: true, LeaderID: "n4", ClusterID: "cluster-b"}, "cluster-a", true},
-		{"another cluster's node before it has an admin (no cluster id yet)", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n5"}, "cluster-a", true},
-		{"this cluster before it has an admin, and a node following a leader here", cluster.NodeMeta{NodeID: "n4", HasState: true, LeaderID: "n2", ClusterID: "cluster-b"}, "", false},
-	} {
-		if got := otherCluster(tc.meta, tc.clusterID, ours); got != tc.other {
-			t.Errorf("%s: otherCluster = %v, want %v", tc.what, got, tc.other)
+		{0, []string{"n4", "n5"}, "[]"},
+		{5 * time.Second, []string{"n4", "n5"}, "[]"},
+		{10 * time.Second, []string{"n4"}, "[n4]"}, // n5's evidence went away
+		{11 * time.Second, []string{"n4", "n5"}, "[]"},
+		{20 * time.Second, []string{"n4", "n5"}, "[]"},
+		{21 * time.Second, []string{"n4", "n5"}, "[n5]"},
+		{10*time.Second + foreignWarnEvery, []string{"n4", "n5"}, "[n4]"},
+	}
+	for _, s := range steps {
+		if got := fmt.Sprint(round(s.at, s.ids...)); got != s.want {
+			t.Fatalf("at %v, refusing %v: warned of %s, want %s", s.at, s.ids, got, s.want)
 		}
 	}
 }

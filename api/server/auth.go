@@ -451,7 +451,7 @@ func (s *Server) BootstrapAdmin(ctx context.Context, tokenID string, secretHash 
 		Metadata: &pb.Metadata{Id: newID(prefixBinding), ParentId: s.cfg.Region},
 		Spec:     &pb.AccessBindingSpec{ResourceId: s.cfg.Region, AccountId: acct.GetMetadata().GetId(), Role: RoleRegionAdmin},
 	}
-	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: NewClusterID()}}}, grant{})
+	resp, err := s.propose(ctx, nil, &fsmpb.Command{Op: &fsmpb.Command_BootstrapAdmin{BootstrapAdmin: &fsmpb.BootstrapAdmin{Account: acct, Token: tok, Binding: ab, ClusterId: newID("cluster-")}}}, grant{})
 	if err != nil {
 		return false, err
 	}

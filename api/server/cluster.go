@@ -236,6 +236,9 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 		return nil, errRestoring
 	}
 	defer s.registry.Unlock()
+	if err := s.sameCluster(req.GetNodeId()); err != nil {
+		return nil, err
+	}
 	if err := s.raft.AddNode(req.GetNodeId(), req.GetRaftAddress()); err != nil {
 		return nil, toStatus(err)
 	}
@@ -249,6 +252,38 @@ func (x *clusterService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Joi
 		return nil, err
 	}
 	return &pb.JoinResponse{Members: members.GetMembers()}, nil
+}
+
+// sameCluster refuses to add a node that gossip shows as part of another
+// cluster of this region name (cluster.NodeMeta.OtherCluster): joining it
+// would mix two Raft histories. Without gossip, or for a node gossip does
+// not know, there is nothing to check.
+func (s *Server) sameCluster(nodeID string) error {
+	if s.dir == nil {
+		return nil
+	}
+	ours, err := s.ClusterID()
+	if err != nil {
+		return toStatus(err)
+	}
+	servers, err := s.raft.Servers()
+	if err != nil {
+		return toStatus(err)
+	}
+	isOurs := func(id string) bool {
+		for _, sv := range servers {
+			if sv.ID == id {
+				return true
+			}
+		}
+		return s.KnownNode(id)
+	}
+	for _, m := range s.dir.Members() {
+		if m.Meta.Region == s.cfg.Region && m.Meta.NodeID == nodeID && m.Meta.OtherCluster(ours, isOurs) {
+			return status.Errorf(codes.FailedPrecondition, "node %s belongs to another cluster of region %s (cluster id %q, following leader %q; this cluster is %q): wipe its data directory before it joins", nodeID, s.cfg.Region, m.Meta.ClusterID, m.Meta.LeaderID, ours)
+		}
+	}
+	return nil
 }
 
 // RemoveNode removes a node from the region's Raft configuration.

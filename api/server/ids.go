@@ -35,10 +35,6 @@ func newID(prefix string) string {
 	return prefix + strings.ToLower(idEncoding.EncodeToString(b[:]))
 }
 
-// NewClusterID returns a new random id for a region's cluster (recorded
-// with its first admin, or when a backup seeds a new region).
-func NewClusterID() string { return newID("cluster-") }
-
 // NewToken returns a new bearer token of region: mbt1.<region>.<token-id>.<secret>
 // with 256 bits of randomness in the secret.
 func NewToken(region string) string {

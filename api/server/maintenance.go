@@ -106,6 +106,13 @@ func (s *Server) Removed(nodeID string) bool {
 	return rec.GetRemoved()
 }
 
+// KnownNode reports whether the region's node registry holds nodeID,
+// registered or marked removed: a node of this cluster, now or before.
+func (s *Server) KnownNode(nodeID string) bool {
+	rec, _ := s.nodeRecord(nodeID)
+	return rec != nil
+}
+
 // Deregister forgets a node removed from the region (leader only).
 func (s *Server) Deregister(ctx context.Context, nodeID string) {
 	if !s.registry.TryLock() {

@@ -22,7 +22,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/mysterybox/mysterybox/api/server"
 	"github.com/mysterybox/mysterybox/backup"
 	"github.com/mysterybox/mysterybox/cluster"
 	"github.com/mysterybox/mysterybox/node"
@@ -213,7 +212,7 @@ func restoreCommand() *cobra.Command {
 			}
 			// The new region's Raft log starts again at 1: the restored
 			// store's applied index is zero from the moment it exists.
-			if err := st.RestoreForNewRegion(backup.BodyReader(f, h), server.NewClusterID()); err != nil {
+			if err := st.RestoreForNewRegion(backup.BodyReader(f, h), h.SeededClusterID()); err != nil {
 				return err
 			}
 			fmt.Printf("restored region %s (backup at raft index %d, %d bytes) into %s\n", h.Region, h.RaftIndex, h.BodyBytes, dataDir)
