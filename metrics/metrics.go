@@ -25,13 +25,14 @@ const ns = "mysterybox"
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	requests    *prometheus.CounterVec
-	latency     *prometheus.HistogramVec
-	forwarded   *prometheus.CounterVec
-	idemReplays prometheus.Counter
-	applyTime   prometheus.Histogram
-	applyBatch  prometheus.Histogram
-	checkpoint  prometheus.Histogram
+	requests     *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	forwarded    *prometheus.CounterVec
+	idemReplays  prometheus.Counter
+	auditRefused prometheus.Counter
+	applyTime    prometheus.Histogram
+	applyBatch   prometheus.Histogram
+	checkpoint   prometheus.Histogram
 }
 
 // Source is what the collectors read on each scrape.
@@ -57,6 +58,8 @@ func New(src Source) *Metrics {
 			Help: "Calls this node forwarded to the leader, by method."}, []string{"method"}),
 		idemReplays: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "idempotency_replays_total",
 			Help: "Mutations answered from an idempotency record instead of applied again."}),
+		auditRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "audit_records_refused_total",
+			Help: "Audit records refused because too many were waiting for Raft: payload reads failed, other calls went unrecorded."}),
 		applyTime: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "fsm_apply_duration_seconds",
 			Help: "Time to apply one Raft batch to the store.", Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16)}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "fsm_apply_batch_entries",
@@ -64,7 +67,7 @@ func New(src Source) *Metrics {
 		checkpoint: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "fsm_snapshot_checkpoint_duration_seconds",
 			Help: "Time to take the store checkpoint of a Raft snapshot; nothing is applied meanwhile.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.forwarded, m.idemReplays, m.applyTime, m.applyBatch, m.checkpoint,
+	reg.MustRegister(m.requests, m.latency, m.forwarded, m.idemReplays, m.auditRefused, m.applyTime, m.applyBatch, m.checkpoint,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&nodeCollector{src: src})
 	return m
@@ -93,6 +96,10 @@ func (m *Metrics) observe(method string, err error, start time.Time) {
 
 // Forwarded counts a call forwarded to the leader.
 func (m *Metrics) Forwarded(method string) { m.forwarded.WithLabelValues(method).Inc() }
+
+// AuditRefused counts an audit record refused because too many wait for
+// Raft.
+func (m *Metrics) AuditRefused() { m.auditRefused.Inc() }
 
 // IdempotencyReplay counts a mutation answered from its idempotency record.
 func (m *Metrics) IdempotencyReplay() { m.idemReplays.Inc() }
@@ -125,6 +132,7 @@ var (
 	descSnapIndex    = prometheus.NewDesc(ns+"_raft_last_snapshot_index", "Index of the last Raft snapshot.", nil, nil)
 	descLastContact  = prometheus.NewDesc(ns+"_raft_last_contact_seconds", "Time since a follower last heard from the leader (0 on the leader).", nil, nil)
 	descVoters       = prometheus.NewDesc(ns+"_raft_voters", "Voters in the Raft configuration.", nil, nil)
+	descNonvoters    = prometheus.NewDesc(ns+"_raft_nonvoters", "Non-voters in the Raft configuration: nodes added that have not caught up yet.", nil, nil)
 	descDisk         = prometheus.NewDesc(ns+"_pebble_disk_bytes", "Disk space used by the store.", nil, nil)
 	descCompactions  = prometheus.NewDesc(ns+"_pebble_compactions_total", "Compactions run by the store.", nil, nil)
 	descWritten      = prometheus.NewDesc(ns+"_pebble_written_bytes_total", "Bytes the store wrote to sstables (flushes and compactions, not its WAL) since it was opened: against the bytes applied, its write amplification.", nil, nil)
@@ -137,7 +145,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRaftState, descRaftTerm, descCommitIndex, descAppliedIndex, descLastIndex, descSnapIndex,
-		descLastContact, descVoters, descDisk, descCompactions, descWritten, descMemtable, descTables, descSecrets, descVersions, descGossip} {
+		descLastContact, descVoters, descNonvoters, descDisk, descCompactions, descWritten, descMemtable, descTables, descSecrets, descVersions, descGossip} {
 		ch <- d
 	}
 }
@@ -181,6 +189,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 		gauge(ch, descVoters, float64(voters))
+		gauge(ch, descNonvoters, float64(len(servers)-voters))
 	}
 	st := src.Store.Stats()
 	gauge(ch, descDisk, float64(st.DiskBytes))

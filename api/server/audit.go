@@ -92,6 +92,8 @@ type auditor struct {
 	s       *Server
 	mu      sync.Mutex
 	pending []pendingRecord
+	dropped int       // records refused since the last log of it
+	warned  time.Time // when that was logged
 	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -103,6 +105,17 @@ type pendingRecord struct {
 }
 
 const auditBatch = 256
+
+// maxPendingAudit bounds the records waiting for Raft (a few hundred bytes
+// each): while Raft cannot commit (no quorum), every call still adds one,
+// and a node under a flood of calls would otherwise grow until it is
+// killed, losing them all. Past it a payload read is refused, as any read
+// whose record cannot be written, and the record of any other call is
+// dropped, counted and logged.
+const maxPendingAudit = 1 << 16
+
+// errAuditBacklog: the record was refused, the queue being full.
+var errAuditBacklog = fmt.Errorf("%d audit records are waiting for Raft, the most a node queues", maxPendingAudit)
 
 func newAuditor(s *Server) *auditor {
 	a := &auditor{s: s, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
@@ -122,6 +135,18 @@ func (a *auditor) add(ctx context.Context, rec *pb.AuditRecord, wait bool) error
 		p.done = make(chan error, 1)
 	}
 	a.mu.Lock()
+	if len(a.pending) >= maxPendingAudit {
+		a.dropped++
+		if time.Since(a.warned) > 10*time.Second {
+			a.s.logger.Error("audit records refused: Raft is not keeping up; payload reads fail until it does, other calls go unrecorded", "refused", a.dropped, "waiting", len(a.pending))
+			a.dropped, a.warned = 0, time.Now()
+		}
+		a.mu.Unlock()
+		if a.s.obs != nil {
+			a.s.obs.AuditRefused()
+		}
+		return errAuditBacklog
+	}
 	a.pending = append(a.pending, p)
 	a.mu.Unlock()
 	select {

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,5 +82,86 @@ func TestPruneLooksPastAnOldPruneRecord(t *testing.T) {
 	reg.s.pruneAudit(context.Background())
 	if n := len(auditChain(t, reg.st)); n != before {
 		t.Fatalf("a prune with nothing to remove: %d records, was %d", n, before)
+	}
+}
+
+// countingObserver counts what the server reports to metrics.
+type countingObserver struct{ refused atomic.Int64 }
+
+func (*countingObserver) Forwarded(string) {}
+func (o *countingObserver) AuditRefused()  { o.refused.Add(1) }
+
+// While Raft cannot commit, every call still adds an audit record: the
+// queue is bounded, past it a payload read's record is refused at once
+// (the read fails) and other records are dropped and counted; once Raft
+// commits again the queue drains and records are taken again.
+func TestAuditBacklogIsBounded(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	release, entered := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	reg.r.beforeApply = func(cmd *fsmpb.Command) {
+		if cmd.GetAuditAppend() != nil {
+			once.Do(func() { close(entered) })
+			<-release // Raft does not commit: no quorum
+		}
+	}
+	obs := &countingObserver{}
+	reg.s.SetObserver(obs)
+	a := newAuditor(reg.s)
+	defer a.close()
+	ctx := context.Background()
+	rec := func() *pb.AuditRecord {
+		return &pb.AuditRecord{Method: "/mysterybox.v1.SecretService/Delete", Code: "OK"}
+	}
+
+	if err := a.add(ctx, rec(), false); err != nil {
+		t.Fatal(err)
+	}
+	<-entered // the first record's proposal hangs in Raft
+	for i := 0; i < maxPendingAudit; i++ {
+		if err := a.add(ctx, rec(), false); err != nil {
+			t.Fatalf("record %d of a full queue: %v", i, err)
+		}
+	}
+	if err := a.add(ctx, rec(), false); !errors.Is(err, errAuditBacklog) {
+		t.Fatalf("a record past the bound: %v, want the backlog error", err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- a.add(ctx, rec(), true) }()
+	select {
+	case err := <-waited:
+		if !errors.Is(err, errAuditBacklog) {
+			t.Fatalf("a payload read's record past the bound: %v, want the backlog error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a payload read's record past the bound waited instead of failing")
+	}
+	if n := obs.refused.Load(); n != 2 {
+		t.Fatalf("%d refusals counted, want 2", n)
+	}
+
+	close(release)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		a.mu.Lock()
+		n := len(a.pending)
+		a.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d records still waiting after Raft commits again", n)
+		}
+	}
+	if err := a.add(ctx, rec(), true); err != nil {
+		t.Fatalf("a payload read's record once Raft commits again: %v", err)
+	}
+	var records int
+	if err := reg.st.Read(func(v *store.View) error {
+		return v.ScanAudit(0, func(*pb.AuditRecord) (bool, error) { records++; return true, nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := maxPendingAudit + 2; records < want {
+		t.Fatalf("%d records in the log, want at least the %d accepted", records, want)
 	}
 }

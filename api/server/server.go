@@ -122,8 +122,12 @@ type Directory interface {
 	Addr() string
 }
 
-// Observer is told about forwarded calls (metrics).
-type Observer interface{ Forwarded(method string) }
+// Observer is told about forwarded calls and refused audit records
+// (metrics).
+type Observer interface {
+	Forwarded(method string)
+	AuditRefused()
+}
 
 // SetObserver installs o before serving.
 func (s *Server) SetObserver(o Observer) { s.obs = o }
