@@ -81,6 +81,14 @@ func TestMetricsArePresentAndMove(t *testing.T) {
 	if v, _ := value(before, "mysterybox_gossip_members", map[string]string{"health": "alive"}); v != 3 {
 		t.Errorf("gossip members alive = %v, want 3", v)
 	}
+	voters, _ := value(before, "mysterybox_raft_voters", nil)
+	nonvoters, ok := value(before, "mysterybox_raft_nonvoters", nil)
+	if voters != 3 || nonvoters != 0 || !ok {
+		t.Errorf("raft_voters %v, raft_nonvoters %v (present %v): want 3 and 0", voters, nonvoters, ok)
+	}
+	if refused, ok := value(before, "mysterybox_audit_records_refused_total", nil); !ok || refused != 0 {
+		t.Errorf("audit_records_refused_total %v (present %v), want 0", refused, ok)
+	}
 	applied0, _ := value(before, "mysterybox_raft_applied_index", nil)
 	calls0, _ := value(before, "mysterybox_grpc_requests_total", map[string]string{"method": "/mysterybox.v1.SecretVersionService/Create"})
 	fwd0, _ := value(scrape(t, follower), "mysterybox_forwarded_calls_total", nil)
