@@ -722,8 +722,8 @@ func (c *Cluster) RemoveNode(ctx context.Context, id string) error {
 	return err
 }
 
-// Join adds slot i's node to the region as a voter, with its advertised
-// addresses.
+// Join adds slot i's node to the region, with its advertised addresses;
+// the leader makes it a voter once it has caught up.
 func (c *Cluster) Join(ctx context.Context, i int) error {
 	s := c.Slot(i)
 	_, err := c.admin.Cluster().Join(ctx, &pb.JoinRequest{NodeId: s.ID, RaftAddress: s.RaftAdv, GrpcAddress: s.GRPCAdv})
