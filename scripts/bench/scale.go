@@ -167,7 +167,7 @@ func runScale(ctx context.Context, o options, repo, dir string, n int) error {
 	pid, _ = readPID(c.dir, newNode)
 	fmt.Fprintf(w, "| new node %s: start to serving the last write | %v (target < 60s) |\n", newNode, catchup.Round(10*time.Millisecond))
 	// It joined as a non-voter; the leader promotes it once caught up.
-	if err := waitVoter(ctx, ep, c.token, newNode, time.Minute); err != nil {
+	if err := waitVoter(ctx, ep, c.token, fmt.Sprintf("n%d", len(c.names)+1), time.Minute); err != nil { // cluster.sh's node id
 		return err
 	}
 	fmt.Fprintf(w, "| new node %s: start to voter | %v |\n", newNode, time.Since(t0).Round(10*time.Millisecond))
