@@ -20,13 +20,15 @@ import (
 // hashicorp/raft does not tell how far a follower's log matches the
 // leader's, so the leader's transport records it from the replies to its
 // own AppendEntries and InstallSnapshot calls (replicationTransport), and
-// a leader task promotes each non-voter whose log has reached where the
-// leader's was one check earlier (promoteCaughtUp).
+// a leader task promotes each non-voter whose log has reached what a
+// quorum held one check earlier, and that has answered since
+// (promoteCaughtUp).
 
 // peerMatch is how far a peer's log is known to match this node's, learnt
-// in term while this node led.
+// in term while this node led, at time at.
 type peerMatch struct {
 	term, index uint64
+	at          time.Time
 }
 
 // replicationProgress records, per peer, the highest index of this node's
@@ -51,12 +53,14 @@ func (p *replicationProgress) added(id raft.ServerID, index uint64) {
 }
 
 // caughtUp reports whether id has acknowledged, in term, this node's log
-// up to target, and at least up to its own latest addition.
-func (p *replicationProgress) caughtUp(id raft.ServerID, term, target uint64) bool {
+// up to target and at least up to its own latest addition, and its latest
+// answer came at or after since: a node that stopped answering is not
+// caught up, whatever it acknowledged before.
+func (p *replicationProgress) caughtUp(id raft.ServerID, term, target uint64, since time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.match[id]
-	return m.term == term && m.index >= target && m.index >= p.floor[id]
+	return m.term == term && m.index >= target && m.index >= p.floor[id] && !m.at.Before(since)
 }
 
 func (p *replicationProgress) record(id raft.ServerID, term, index uint64) {
@@ -65,7 +69,7 @@ func (p *replicationProgress) record(id raft.ServerID, term, index uint64) {
 	if p.match == nil {
 		p.match = map[raft.ServerID]peerMatch{}
 	}
-	p.match[id] = peerMatch{term: term, index: index}
+	p.match[id] = peerMatch{term: term, index: index, at: time.Now()}
 }
 
 // matched returns how far id's log matches this node's, as learnt in term
@@ -102,10 +106,17 @@ func (replicationTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddr
 // peer one call at a time, so the latest reply is the peer's state. A
 // success means the peer's log matches up to the batch's last entry;
 // heartbeats carry no position and say nothing. A refusal means the logs
-// differ somewhere after the peer's last match: nothing is known.
+// differ somewhere after the peer's last match, and a failed call that
+// the peer may be gone: nothing is known. (While the leader is idle it
+// still sends each peer an empty batch at its last index every
+// CommitTimeout, so a live peer's record stays fresh.)
 func (t replicationTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	err := t.NetworkTransport.AppendEntries(id, target, args, resp)
-	if err != nil || resp.Term > args.Term {
+	if err != nil {
+		t.progress.record(id, args.Term, 0)
+		return err
+	}
+	if resp.Term > args.Term {
 		return err
 	}
 	switch {
@@ -121,21 +132,26 @@ func (t replicationTransport) AppendEntries(id raft.ServerID, target raft.Server
 // log matches up to the snapshot's index.
 func (t replicationTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
 	err := t.NetworkTransport.InstallSnapshot(id, target, args, resp, data)
-	if err == nil && resp.Success && resp.Term <= args.Term {
+	switch {
+	case err != nil:
+		t.progress.record(id, args.Term, 0)
+	case resp.Success && resp.Term <= args.Term:
 		t.progress.record(id, args.Term, args.LastLogIndex)
 	}
 	return err
 }
 
 // promoteCaughtUp runs while this node leads: every check interval, each
-// non-voter whose log matches the leader's up to the leader's last index
-// at the previous check becomes a voter. A node that keeps up reaches
-// that within an interval under any load; one still receiving a snapshot,
-// or unreachable, does not, and stays out of the quorum.
+// non-voter whose log matches the leader's up to what a quorum held at the
+// previous check (the commit index), and that has answered since, becomes
+// a voter. A node that keeps up with the voters reaches that within an
+// interval under any load; one still receiving a snapshot, or gone, does
+// not, and stays out of the quorum.
 func (n *Node) promoteCaughtUp(ctx context.Context) {
 	tick := time.NewTicker(n.promoteInterval)
 	defer tick.Stop()
 	var target, targetTerm uint64
+	var checked time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -147,18 +163,19 @@ func (n *Node) promoteCaughtUp(ctx context.Context) {
 			return
 		}
 		if targetTerm == term && target > 0 {
-			n.promote(term, target)
+			n.promote(term, target, checked)
 		}
-		target, targetTerm = n.raft.LastIndex(), term
+		target, targetTerm, checked = n.raft.CommitIndex(), term, time.Now()
 	}
 }
 
-// promote makes a voter of a non-voter that has reached target in term.
+// promote makes a voter of a non-voter that has reached target in term
+// and answered since.
 // It holds the membership lock from reading the configuration to the
 // change, so that no removal or re-addition slips in between: AddVoter
 // would add back a node just removed (hashicorp/raft's prevIndex guard
 // cannot help: GetConfiguration's future reports index 0).
-func (n *Node) promote(term, target uint64) {
+func (n *Node) promote(term, target uint64, since time.Time) {
 	n.membership.Lock()
 	defer n.membership.Unlock()
 	f := n.raft.GetConfiguration()
@@ -166,7 +183,7 @@ func (n *Node) promote(term, target uint64) {
 		return
 	}
 	for _, s := range f.Configuration().Servers {
-		if s.Suffrage != raft.Nonvoter || !n.progress.caughtUp(s.ID, term, target) {
+		if s.Suffrage != raft.Nonvoter || !n.progress.caughtUp(s.ID, term, target, since) {
 			continue
 		}
 		if err := n.raft.AddVoter(s.ID, s.Address, 0, 10*time.Second).Error(); err != nil {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -75,6 +76,19 @@ func TestReplicationTransportRecordsWhatPeersAcknowledge(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("a snapshot the peer refused", 3, 100)
+
+	// A peer that stops answering is not known to match anything.
+	gone, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := raft.ServerAddress(gone.Addr().String())
+	gone.Close()
+	var r raft.AppendEntriesResponse
+	if err := tr.AppendEntries(id, deadAddr, &raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 100}, &r); err == nil {
+		t.Fatal("an AppendEntries to a closed port succeeded")
+	}
+	expect("a call that failed", 3, 0)
 }
 
 // A node counts as caught up only with what it acknowledged in this term,
@@ -83,16 +97,20 @@ func TestReplicationTransportRecordsWhatPeersAcknowledge(t *testing.T) {
 func TestCaughtUpCountsOnlyAcknowledgementsSinceTheNodeWasAdded(t *testing.T) {
 	var p replicationProgress
 	const id = raft.ServerID("x")
+	before := time.Now()
 	p.record(id, 3, 19)
-	if !p.caughtUp(id, 3, 17) || p.caughtUp(id, 3, 20) || p.caughtUp(id, 4, 17) {
+	if !p.caughtUp(id, 3, 17, before) || p.caughtUp(id, 3, 20, before) || p.caughtUp(id, 4, 17, before) {
 		t.Fatal("match 19 in term 3: caught up to 17 in term 3 only")
 	}
+	if p.caughtUp(id, 3, 17, time.Now().Add(time.Second)) {
+		t.Fatal("caught up without an answer since the time asked about")
+	}
 	p.added(id, 20) // removed, then added again at index 20
-	if p.caughtUp(id, 3, 17) {
+	if p.caughtUp(id, 3, 17, before) {
 		t.Fatal("caught up on what it acknowledged before it was added again")
 	}
 	p.record(id, 3, 21)
-	if !p.caughtUp(id, 3, 17) {
+	if !p.caughtUp(id, 3, 17, before) {
 		t.Fatal("not caught up after acknowledging past its addition")
 	}
 }
