@@ -70,17 +70,21 @@ func (m NodeMeta) OtherCluster(ours string, isOurs func(nodeID string) bool) boo
 	return m.LeaderID != "" && !isOurs(m.LeaderID)
 }
 
-// MaxNameLen bounds node ids and region names, which every gossip message
-// carries (the node's own, and the id of the leader it follows).
-const MaxNameLen = 64
+// leaderIDRoom is the length of the leader id a node's metadata must have
+// room for. Node ids are not bounded (older releases took up to 256
+// bytes); a leader id that does not fit is left out of the metadata
+// (metaDelegate.NodeMeta), which only weakens discovery's check for
+// another cluster.
+const leaderIDRoom = 64
 
 // metaFits checks that m can grow to its largest (following a leader with
-// the longest id, a pending admin token, a cluster id, any term) and still
-// fit in limit bytes: metadata that does not fit is not sent at all.
+// an id of leaderIDRoom bytes, a pending admin token, a cluster id, any
+// term) and still fit in limit bytes: metadata that does not fit is not
+// sent at all.
 func metaFits(m NodeMeta, limit int) error {
 	m.HasState, m.Leader = true, true
 	m.CommandVersion, m.Term = 1<<20, ^uint64(0)
-	m.LeaderID = strings.Repeat("n", MaxNameLen)
+	m.LeaderID = strings.Repeat("n", max(leaderIDRoom, len(m.NodeID)))
 	m.ClusterID = "cluster-06h4en2dgc7c7uku32b1a-seeded"
 	m.AdminTokenID, m.AdminTokenHash = "token-06h4emf7kcit8kohgqobu", make([]byte, 32)
 	raw, err := json.Marshal(m)
@@ -322,7 +326,13 @@ func (g *Gossip) record(n *memberlist.Node, health string) {
 type metaDelegate struct{ g *Gossip }
 
 func (d *metaDelegate) NodeMeta(limit int) []byte {
-	raw, _ := json.Marshal(d.g.cfg.Meta())
+	m := d.g.cfg.Meta()
+	raw, _ := json.Marshal(m)
+	if len(raw) > limit && m.LeaderID != "" {
+		// A leader with a longer id than metaFits made room for.
+		m.LeaderID = ""
+		raw, _ = json.Marshal(m)
+	}
 	if len(raw) > limit {
 		d.g.logger.Error("gossip metadata too large", "bytes", len(raw), "limit", limit)
 		return nil

@@ -1,9 +1,11 @@
 package cluster
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -37,10 +39,10 @@ func TestOtherClusterNeedsPositiveEvidence(t *testing.T) {
 }
 
 // A node whose metadata could outgrow memberlist's limit (it would then
-// advertise nothing at all) does not start; one with the longest names and
+// advertise nothing at all) does not start; one with long names and
 // ordinary addresses does.
 func TestMetaFitsInItsLargestForm(t *testing.T) {
-	long := strings.Repeat("x", MaxNameLen)
+	long := strings.Repeat("x", leaderIDRoom)
 	ok := NodeMeta{Proto: GossipProtocol, NodeID: long, Region: long, RaftAddr: "10.123.123.123:65535", GRPCAddr: "10.123.123.123:65535"}
 	if err := metaFits(ok, memberlist.MetaMaxSize); err != nil {
 		t.Fatalf("longest names, IP addresses: %v", err)
@@ -51,5 +53,21 @@ func TestMetaFitsInItsLargestForm(t *testing.T) {
 	err := metaFits(big, memberlist.MetaMaxSize)
 	if err == nil || !strings.Contains(err.Error(), "shorten") {
 		t.Fatalf("120-character host names: %v, want a refusal", err)
+	}
+}
+
+// A leader id longer than a node made room for is left out of its
+// metadata, rather than the whole metadata (memberlist would then carry
+// none at all).
+func TestOversizedLeaderIDIsLeftOut(t *testing.T) {
+	m := NodeMeta{Proto: GossipProtocol, NodeID: "n1", Region: "eu1", RaftAddr: "10.0.0.1:7001", GRPCAddr: "10.0.0.1:7000", HasState: true, LeaderID: strings.Repeat("l", 600)}
+	g := &Gossip{cfg: GossipConfig{Meta: func() NodeMeta { return m }}, logger: hclog.NewNullLogger()}
+	raw := (&metaDelegate{g: g}).NodeMeta(memberlist.MetaMaxSize)
+	var got NodeMeta
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("metadata %q: %v", raw, err)
+	}
+	if got.NodeID != "n1" || got.LeaderID != "" || !got.HasState {
+		t.Fatalf("metadata %+v: want the node's, without the leader id", got)
 	}
 }

@@ -160,10 +160,6 @@ func Start(cfg Config, logger hclog.Logger) (*Node, error) {
 	if cfg.Region == "" || cfg.NodeID == "" || cfg.DataDir == "" {
 		return nil, errors.New("node: region, node id and data dir are required")
 	}
-	// Both travel in every gossip message, which must fit in 512 bytes.
-	if len(cfg.NodeID) > cluster.MaxNameLen || len(cfg.Region) > cluster.MaxNameLen {
-		return nil, fmt.Errorf("node: the node id (%d bytes) and the region (%d bytes) must be at most %d bytes each", len(cfg.NodeID), len(cfg.Region), cluster.MaxNameLen)
-	}
 	n := &Node{cfg: cfg, logger: logger, served: make(chan struct{})}
 	ok := false
 	defer func() {
