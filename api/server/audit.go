@@ -135,13 +135,16 @@ func (a *auditor) add(ctx context.Context, rec *pb.AuditRecord, wait bool) error
 		p.done = make(chan error, 1)
 	}
 	a.mu.Lock()
-	if len(a.pending) >= maxPendingAudit {
+	if waiting := len(a.pending); waiting >= maxPendingAudit {
 		a.dropped++
-		if time.Since(a.warned) > 10*time.Second {
-			a.s.logger.Error("audit records refused: Raft is not keeping up; payload reads fail until it does, other calls go unrecorded", "refused", a.dropped, "waiting", len(a.pending))
+		refused, warn := a.dropped, time.Since(a.warned) > 10*time.Second
+		if warn {
 			a.dropped, a.warned = 0, time.Now()
 		}
 		a.mu.Unlock()
+		if warn {
+			a.s.logger.Error("audit records refused: Raft is not keeping up; payload reads fail until it does (or go unrecorded, fail-open), other calls go unrecorded", "refused", refused, "waiting", waiting)
+		}
 		if a.s.obs != nil {
 			a.s.obs.AuditRefused()
 		}
@@ -270,7 +273,9 @@ func (s *Server) recordCall(ctx context.Context, ci *callInfo, req, resp any, er
 	}
 	if aerr := s.audit.add(ctx, rec, wait); aerr != nil && wait {
 		if s.cfg.AuditFailOpen {
-			s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", ci.method, "error", aerr)
+			if !errors.Is(aerr, errAuditBacklog) { // that one is logged every 10 s, not per read
+				s.logger.Error("payload read served without an audit record (audit is fail-open)", "method", ci.method, "error", aerr)
+			}
 			return resp, err
 		}
 		return nil, status.Errorf(codes.Unavailable, "the audit record of this payload read could not be written (%v); retry", aerr)
