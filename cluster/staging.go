@@ -12,7 +12,7 @@ import (
 // A node enters the region as a non-voter and becomes a voter only once it
 // has caught up with the leader's log (the "learner" of etcd, the staging
 // of Consul's autopilot). Added as a voter straight away, a node that
-// still has to receive a snapshot — seconds at a million versions — would
+// still has to receive a snapshot (25 s at a million versions) would
 // count towards the quorum without being able to acknowledge anything: in
 // a region of three with one dead voter not yet reaped, the two live ones
 // would stop committing until the newcomer caught up.
