@@ -296,11 +296,7 @@ func (n *Node) reconcile(ctx context.Context, foreign *foreignNodes) {
 			voters++
 		}
 	}
-	clusterID, idErr := n.API.ClusterID()
-	isOurs := func(id string) bool {
-		_, in := inRaft[id]
-		return in || n.API.KnownNode(id)
-	}
+	clusterID, isOurs, idErr := n.API.ClusterView(servers)
 	defer foreign.endRound()
 	members := n.Gossip.Members()
 	health := map[string]string{} // gossip health by node id, this region only

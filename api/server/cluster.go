@@ -262,21 +262,13 @@ func (s *Server) sameCluster(nodeID string) error {
 	if s.dir == nil {
 		return nil
 	}
-	ours, err := s.ClusterID()
-	if err != nil {
-		return toStatus(err)
-	}
 	servers, err := s.raft.Servers()
 	if err != nil {
 		return toStatus(err)
 	}
-	isOurs := func(id string) bool {
-		for _, sv := range servers {
-			if sv.ID == id {
-				return true
-			}
-		}
-		return s.KnownNode(id)
+	ours, isOurs, err := s.ClusterView(servers)
+	if err != nil {
+		return toStatus(err)
 	}
 	for _, m := range s.dir.Members() {
 		if m.Meta.Region == s.cfg.Region && m.Meta.NodeID == nodeID && m.Meta.OtherCluster(ours, isOurs) {
@@ -284,6 +276,25 @@ func (s *Server) sameCluster(nodeID string) error {
 		}
 	}
 	return nil
+}
+
+// ClusterView is what cluster.NodeMeta.OtherCluster needs to know of this
+// cluster: its id, and whether a node id is one of its own — in servers
+// (the Raft configuration) or in the node registry, tombstones included.
+func (s *Server) ClusterView(servers []cluster.ServerInfo) (string, func(nodeID string) bool, error) {
+	id, err := s.ClusterID()
+	if err != nil {
+		return "", nil, err
+	}
+	isOurs := func(nodeID string) bool {
+		for _, sv := range servers {
+			if sv.ID == nodeID {
+				return true
+			}
+		}
+		return s.knownNode(nodeID)
+	}
+	return id, isOurs, nil
 }
 
 // RemoveNode removes a node from the region's Raft configuration.

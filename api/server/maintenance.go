@@ -106,9 +106,9 @@ func (s *Server) Removed(nodeID string) bool {
 	return rec.GetRemoved()
 }
 
-// KnownNode reports whether the region's node registry holds nodeID,
+// knownNode reports whether the region's node registry holds nodeID,
 // registered or marked removed: a node of this cluster, now or before.
-func (s *Server) KnownNode(nodeID string) bool {
+func (s *Server) knownNode(nodeID string) bool {
 	rec, _ := s.nodeRecord(nodeID)
 	return rec != nil
 }
