@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mysterybox/mysterybox/chaos/proxy"
+	"github.com/mysterybox/mysterybox/internal/testnet"
 )
 
 // Network is where a cluster's nodes live and how node-to-node links are
@@ -78,27 +78,8 @@ func (l *Loopback) Addrs(slot int) (string, string, string, error) {
 }
 
 // freePort returns a 127.0.0.1 address whose TCP port (and UDP port, for
-// gossip) is free now.
-func freePort(udp bool) (string, error) {
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		addr := ln.Addr().String()
-		if udp {
-			pc, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				ln.Close()
-				continue
-			}
-			pc.Close()
-		}
-		ln.Close()
-		return addr, nil
-	}
-	return "", errors.New("harness: no free port")
-}
+// gossip) is free now, below the ephemeral range (testnet.FreeAddr).
+func freePort(udp bool) (string, error) { return testnet.FreeAddr(udp) }
 
 // ProxyListen implements Network.
 func (*Loopback) ProxyListen(int, string) (net.Listener, error) {

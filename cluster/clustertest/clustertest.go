@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/internal/testnet"
 	"github.com/mysterybox/mysterybox/node"
 	"github.com/mysterybox/mysterybox/region"
 	"github.com/mysterybox/mysterybox/tlsutil"
@@ -224,15 +224,14 @@ func (c *Cluster) Ready() {
 // GossipAddr is n's gossip address, a seed for other regions' nodes.
 func (c *Cluster) GossipAddr(n *Node) string { return n.Cfg.GossipAddr }
 
-// freeAddr reserves a loopback port for a node that must keep its address
-// across restarts.
+// freeAddr picks a loopback address for a node that must keep it across
+// restarts (TCP and UDP free: gossip uses both).
 func freeAddr(t testing.TB) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testnet.FreeAddr(true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // AddNode starts a new node: without gossip the first bootstraps and later

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	mbv1 "github.com/mysterybox/mysterybox/api/mysteryboxv1"
+	"github.com/mysterybox/mysterybox/internal/testnet"
 )
 
 var (
@@ -111,14 +111,7 @@ func needServer(t *testing.T) *testServer {
 	return srv
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freeAddr() (string, error) { return testnet.FreeAddr(false) }
 
 func startServer() (*testServer, error) {
 	s := &testServer{dataDir: filepath.Join(testDir, "data"), logPath: filepath.Join(testDir, "mysteryboxd.log"), done: make(chan struct{})}
