@@ -71,10 +71,12 @@ func (m NodeMeta) OtherCluster(ours string, isOurs func(nodeID string) bool) boo
 }
 
 // leaderIDRoom is the length of the leader id a node's metadata must have
-// room for. Node ids are not bounded (older releases took up to 256
-// bytes); a leader id that does not fit is left out of the metadata
-// (metaDelegate.NodeMeta), which only weakens discovery's check for
-// another cluster.
+// room for, beyond its own id (which it shows as the leader id while it
+// leads). The API takes node ids of up to 256 bytes, but with gossip an id
+// counts twice in its node's metadata, so a node whose id runs much past
+// 100 bytes refuses to start (metaFits says so). A longer leader id than
+// leaderIDRoom is left out of the metadata (metaDelegate.NodeMeta), which
+// turns off only discovery's leader test for another cluster.
 const leaderIDRoom = 64
 
 // metaFits checks that m can grow to its largest (following a leader with
