@@ -473,15 +473,16 @@ func (n *Node) TransferLeadership(id string) error {
 		return err
 	}
 	for _, s := range servers {
-		if s.ID == id && !s.Voter {
+		if s.ID != id {
+			continue
+		}
+		if !s.Voter {
 			// Raft would send it TimeoutNow: its campaign, in a higher
 			// term, makes the leader step down, and the voters then refuse
 			// it — an election with no candidate that can win it.
 			return fmt.Errorf("%w: node %q is not a voter yet (it becomes one once it has caught up)", ErrNotVoter, id)
 		}
-		if s.ID == id {
-			return n.mapMembershipErr(n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(s.Address)).Error())
-		}
+		return n.mapMembershipErr(n.raft.LeadershipTransferToServer(raft.ServerID(id), raft.ServerAddress(s.Address)).Error())
 	}
 	return fmt.Errorf("cluster: node %q is not in the raft configuration", id)
 }

@@ -72,17 +72,6 @@ func (p *replicationProgress) record(id raft.ServerID, term, index uint64) {
 	p.match[id] = peerMatch{term: term, index: index, at: time.Now()}
 }
 
-// matched returns how far id's log matches this node's, as learnt in term
-// (0 when nothing was learnt in that term).
-func (p *replicationProgress) matched(id raft.ServerID, term uint64) uint64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if m := p.match[id]; m.term == term {
-		return m.index
-	}
-	return 0
-}
-
 // replicationTransport is the transport Raft uses: it turns off pipelined
 // replication, and records each peer's progress from the replies to this
 // node's replication calls.

@@ -114,3 +114,14 @@ func TestCaughtUpCountsOnlyAcknowledgementsSinceTheNodeWasAdded(t *testing.T) {
 		t.Fatal("not caught up after acknowledging past its addition")
 	}
 }
+
+// matched (for tests) returns how far id's log matches this node's, as learnt in term
+// (0 when nothing was learnt in that term).
+func (p *replicationProgress) matched(id raft.ServerID, term uint64) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if m := p.match[id]; m.term == term {
+		return m.index
+	}
+	return 0
+}
