@@ -20,7 +20,6 @@ import (
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/backup"
 	"github.com/mysterybox/mysterybox/cluster"
-	"github.com/mysterybox/mysterybox/fsm"
 	"github.com/mysterybox/mysterybox/fsm/fsmpb"
 	"github.com/mysterybox/mysterybox/store"
 )
@@ -144,6 +143,17 @@ func (c *backupClient) Send(chunk *pb.SnapshotChunk) error {
 	return nil
 }
 
+// backupOf streams a backup file of the region through clusters, as the
+// caller of ctx.
+func backupOf(t *testing.T, clusters *clusterService, ctx context.Context) []byte {
+	t.Helper()
+	saved := &backupClient{ctx: ctx}
+	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
+		t.Fatal(err)
+	}
+	return saved.data.Bytes()
+}
+
 // restoreClient sends a backup file to Restore in chunks.
 type restoreClient struct {
 	grpc.ServerStream
@@ -188,15 +198,13 @@ func TestRestoreTrustsOnlyTheBackupsCheckedBody(t *testing.T) {
 	adminCtx := as(t, reg.admin(), "")
 	reg.project(adminCtx, "kept")
 	clusters := &clusterService{s: reg.s}
-	saved := &backupClient{ctx: adminCtx}
-	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
-		t.Fatal(err)
-	}
-	h, err := backup.ReadHeader(&saved.data)
+	saved := backupOf(t, clusters, adminCtx)
+	rd := bytes.NewReader(saved)
+	h, err := backup.ReadHeader(rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := saved.data.Bytes()
+	body := saved[len(saved)-rd.Len():]
 	restore := func(file []byte) error {
 		return clusters.Restore(&restoreClient{ctx: adminCtx, file: file})
 	}
@@ -266,10 +274,7 @@ func TestRestoreKeepsTheRegionsIdentity(t *testing.T) {
 	}
 	apply(&fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: &fsmpb.NodeRecord{NodeId: "node-2", RaftAddress: "10.0.0.2:7001"}}}})
 	clusters := &clusterService{s: reg.s}
-	saved := &backupClient{ctx: adminCtx}
-	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
-		t.Fatal(err)
-	}
+	saved := backupOf(t, clusters, adminCtx)
 	// Then the operator removes node-2 and a new node joins.
 	apply(&fsmpb.Command{Op: &fsmpb.Command_DeregisterNode{DeregisterNode: &fsmpb.DeregisterNode{NodeId: "node-2", Tombstone: true}}})
 	apply(&fsmpb.Command{Op: &fsmpb.Command_RegisterNode{RegisterNode: &fsmpb.RegisterNode{Node: &fsmpb.NodeRecord{NodeId: "node-3", RaftAddress: "10.0.0.3:7001"}}}})
@@ -283,7 +288,7 @@ func TestRestoreKeepsTheRegionsIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}); err != nil {
+	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved}); err != nil {
 		t.Fatal(err)
 	}
 	if id, err := reg.s.ClusterID(); err != nil || id != "cluster-restored-into" {
@@ -312,10 +317,7 @@ func TestRegistryChangesWaitForARestore(t *testing.T) {
 	ctx := context.Background()
 	reg.s.EnsureRegistered(ctx, "node-2", "10.0.0.2:7001", "10.0.0.2:7000", "")
 	clusters := &clusterService{s: reg.s}
-	saved := &backupClient{ctx: adminCtx}
-	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
-		t.Fatal(err)
-	}
+	saved := backupOf(t, clusters, adminCtx)
 	proposed := 0
 	reg.r.duringRestore = func() {
 		reg.r.beforeApply = func(*fsmpb.Command) { proposed++ }
@@ -329,7 +331,7 @@ func TestRegistryChangesWaitForARestore(t *testing.T) {
 		reg.s.EnsureRegistered(ctx, "node-4", "10.0.0.4:7001", "10.0.0.4:7000", "")
 		reg.s.Deregister(ctx, "node-2")
 	}
-	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}); err != nil {
+	if err := clusters.Restore(&restoreClient{ctx: adminCtx, file: saved}); err != nil {
 		t.Fatal(err)
 	}
 	if proposed != 0 {
@@ -367,14 +369,11 @@ func TestRestoreRefusedByRaftEndsCleanly(t *testing.T) {
 	adminCtx := as(t, reg.admin(), "")
 	reg.project(adminCtx, "kept")
 	clusters := &clusterService{s: reg.s}
-	saved := &backupClient{ctx: adminCtx}
-	if err := clusters.Snapshot(&pb.SnapshotRequest{}, saved); err != nil {
-		t.Fatal(err)
-	}
+	saved := backupOf(t, clusters, adminCtx)
 	reg.project(adminCtx, "after")
 	reg.r.refuseRestore = fmt.Errorf("%w: raft: node is not the leader", cluster.ErrUnknownOutcome)
 	done := make(chan error, 1)
-	go func() { done <- clusters.Restore(&restoreClient{ctx: adminCtx, file: saved.data.Bytes()}) }()
+	go func() { done <- clusters.Restore(&restoreClient{ctx: adminCtx, file: saved}) }()
 	select {
 	case err := <-done:
 		if status.Code(err) != codes.Unavailable {
@@ -390,50 +389,4 @@ func TestRestoreRefusedByRaftEndsCleanly(t *testing.T) {
 		t.Fatal("a refused restore left the registry locked")
 	}
 	reg.s.registry.Unlock()
-}
-
-// gossipWith is a gossip view of the region's own node and more.
-type gossipWith []cluster.GossipMember
-
-func (g gossipWith) Members() []cluster.GossipMember {
-	return append([]cluster.GossipMember{{Meta: cluster.NodeMeta{NodeID: "node-1", Region: "test1", CommandVersion: fsm.CommandVersion}, Health: cluster.HealthAlive}}, g...)
-}
-func (gossipWith) Addr() string { return "" }
-
-// TestJoinRefusesANodeOfAnotherCluster: an explicit join (or a node's
-// --join-raft, retried on every start) of a node that gossip shows in
-// another cluster of the region name is refused, as discovery refuses it.
-func TestJoinRefusesANodeOfAnotherCluster(t *testing.T) {
-	reg := newSoloRegion(t, 0)
-	adminCtx := as(t, reg.admin(), "")
-	ours, err := reg.s.ClusterID()
-	if err != nil || ours == "" {
-		t.Fatalf("cluster id %q (%v)", ours, err)
-	}
-	alive := func(meta cluster.NodeMeta) cluster.GossipMember {
-		meta.Region = "test1"
-		return cluster.GossipMember{Meta: meta, Health: cluster.HealthAlive}
-	}
-	reg.s.SetDirectory(gossipWith{
-		alive(cluster.NodeMeta{NodeID: "node-7", HasState: true, ClusterID: "cluster-other"}),
-		alive(cluster.NodeMeta{NodeID: "node-8", HasState: true, LeaderID: "node-9"}),
-		alive(cluster.NodeMeta{NodeID: "node-5", HasState: true, ClusterID: ours}),
-	})
-	clusters := &clusterService{s: reg.s}
-	join := func(id string) error {
-		_, err := clusters.Join(adminCtx, &pb.JoinRequest{NodeId: id, RaftAddress: "10.0.0.7:7001", GrpcAddress: "10.0.0.7:7000"})
-		return err
-	}
-	for _, id := range []string{"node-7", "node-8"} {
-		if err := join(id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "another cluster") {
-			t.Errorf("join of %s, of another cluster: %v, want FAILED_PRECONDITION", id, err)
-		}
-	}
-	// This cluster's nodes, and nodes gossip does not know, reach Raft
-	// (whose fake refuses every change).
-	for _, id := range []string{"node-5", "node-6"} {
-		if err := join(id); err == nil || status.Code(err) == codes.FailedPrecondition {
-			t.Errorf("join of %s: %v, want the fake Raft's refusal", id, err)
-		}
-	}
 }

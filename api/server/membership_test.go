@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -10,6 +11,7 @@ import (
 
 	pb "github.com/mysterybox/mysterybox/api/mysteryboxv1"
 	"github.com/mysterybox/mysterybox/cluster"
+	"github.com/mysterybox/mysterybox/fsm"
 )
 
 // membersRaft is a soloRaft with a configurable Raft configuration; each
@@ -96,5 +98,51 @@ func TestRemoveNodeMarksTheNodeBeforeRaftRemovesIt(t *testing.T) {
 	}
 	if _, err := clusters.RemoveNode(adminCtx, &pb.RemoveNodeRequest{NodeId: "node-9"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("removing an unknown node: %v, want NOT_FOUND", err)
+	}
+}
+
+// gossipWith is a gossip view of the region's own node and more.
+type gossipWith []cluster.GossipMember
+
+func (g gossipWith) Members() []cluster.GossipMember {
+	return append([]cluster.GossipMember{{Meta: cluster.NodeMeta{NodeID: "node-1", Region: "test1", CommandVersion: fsm.CommandVersion}, Health: cluster.HealthAlive}}, g...)
+}
+func (gossipWith) Addr() string { return "" }
+
+// TestJoinRefusesANodeOfAnotherCluster: an explicit join (or a node's
+// --join-raft, retried on every start) of a node that gossip shows in
+// another cluster of the region name is refused, as discovery refuses it.
+func TestJoinRefusesANodeOfAnotherCluster(t *testing.T) {
+	reg := newSoloRegion(t, 0)
+	adminCtx := as(t, reg.admin(), "")
+	ours, err := reg.s.ClusterID()
+	if err != nil || ours == "" {
+		t.Fatalf("cluster id %q (%v)", ours, err)
+	}
+	alive := func(meta cluster.NodeMeta) cluster.GossipMember {
+		meta.Region = "test1"
+		return cluster.GossipMember{Meta: meta, Health: cluster.HealthAlive}
+	}
+	reg.s.SetDirectory(gossipWith{
+		alive(cluster.NodeMeta{NodeID: "node-7", HasState: true, ClusterID: "cluster-other"}),
+		alive(cluster.NodeMeta{NodeID: "node-8", HasState: true, LeaderID: "node-9"}),
+		alive(cluster.NodeMeta{NodeID: "node-5", HasState: true, ClusterID: ours}),
+	})
+	clusters := &clusterService{s: reg.s}
+	join := func(id string) error {
+		_, err := clusters.Join(adminCtx, &pb.JoinRequest{NodeId: id, RaftAddress: "10.0.0.7:7001", GrpcAddress: "10.0.0.7:7000"})
+		return err
+	}
+	for _, id := range []string{"node-7", "node-8"} {
+		if err := join(id); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "another cluster") {
+			t.Errorf("join of %s, of another cluster: %v, want FAILED_PRECONDITION", id, err)
+		}
+	}
+	// This cluster's nodes, and nodes gossip does not know, reach Raft
+	// (whose fake refuses every change).
+	for _, id := range []string{"node-5", "node-6"} {
+		if err := join(id); err == nil || status.Code(err) == codes.FailedPrecondition {
+			t.Errorf("join of %s: %v, want the fake Raft's refusal", id, err)
+		}
 	}
 }
