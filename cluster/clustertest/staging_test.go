@@ -189,3 +189,45 @@ func TestReaddedNodeMustCatchUpAgain(t *testing.T) {
 		return err
 	})
 }
+
+// Leadership moves while a node is staged: the new leader, which did not
+// add it and has no record of its progress, learns that from its own
+// replication and promotes it once it answers.
+func TestNewLeaderPromotesANodeTheOldOneStaged(t *testing.T) {
+	c := New(t, Options{Nodes: 3})
+	old := c.WaitLeader()
+	setup(t, c, old)
+	n := c.newNode()
+	n.Cfg.JoinAddrs = nil
+	c.start(n)
+	g := newGate(t, n.Cfg.RaftAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := pb.NewClusterServiceClient(c.Conn(old)).Join(ctx, &pb.JoinRequest{NodeId: n.ID, RaftAddress: g.addr(), GrpcAddress: n.Cfg.GRPCAddr}); err != nil {
+		t.Fatal(err)
+	}
+	next := c.Followers()[0]
+	if _, err := pb.NewClusterServiceClient(c.Conn(old)).TransferLeadership(ctx, &pb.TransferLeadershipRequest{NodeId: next.ID}); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, next.ID+" to lead", func() error {
+		if !next.N.Raft.IsLeader() {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if role, err := raftRole(ctx, c, next, n.ID); err != nil || role != "nonvoter" {
+		t.Fatalf("%s under the new leader, before it answers: role %q (%v), want nonvoter", n.ID, role, err)
+	}
+	g.open()
+	Eventually(t, 30*time.Second, "the new leader to promote "+n.ID, func() error {
+		role, err := raftRole(ctx, c, next, n.ID)
+		if err == nil && role == "nonvoter" {
+			err = errors.New("still a non-voter")
+		}
+		return err
+	})
+	if !next.N.Raft.IsLeader() {
+		t.Fatalf("leadership moved again during the test; %s was not the one to promote", next.ID)
+	}
+}
